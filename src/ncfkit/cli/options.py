@@ -1,0 +1,152 @@
+"""Options shared by several commands, and the glue that turns them into library objects.
+
+Choices come from the library's registries (:data:`ncfkit.models.ARCHS`,
+:data:`ncfkit.losses.LOSSES`), so a new entry there shows up here by itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import torch
+
+from ..errors import InputError
+from ..losses import LOSSES, REDUCTIONS, make_loss
+from ..models import ARCHS, make_architecture
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def model_options(f):
+    """DATA and the architecture / loss / numerics options shared by ``kkt`` and ``escape``."""
+    decorators = [
+        click.argument("data", type=click.Path(dir_okay=False)),
+        click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
+                     help="Feed-forward net (mlp) or the diagonal model of Example 1 (diag)."),
+        click.option("--hidden", default="50", show_default=True,
+                     help="Hidden widths of the mlp, e.g. 50 or 20,20."),
+        click.option("--depth", type=int, default=2, show_default=True,
+                     help="Power D of the diagonal model H = Σ w_k^D x_k."),
+        click.option("--act", default="relu", show_default=True,
+                     help="Activation: linear, relu, leaky:A, square, sqrelu, poly:P, poly:P:A, tanh, gelu."),
+        click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default="square",
+                     show_default=True, help="Per-sample loss ℓ."),
+        click.option("--reduction", type=click.Choice(REDUCTIONS), default="sum", show_default=True,
+                     help="Sum the per-sample losses, or average them (torch's MSELoss)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
+        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64", show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
+    ]
+    for dec in reversed(decorators):
+        f = dec(f)
+    return f
+
+
+def output_options(f):
+    """--json, --out and --force."""
+    f = click.option("--force", is_flag=True, help="Overwrite an existing --out file.")(f)
+    f = click.option("--out", type=click.Path(dir_okay=False), default=None,
+                     help="Write the full result and its provenance to this HDF5 file.")(f)
+    f = click.option("--json", "as_json", is_flag=True,
+                     help="Print exactly one JSON object on stdout (tables go to stderr).")(f)
+    return f
+
+
+@dataclass
+class Problem:
+    """The data, network and loss one command works on, as tensors on one device."""
+
+    data: Any
+    arch: Any
+    loss: Any
+    X: torch.Tensor
+    y: torch.Tensor
+    ytilde: torch.Tensor
+    dtype: torch.dtype
+    device: torch.device
+    settings: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: not a device name (use cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
+
+
+def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device,
+                  require_homogeneous: bool = False) -> Problem:
+    """Load DATA and build the architecture and loss; every failure is an :class:`InputError`."""
+    from ..io import load_data
+
+    torch_device = resolve_device(device)
+    loss = make_loss(loss_name, reduction)
+    ds = load_data(data)
+    network = make_architecture(arch, ds.d, hidden, act, depth)
+    if require_homogeneous and network.homogeneity is None:
+        raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
+                         "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
+    X, y = ds.tensors(DTYPES[dtype], torch_device)
+    loss.check_labels(y)
+    settings = {"architecture": network.to_dict(), "loss": loss_name, "reduction": reduction,
+                "seed": seed, "dtype": dtype, "device": str(torch_device)}
+    return Problem(ds, network, loss, X, y, loss.ytilde(y), DTYPES[dtype], torch_device, settings)
+
+
+def emit_json(obj: dict) -> None:
+    """Write exactly one JSON object on stdout."""
+    click.echo(json.dumps(obj, default=_json_default, allow_nan=True))
+
+
+def _json_default(o):
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def guarded(f):
+    """Apply ncfkit's error policy to a command body: :class:`~ncfkit.errors.NcfkitError`
+    becomes one line on stderr and its exit code; any other exception becomes one line and
+    exit 1 (the traceback only with ``--debug``)."""
+    from ..errors import NcfkitError
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        debug = bool(ctx.find_root().params.get("debug"))
+        try:
+            return f(*args, **kwargs)
+        except NcfkitError as e:
+            if debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except torch.cuda.OutOfMemoryError:
+            if debug:
+                raise
+            click.echo("error: out of memory on the device; try a smaller problem or --device cpu", err=True)
+            sys.exit(1)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # the last line of defence: never a bare traceback
+            if debug:
+                raise
+            click.echo(f"error: internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper

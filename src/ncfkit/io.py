@@ -1,0 +1,333 @@
+"""Every file format ncfkit reads or writes, in one place.
+
+- data: ``.npz`` (arrays X, y), ``.h5``/``.hdf5`` (datasets X, y), ``.csv`` (last column
+  y, optional header row);
+- weights: ``.npz`` with ``W1`` … ``WL`` (torch ``nn.Linear`` layout) or ``w`` (diagonal);
+- results: HDF5 files whose root attribute ``ncfkit_kind`` says what they hold (``kkt``,
+  ``sparsity``, ``escape``), with a ``provenance`` group.
+
+Outputs are written atomically (temporary file in the same folder, fsync, rename) and an
+existing output is never replaced unless ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import __version__
+from .data import Dataset, validate_xy
+from .errors import InputError
+
+__all__ = [
+    "DATA_SUFFIXES", "load_data", "save_data", "sha256_of", "check_output_path",
+    "atomic_path", "write_h5", "read_h5", "result_kind", "provenance", "now_iso",
+    "read_weights", "write_weights",
+]
+
+DATA_SUFFIXES = (".npz", ".h5", ".hdf5", ".csv")
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {str(p)!r} does not exist")
+    if not p.is_file():
+        raise InputError(f"{what} {str(p)!r} is not a file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{what} {str(p)!r} is empty")
+    return p
+
+
+def _load_npz(p: Path) -> tuple[Any, Any]:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            missing = [k for k in ("X", "y") if k not in z.files]
+            if missing:
+                raise InputError(f"{p}: NPZ has no array {missing[0]!r} (found: {', '.join(z.files) or 'none'})")
+            return z["X"], z["y"]
+    except InputError:
+        raise
+    except Exception as e:  # zipfile/pickle/value errors of a damaged file
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+
+
+def _load_h5(p: Path) -> tuple[Any, Any]:
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            missing = [k for k in ("X", "y") if k not in f or not isinstance(f[k], h5py.Dataset)]
+            if missing:
+                raise InputError(f"{p}: HDF5 file has no dataset {missing[0]!r}")
+            return f["X"][()], f["y"][()]
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"{p}: not a readable HDF5 file ({type(e).__name__})") from None
+
+
+def _load_csv(p: Path) -> tuple[Any, Any]:
+    try:
+        text = p.read_text().strip().splitlines()
+    except UnicodeDecodeError:
+        raise InputError(f"{p}: not a text CSV file") from None
+    rows = [line for line in text if line.strip()]
+    if rows:
+        try:
+            [float(c) for c in rows[0].split(",")]
+        except ValueError:
+            rows = rows[1:]  # a header row
+    if not rows:
+        raise InputError(f"{p}: the data set is empty (n = 0 samples)")
+    try:
+        table = [[float(c) for c in line.split(",")] for line in rows]
+    except ValueError as e:
+        raise InputError(f"{p}: CSV holds a non-numeric value ({e})") from None
+    ncols = {len(r) for r in table}
+    if len(ncols) != 1:
+        raise InputError(f"{p}: CSV rows have different numbers of columns {sorted(ncols)}")
+    arr = np.asarray(table, dtype=np.float64)
+    if arr.shape[1] < 2:
+        raise InputError(f"{p}: CSV needs at least 2 columns (features, then the label y)")
+    return arr[:, :-1], arr[:, -1]
+
+
+_LOADERS = {".npz": _load_npz, ".h5": _load_h5, ".hdf5": _load_h5, ".csv": _load_csv}
+
+
+def load_data(path: str | os.PathLike) -> Dataset:
+    """Load and validate a data file; raise :class:`InputError` with a one-line reason."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _LOADERS:
+        raise InputError(f"{p}: unsupported data file type {suffix or '(none)'!r}; use {', '.join(DATA_SUFFIXES)}")
+    p = _existing_file(p, "data file")
+    X, y = _LOADERS[suffix](p)
+    X, y = validate_xy(X, y, source=str(p))
+    return Dataset(X, y, str(p), sha256_of(p))
+
+
+def save_data(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, force: bool = False) -> None:
+    """Write a data set in the format given by the suffix (atomically)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in _LOADERS:
+        raise InputError(f"{p}: unsupported data file type {suffix!r}; use {', '.join(DATA_SUFFIXES)}")
+    with atomic_path(p, force=force) as tmp:
+        if suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, X=X, y=y)
+        elif suffix == ".csv":
+            header = ",".join([f"x{i + 1}" for i in range(X.shape[1])] + ["y"])
+            np.savetxt(tmp, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%.17g")
+        else:
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                f["X"], f["y"] = X, y
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
+    """Refuse (with :class:`InputError`) an output into a missing folder, with a wrong
+    suffix, or onto an existing file without ``force``."""
+    p = Path(path)
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise InputError(f"output {str(p)!r}: unsupported extension; use {', '.join(suffixes)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"output {str(p)!r}: folder {str(parent)!r} does not exist")
+    if p.is_dir():
+        raise InputError(f"output {str(p)!r} is a folder")
+    if p.exists() and not force:
+        raise InputError(f"output {str(p)!r} exists; pass --force to overwrite it")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
+    """Yield a temporary path in the target's folder; on success fsync and rename it over
+    ``path``; on any error remove it, leaving ``path`` untouched."""
+    p = check_output_path(path, force=force)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    os.close(fd)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _write_node(group, key: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, dict):
+        sub = group.create_group(key)
+        for k, v in value.items():
+            _write_node(sub, str(k), v)
+    elif isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+        group.attrs[key] = value
+    elif isinstance(value, (list, tuple)) and (not value or not isinstance(value[0], (np.ndarray, list, dict))):
+        arr = np.asarray(value)
+        if arr.dtype.kind in "US":
+            group.attrs[key] = json.dumps(list(value))
+        else:
+            group.create_dataset(key, data=arr)
+    else:
+        arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
+        group.create_dataset(key, data=arr, compression="gzip" if arr.size > 4096 else None)
+
+
+def write_h5(path: str | os.PathLike, kind: str, tree: dict[str, Any], force: bool = False) -> None:
+    """Write a nested dict as HDF5 atomically: dicts become groups, arrays datasets and
+    scalars/strings attributes. ``kind`` goes to the root attribute ``ncfkit_kind``."""
+    import h5py
+
+    with atomic_path(path, force=force) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["ncfkit_kind"] = kind
+            f.attrs["ncfkit_version"] = __version__
+            for k, v in tree.items():
+                _write_node(f, k, v)
+
+
+def _read_node(node) -> dict[str, Any]:
+    import h5py
+
+    out: dict[str, Any] = {}
+    for k, v in node.attrs.items():
+        out[k] = v.item() if isinstance(v, np.generic) else v
+    for k, v in node.items():
+        out[k] = _read_node(v) if isinstance(v, h5py.Group) else v[()]
+    return out
+
+
+def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Read an ncfkit result file into a nested dict; raise :class:`InputError` for a file
+    that is missing, damaged, not an ncfkit result, or not one of ``kinds``."""
+    import h5py
+
+    p = _existing_file(path, "result file")
+    try:
+        with h5py.File(p, "r") as f:
+            tree = _read_node(f)
+    except Exception as e:
+        raise InputError(f"{p}: not a readable HDF5 result file ({type(e).__name__}: truncated or corrupted?)") from None
+    kind = tree.get("ncfkit_kind")
+    if kind is None:
+        raise InputError(f"{p}: not an ncfkit result file (no 'ncfkit_kind' attribute)")
+    if kinds and kind not in kinds:
+        raise InputError(f"{p}: is an ncfkit {kind!r} file; expected {' or '.join(kinds)}")
+    return tree
+
+
+def result_kind(path: str | os.PathLike) -> str:
+    return read_h5(path)["ncfkit_kind"]
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(data: Dataset | None = None, **settings: Any) -> dict[str, Any]:
+    """Where a result came from: version, command line, data hash, settings, machine."""
+    prov: dict[str, Any] = {
+        "ncfkit_version": __version__,
+        "command_line": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "start_time": now_iso(),
+    }
+    try:
+        import torch
+
+        prov["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    if data is not None:
+        prov.update(data_file=data.source, data_sha256=data.sha256, n=data.n, d=data.d)
+    for k, v in settings.items():
+        prov[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+    return {k: v for k, v in prov.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def read_weights(path: str | os.PathLike, shapes: list[tuple[int, int]] | None, d: int | None = None) -> np.ndarray:
+    """Read a weight file (SPEC §4) as one flat vector in ncfkit's layout.
+
+    ``shapes`` are the MLP's (k_l, k_{l-1}); ``None`` means the diagonal model, whose file
+    holds ``w`` of length ``d``. Raise :class:`InputError` on any mismatch.
+    """
+    p = _existing_file(path, "weight file")
+    if p.suffix.lower() != ".npz":
+        raise InputError(f"{p}: weight files are .npz (arrays W1 … WL, or w)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    if shapes is None:
+        if "w" not in arrays:
+            raise InputError(f"{p}: a diagonal-model weight file needs an array 'w'")
+        w = np.asarray(arrays["w"], dtype=np.float64).ravel()
+        if d is not None and w.size != d:
+            raise InputError(f"{p}: 'w' has {w.size} entries, the model has {d}")
+        return w
+    parts = []
+    for l, shape in enumerate(shapes, start=1):
+        key = f"W{l}"
+        if key not in arrays:
+            raise InputError(f"{p}: no array {key!r} (the network has {len(shapes)} layers)")
+        W = np.asarray(arrays[key], dtype=np.float64)
+        if l == len(shapes) and W.ndim == 1:
+            W = W[None, :]
+        if W.shape != tuple(shape):
+            raise InputError(f"{p}: {key} has shape {W.shape}, the network needs {tuple(shape)}")
+        parts.append(W.ravel())
+    extra = sorted(set(arrays) - {f"W{l}" for l in range(1, len(shapes) + 1)})
+    if extra:
+        raise InputError(f"{p}: unexpected arrays {extra} (the network has {len(shapes)} layers)")
+    w = np.concatenate(parts)
+    if not np.isfinite(w).all():
+        raise InputError(f"{p}: weights contain NaN or Inf")
+    return w
+
+
+def write_weights(path: str | os.PathLike, layers: list[np.ndarray] | np.ndarray, force: bool = False) -> None:
+    """Write a weight file: a list of W_l (MLP) or one vector ``w`` (diagonal)."""
+    with atomic_path(path, force=force) as tmp:
+        with open(tmp, "wb") as f:
+            if isinstance(layers, np.ndarray):
+                np.savez(f, w=layers)
+            else:
+                np.savez(f, **{f"W{l}": np.asarray(W) for l, W in enumerate(layers, start=1)})

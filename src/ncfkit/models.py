@@ -1,0 +1,231 @@
+"""Homogeneous networks H(x; w) on one flat parameter vector (SPEC §1).
+
+- :class:`MLP`: feed-forward, no biases (eq. 9): H(x) = W_L σ(W_{L-1} … σ(W_1 x)),
+  W_l ∈ R^{k_l × k_{l-1}}, k_0 = d, k_L = 1. Order L_h = 1 + p + … + p^{L-1}.
+- :class:`Diagonal`: the diagonal model of Example 1, H(x; w) = Σ_k w_k^D x_k, order D.
+
+Every function takes ``w`` of shape (..., k): leading axes are a batch (restarts, several
+δ), so one call serves many parameter vectors. ``W_l`` are views into ``w`` in torch's
+``nn.Linear`` layout, concatenated row-major, layer 1 first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .activations import Activation, parse_activation
+from .errors import InputError
+
+__all__ = ["Architecture", "MLP", "Diagonal", "parse_hidden", "make_architecture", "ARCHS"]
+
+
+class Architecture(Protocol):
+    """What the rest of ncfkit needs from a network."""
+
+    d: int
+
+    @property
+    def num_params(self) -> int: ...
+
+    @property
+    def homogeneity(self) -> float | None: ...
+
+    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """H(X; w): ``X`` (n, d), ``w`` (..., k) -> (..., n)."""
+
+    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """∇_w [gᵀ H(X; w)] in closed form: ``g`` (..., n) -> (..., k)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+
+def _widths_text(widths: tuple[int, ...]) -> str:
+    return ",".join(str(k) for k in widths)
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Feed-forward net without biases; ``hidden`` = (k_1, …, k_{L-1})."""
+
+    d: int
+    hidden: tuple[int, ...]
+    act: Activation
+
+    kind = "mlp"
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(k_0, k_1, …, k_L) with k_0 = d and k_L = 1."""
+        return (self.d, *self.hidden, 1)
+
+    @property
+    def depth(self) -> int:
+        return len(self.hidden) + 1
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        k = self.widths
+        return [(k[l + 1], k[l]) for l in range(self.depth)]
+
+    @property
+    def num_params(self) -> int:
+        return sum(a * b for a, b in self.shapes)
+
+    @property
+    def homogeneity(self) -> float | None:
+        """L_h = 1 + p + … + p^{L-1}; ``None`` for a non-homogeneous activation."""
+        if not self.act.homogeneous:
+            return None
+        return float(sum(self.act.p**l for l in range(self.depth)))
+
+    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """Views W_1, …, W_L of shape (..., k_l, k_{l-1})."""
+        out, start = [], 0
+        for rows, cols in self.shapes:
+            out.append(w[..., start : start + rows * cols].unflatten(-1, (rows, cols)))
+            start += rows * cols
+        return out
+
+    def join(self, Ws: list[torch.Tensor]) -> torch.Tensor:
+        """Inverse of :meth:`split`."""
+        return torch.cat([W.flatten(-2) for W in Ws], dim=-1)
+
+    def _forward_cache(self, X: torch.Tensor, w: torch.Tensor):
+        Ws = self.split(w)
+        hs, zs = [X.T], []
+        for W in Ws[:-1]:
+            zs.append(W @ hs[-1])
+            hs.append(self.act(zs[-1]))
+        out = (Ws[-1] @ hs[-1]).squeeze(-2)
+        return Ws, hs, zs, out
+
+    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self._forward_cache(X, w)[-1]
+
+    def forward_and_vjp(self, X: torch.Tensor, w: torch.Tensor, g_of_out):
+        """(H(X; w), ∇_w[gᵀH]) with ``g = g_of_out(H)``; one forward, one backward pass."""
+        Ws, hs, zs, out = self._forward_cache(X, w)
+        g = g_of_out(out)
+        grads = [None] * self.depth
+        back = g.unsqueeze(-2)  # (..., 1, n): ∂/∂ of the layer-L pre-activation
+        for l in range(self.depth - 1, -1, -1):
+            grads[l] = back @ hs[l].transpose(-1, -2)
+            if l > 0:
+                back = (Ws[l].transpose(-1, -2) @ back) * self.act.derivative(zs[l - 1])
+        return out, self.join(grads)
+
+    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_vjp(X, w, lambda _out: g)[1]
+
+    def neuron_norms(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per hidden layer l: (‖W_l[j,:]‖, ‖W_{l+1}[:,j]‖) for every neuron j."""
+        Ws = self.split(w)
+        return [
+            (Ws[l].norm(dim=-1), Ws[l + 1].norm(dim=-2)) for l in range(self.depth - 1)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": "mlp", "d": self.d, "hidden": list(self.hidden), "act": self.act.name}
+
+    def describe(self) -> str:
+        return f"mlp {_widths_text(self.widths)} act={self.act.name}"
+
+
+@dataclass(frozen=True)
+class Diagonal:
+    """Example 1's diagonal model H(x; w) = Σ_k w_k^D x_k (homogeneous of order D)."""
+
+    d: int
+    depth: int = 2
+
+    kind = "diag"
+
+    @property
+    def num_params(self) -> int:
+        return self.d
+
+    @property
+    def homogeneity(self) -> float:
+        return float(self.depth)
+
+    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return w**self.depth @ X.T
+
+    def forward_and_vjp(self, X: torch.Tensor, w: torch.Tensor, g_of_out):
+        out = self.forward(X, w)
+        g = g_of_out(out)
+        return out, self.depth * w ** (self.depth - 1) * (g @ X)
+
+    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_vjp(X, w, lambda _out: g)[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": "diag", "d": self.d, "depth": self.depth}
+
+    def describe(self) -> str:
+        return f"diag d={self.d} D={self.depth}"
+
+
+ARCHS = ("mlp", "diag")
+
+
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """Parse ``"50"`` or ``"20,30"`` into positive widths; raise :class:`InputError`."""
+    parts = [p.strip() for p in str(text).split(",")]
+    widths = []
+    for part in parts:
+        if not part:
+            raise InputError(f"--hidden {text!r}: empty width (use e.g. 50 or 20,20)")
+        try:
+            k = int(part)
+        except ValueError:
+            raise InputError(f"--hidden {text!r}: {part!r} is not an integer") from None
+        if k < 1:
+            raise InputError(f"--hidden {text!r}: widths must be >= 1 (got {k})")
+        widths.append(k)
+    return tuple(widths)
+
+
+def make_architecture(
+    arch: str, d: int, hidden: str | tuple[int, ...] = "50", act: str = "relu", depth: int = 2
+) -> MLP | Diagonal:
+    """Build an architecture by name (``mlp`` or ``diag``) for inputs of dimension ``d``."""
+    if d < 1:
+        raise InputError(f"data has d = {d} features; need at least 1")
+    if arch == "mlp":
+        widths = hidden if isinstance(hidden, tuple) else parse_hidden(hidden)
+        return MLP(d, widths, parse_activation(act) if isinstance(act, str) else act)
+    if arch == "diag":
+        if depth < 1:
+            raise InputError(f"--depth must be >= 1 (got {depth})")
+        return Diagonal(d, depth)
+    raise InputError(f"unknown architecture {arch!r}; expected one of: {', '.join(ARCHS)}")
+
+
+def architecture_from_dict(spec: dict[str, Any]) -> MLP | Diagonal:
+    """Rebuild an architecture from :meth:`to_dict` output (as stored in result files)."""
+    if spec.get("arch") == "mlp":
+        return MLP(int(spec["d"]), tuple(int(k) for k in spec["hidden"]), parse_activation(spec["act"]))
+    if spec.get("arch") == "diag":
+        return Diagonal(int(spec["d"]), int(spec["depth"]))
+    raise InputError(f"unknown architecture record {spec!r}")
+
+
+def random_direction(
+    num_params: int, generator: torch.Generator, batch: tuple[int, ...] = (), **kw
+) -> torch.Tensor:
+    """Unit-norm directions drawn uniformly on the sphere S^{k-1}, shape (*batch, k)."""
+    u = torch.randn(*batch, num_params, generator=generator, **kw)
+    return u / u.norm(dim=-1, keepdim=True)
+
+
+def unit(w: torch.Tensor) -> torch.Tensor:
+    """w / ‖w‖ along the last axis."""
+    return w / w.norm(dim=-1, keepdim=True)
+
+
