@@ -59,6 +59,12 @@ class Activation:
             return torch.tanh(x)
         if self.name == "gelu":
             return torch.nn.functional.gelu(x)
+        if self.alpha == -1.0 and self.p == 2:  # square: the hottest path, kept lean
+            return x * x
+        if self.alpha == 1.0 and self.p == 1:
+            return x
+        if self.alpha == 0.0 and self.p == 1:
+            return torch.relu(x)
         m = self._base(x)
         return m if self.p == 1 else m**self.p
 
@@ -70,7 +76,13 @@ class Activation:
             cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
             pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
             return cdf + x * pdf
-        slope = torch.where(x >= self.alpha * x, torch.ones_like(x), torch.full_like(x, self.alpha))
+        if self.alpha == -1.0 and self.p == 2:
+            return 2 * x
+        if self.alpha == 1.0 and self.p == 1:
+            return torch.ones_like(x)
+        if self.alpha == 0.0 and self.p == 1:
+            return (x > 0).to(x.dtype)
+        slope = torch.where(x >= self.alpha * x, 1.0, self.alpha).to(x.dtype)
         if self.p == 1:
             return slope
         return self.p * self._base(x) ** (self.p - 1) * slope

@@ -98,9 +98,11 @@ class MLP:
     def _forward_cache(self, X: torch.Tensor, w: torch.Tensor):
         Ws = self.split(w)
         hs, zs = [X.T], []
-        for W in Ws[:-1]:
-            zs.append(W @ hs[-1])
-            hs.append(self.act(zs[-1]))
+        for l, W in enumerate(Ws[:-1]):
+            # Layer 1 shares X across the batch: one (…·k_1, d) @ (d, n) GEMM, not a bmm.
+            z = (W.reshape(-1, self.d) @ X.T).reshape(*W.shape[:-1], -1) if l == 0 else W @ hs[-1]
+            zs.append(z)
+            hs.append(self.act(z))
         out = (Ws[-1] @ hs[-1]).squeeze(-2)
         return Ws, hs, zs, out
 
@@ -114,7 +116,10 @@ class MLP:
         grads = [None] * self.depth
         back = g.unsqueeze(-2)  # (..., 1, n): ∂/∂ of the layer-L pre-activation
         for l in range(self.depth - 1, -1, -1):
-            grads[l] = back @ hs[l].transpose(-1, -2)
+            if l == 0:
+                grads[0] = (back.reshape(-1, back.shape[-1]) @ X).reshape(*back.shape[:-1], self.d)
+            else:
+                grads[l] = back @ hs[l].transpose(-1, -2)
             if l > 0:
                 back = (Ws[l].transpose(-1, -2) @ back) * self.act.derivative(zs[l - 1])
         return out, self.join(grads)

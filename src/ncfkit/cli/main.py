@@ -33,4 +33,7 @@ _register()
 
 
 def main() -> None:
+    from .._runtime import tune_allocator
+
+    tune_allocator()
     cli(prog_name="ncfkit")

@@ -1,0 +1,27 @@
+"""Process-wide tuning the command line applies once at start-up.
+
+glibc serves every allocation above 128 KiB with a fresh ``mmap``, so each batched
+temporary (a few MB for 64 restarts) pays page faults on every step; raising the mmap
+and trim thresholds lets freed blocks be reused and cuts a batched NCF step by ~3-4x on
+Linux. It changes no result. It is applied by the CLI, not on ``import ncfkit``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator(threshold: int = 1 << 30) -> bool:
+    """Raise glibc's mmap/trim thresholds; return whether it was applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # musl, or no libc.so.6
+        return False

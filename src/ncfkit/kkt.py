@@ -1,0 +1,272 @@
+"""KKT points of the constrained NCF  max 𝒩(u) s.t. ‖u‖₂ = 1  (eq. 4, Lemma 20).
+
+A first-order KKT point w* satisfies ∇𝒩(w*) = L_h 𝒩(w*) w* (λ* = L_h 𝒩(w*)/2). It is a
+Δ-second-order KKT point when L_h 𝒩(w*) − bᵀ∇²𝒩(w*) b ≥ Δ for every unit b ⟂ w*, so
+Δ = L_h 𝒩(w*) − λ_max(∇²𝒩(w*) restricted to w*⊥). Lemma 20: w* is an eigenvector of
+∇²𝒩(w*) with eigenvalue L_h(L_h − 1)𝒩(w*).
+
+:func:`normalized_ascent` runs projected (Riemannian) gradient ascent on the sphere from
+a batch of starts at once, each with its own adaptive step; it is the practical proxy
+for the NCF flow u̇ = ∇𝒩(u) whose limit direction defines the stable set (Def. 2).
+:func:`certify` computes every diagnostic of one point; :func:`find_kkt_points` runs
+many restarts, certifies, and merges points equal up to the network's symmetries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .models import MLP, Architecture
+from .ncf import ncf, ncf_hessian, ncf_hvp, ncf_value_and_grad
+from .sparsity import balance_error, neuron_activity
+
+__all__ = ["AscentResult", "Certificate", "KKTPoint", "KKTResult", "normalized_ascent",
+           "kkt_residual", "certify", "find_kkt_points", "DENSE_MAX"]
+
+#: Above this many parameters the restricted Hessian spectrum is computed matrix-free.
+DENSE_MAX = 3000
+
+
+@dataclass(frozen=True)
+class AscentResult:
+    """Final iterates of :func:`normalized_ascent`, one row per start."""
+
+    u: torch.Tensor  # (R, k), unit norm
+    ncf: torch.Tensor  # (R,)
+    residual: torch.Tensor  # (R,) relative first-order residual
+    converged: torch.Tensor  # (R,) bool
+    steps: torch.Tensor  # (R,) steps taken
+
+
+def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: float,
+                 scale: torch.Tensor | float) -> torch.Tensor:
+    """Relative first-order residual ‖∇𝒩(u) − L_h 𝒩(u) u‖ / scale."""
+    return (grad - L_h * value.unsqueeze(-1) * u).norm(dim=-1) / scale
+
+
+def normalized_ascent(
+    arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u0: torch.Tensor,
+    max_steps: int = 20000, tol: float = 1e-9,
+    progress: Callable[[int, int], None] | None = None,
+) -> AscentResult:
+    """Projected gradient ascent of 𝒩 on the unit sphere from every row of ``u0``.
+
+    Each start has its own step size η: a step u ← (u + η r)/‖u + η r‖ along the tangent
+    gradient r = ∇𝒩 − (uᵀ∇𝒩)u is accepted when 𝒩 does not decrease (η then grows by 1.5),
+    and is rejected otherwise (η halves). A start stops when its residual
+    ‖r‖ / s ≤ ``tol``, where s = max(‖∇𝒩(u)‖, median ‖∇𝒩‖ over the starts at step 0)
+    keeps the test meaningful at points where 𝒩 and its gradient vanish. Converged starts
+    are dropped from the batch, so the cost follows the slowest start, not R times it.
+    """
+    L_h = float(arch.homogeneity)
+    u = u0 / u0.norm(dim=-1, keepdim=True)
+    R = u.shape[0]
+    val, grad = ncf_value_and_grad(arch, X, ytilde, u)
+    g0 = grad.norm(dim=-1).median().clamp_min(torch.finfo(u.dtype).tiny)
+    eta = 1.0 / (L_h * g0) * torch.ones(R, dtype=u.dtype, device=u.device)
+    eps = torch.finfo(u.dtype).eps
+
+    out_u, out_val = u.clone(), val.clone()
+    out_res = torch.full((R,), float("inf"), dtype=u.dtype, device=u.device)
+    steps = torch.zeros(R, dtype=torch.long, device=u.device)
+    done = torch.zeros(R, dtype=torch.bool, device=u.device)
+    idx = torch.arange(R, device=u.device)  # rows of the full batch still running
+
+    for step in range(max_steps + 1):
+        radial = (u * grad).sum(-1, keepdim=True)
+        tangent = grad - radial * u
+        scale = torch.maximum(grad.norm(dim=-1), g0)
+        res = tangent.norm(dim=-1) / scale
+        fin = res <= tol
+        if step == max_steps:
+            fin = torch.ones_like(fin)
+        if bool(fin.any()):
+            rows = idx[fin]
+            out_u[rows], out_val[rows], out_res[rows] = u[fin], val[fin], res[fin]
+            done[rows] = res[fin] <= tol
+            steps[rows] = step
+            keep = ~fin
+            idx, u, val, grad, tangent, eta = idx[keep], u[keep], val[keep], grad[keep], tangent[keep], eta[keep]
+            if idx.numel() == 0:
+                break
+        trial = u + eta.unsqueeze(-1) * tangent
+        trial = trial / trial.norm(dim=-1, keepdim=True)
+        t_val, t_grad = ncf_value_and_grad(arch, X, ytilde, trial)
+        # Accept a clear increase of 𝒩; once changes of 𝒩 drown in round-off (they are
+        # O(residual²)), accept a step that keeps 𝒩 within round-off and does not
+        # increase the tangent gradient.
+        noise = 64 * eps * (val.abs() + g0)
+        t_tan = t_grad - (trial * t_grad).sum(-1, keepdim=True) * trial
+        ok = (t_val > val + noise) | ((t_val >= val - noise) & (t_tan.norm(dim=-1) <= tangent.norm(dim=-1)))
+        okc = ok.unsqueeze(-1)
+        u = torch.where(okc, trial, u)
+        val = torch.where(ok, t_val, val)
+        grad = torch.where(okc, t_grad, grad)
+        eta = torch.where(ok, eta * 1.5, eta * 0.5)
+        if progress is not None and step % 100 == 0:
+            progress(step, int(idx.numel()))
+    return AscentResult(out_u, out_val, out_res, done, steps)
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Every diagnostic of one candidate KKT point w* (unit norm)."""
+
+    w: torch.Tensor
+    ncf: float
+    lam: float  # λ* = L_h 𝒩(w*)/2
+    residual: float  # ‖∇𝒩 − L_h 𝒩 w*‖ / max(‖∇𝒩‖, tiny)
+    delta: float  # Δ = L_h 𝒩 − λ_max(∇²𝒩 | w*⊥)
+    top_eigs: tuple[float, ...]  # largest eigenvalues of ∇²𝒩 restricted to w*⊥
+    eig_error: float  # Lemma 20: ‖∇²𝒩 w* − L_h(L_h−1)𝒩 w*‖ / max(|L_h(L_h−1)𝒩|, tiny)
+    balance_error: float | None  # Lemma 17 (mlp only)
+    kind: str  # positive / zero / negative
+    second_order: bool
+    hessian_method: str  # dense / lanczos
+    active_per_layer: tuple[int, ...] | None = None
+    active_neurons: tuple[tuple[int, ...], ...] | None = None
+
+
+def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tuple[np.ndarray, str]:
+    """Largest eigenvalues of ∇²𝒩(w) restricted to w⊥: dense for small k, else Lanczos
+    (scipy ``eigsh``) on the operator P∇²𝒩P − c·wwᵀ, c pushing w's own direction away."""
+    k = w.numel()
+    if k <= 1:
+        return np.array([-np.inf]), "dense"
+    if k <= DENSE_MAX:
+        H = ncf_hessian(arch, X, ytilde, w).detach().cpu().double().numpy()
+        H = (H + H.T) / 2
+        wn = w.detach().cpu().double().numpy()
+        # Orthonormal basis of w⊥ from a Householder reflection that maps w to e_1.
+        v = wn.copy()
+        v[0] += np.copysign(1.0, wn[0]) * np.linalg.norm(wn)
+        v /= np.linalg.norm(v)
+        Q = (np.eye(k) - 2 * np.outer(v, v))[:, 1:]
+        eigs = np.linalg.eigvalsh(Q.T @ H @ Q)
+        return eigs[::-1][:num], "dense"
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    wt = w.detach()
+    norm_bound = None
+
+    def matvec(x):
+        b = torch.as_tensor(np.asarray(x).ravel(), dtype=wt.dtype, device=wt.device)
+        b = b - (wt @ b) * wt
+        hb = ncf_hvp(arch, X, ytilde, wt, b)
+        hb = hb - (wt @ hb) * wt
+        return (hb - norm_bound * (wt @ b) * wt).cpu().double().numpy()
+
+    # A cheap bound on ‖∇²𝒩‖ from power-iteration-free Gershgorin surrogate: |L_h(L_h-1)𝒩|·10.
+    L_h = float(arch.homogeneity)
+    norm_bound = 10 * abs(L_h * (L_h - 1) * float(ncf(arch, X, ytilde, wt))) + 1.0
+    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
+    eigs = eigsh(op, k=num, which="LA", tol=1e-10, maxiter=20 * k, return_eigenvectors=False)
+    return np.sort(eigs)[::-1], "lanczos"
+
+
+def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
+            *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6) -> Certificate:
+    """Certify one point w (normalised to unit norm first).
+
+    ``zero_tol`` (relative to ‖∇𝒩‖-scale) decides the kind "zero"; ``active_tol`` is the
+    relative neuron norm below which a hidden neuron is zero; ``second_order_tol``
+    (relative to L_h|𝒩|) is the slack allowed in Δ ≥ 0 for the second-order verdict.
+    """
+    w = (w / w.norm()).detach()
+    L_h = float(arch.homogeneity)
+    val_t, grad = ncf_value_and_grad(arch, X, ytilde, w)
+    val = float(val_t)
+    gscale = max(float(grad.norm()), float(torch.finfo(w.dtype).tiny))
+    residual = float((grad - L_h * val * w).norm()) / gscale
+    top, method = _restricted_top_eigs(arch, X, ytilde, w)
+    delta = L_h * val - float(top[0])
+    hw = ncf_hvp(arch, X, ytilde, w, w)
+    target = L_h * (L_h - 1) * val
+    eig_error = float((hw - target * w).norm()) / max(abs(target), float(torch.finfo(w.dtype).tiny))
+    ytscale = float(ytilde.abs().sum()) * float(X.norm(dim=1).max()) ** L_h
+    kind = "zero" if abs(val) <= zero_tol * max(ytscale, 1e-300) else ("positive" if val > 0 else "negative")
+    second = delta >= -second_order_tol * max(L_h * abs(val), 1e-300)
+    bal = act_layers = act_neurons = None
+    if isinstance(arch, MLP):
+        bal = balance_error(arch, w)
+        activity = neuron_activity(arch, w, active_tol)
+        act_layers, act_neurons = tuple(activity.active_per_layer), activity.active
+    return Certificate(w, val, L_h * val / 2, residual, delta, tuple(float(t) for t in top),
+                       eig_error, bal, kind, bool(second), method, act_layers, act_neurons)
+
+
+@dataclass(frozen=True)
+class KKTPoint:
+    """A distinct KKT point, its certificate, and how many restarts reached it."""
+
+    cert: Certificate
+    count: int
+    basin_fraction: float
+    restarts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KKTResult:
+    points: list[KKTPoint]  # sorted by 𝒩 descending
+    homogeneity: float
+    num_params: int
+    restarts: int
+    converged: int
+    max_steps_taken: int
+    unconverged: tuple[int, ...] = field(default=())
+
+
+def _same_point(arch, X, a: Certificate, b: Certificate, out_a, out_b, rtol: float) -> bool:
+    """Equal up to symmetry: same 𝒩, same network outputs on the data (invariant under
+    permutations, sign flips and the rescalings of Lemma 17), same active-neuron counts."""
+    scale = max(abs(a.ncf), abs(b.ncf), 1e-300)
+    if abs(a.ncf - b.ncf) > rtol * scale:
+        return False
+    if a.active_per_layer != b.active_per_layer:
+        return False
+    oscale = max(float(out_a.norm()), float(out_b.norm()), 1e-300)
+    return float((out_a - out_b).norm()) <= 1e3 * rtol * oscale
+
+
+def find_kkt_points(
+    arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, restarts: int = 32,
+    seed: int = 0, max_steps: int = 20000, tol: float = 1e-9, merge_rtol: float = 1e-5,
+    active_tol: float = 1e-3, progress: Callable[[int, int], None] | None = None,
+) -> KKTResult:
+    """Batched ascent from ``restarts`` random unit starts (seeded), certification of every
+    converged start, and merging of points equal up to the network's symmetries."""
+    from .models import random_direction
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    u0 = random_direction(arch.num_params, gen, (restarts,), dtype=X.dtype).to(X.device)
+    asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
+    conv = torch.nonzero(asc.converged).flatten().tolist()
+    groups: list[tuple[Certificate, torch.Tensor, list[int]]] = []
+    for r in sorted(conv, key=lambda i: -float(asc.ncf[i])):
+        out = arch.forward(X, asc.u[r])
+        for cert, ref_out, members in groups:
+            if cert is not None and _same_point(arch, X, cert, cert_light(arch, X, ytilde, asc.u[r], active_tol),
+                                                ref_out, out, merge_rtol):
+                members.append(r)
+                break
+        else:
+            groups.append((certify(arch, X, ytilde, asc.u[r], active_tol=active_tol), out, [r]))
+    points = [KKTPoint(cert, len(m), len(m) / restarts, tuple(m)) for cert, _, m in groups]
+    points.sort(key=lambda p: -p.cert.ncf)
+    unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i]))
+    return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
+                     int(asc.steps.max()), unconverged)
+
+
+def cert_light(arch, X, ytilde, w, active_tol) -> Certificate:
+    """The cheap part of a certificate (𝒩 and activity) used for merging."""
+    w = w / w.norm()
+    val = float(ncf(arch, X, ytilde, w))
+    act = None
+    if isinstance(arch, MLP):
+        act = tuple(neuron_activity(arch, w, active_tol).active_per_layer)
+    return Certificate(w, val, 0.0, 0.0, 0.0, (), 0.0, None, "", False, "", act, None)
