@@ -6,17 +6,41 @@ outgoing weights W_{l+1}[:, j]. A set of neurons whose incoming AND outgoing wei
 all zero is a zero-preserving subset w_z: gradient flow and gradient descent started with
 w_z = 0 keep it exactly 0 (Lemma 16). For a KKT point the neurons with zero row and
 column form one (proof of Theorem 18).
+
+:func:`analyse_sparsity` bundles the classification, the mask of w_z and the balance error
+of one weight vector into a :class:`SparsityReport`. :func:`verify_zero_preserving` checks
+Lemma 16 empirically: plain gradient descent on the training loss 𝓛 from a random small
+start whose w_z entries are exactly 0 must keep them exactly 0 (bit for bit) while the
+other weights move; as negative controls, starts that zero only the incoming weights
+(rows) or only the outgoing weights (columns) of the same neurons must not all stay 0.
+
+Why two controls: W_l[j,:] receives the gradient (W_{l+1}[:,j]ᵀ b) σ'(z_j) h_{l-1}, with
+z_j = W_l[j,:] h_{l-1} = 0 when the row is 0. For activations with σ'(0) = 0 (ReLU with
+torch's convention, and every p ≥ 2: square, sqrelu, poly:P) a zero row therefore stays
+0 whatever the column holds, so the rows-only control is itself preserved there. The
+outgoing weights W_{l+1}[:,j] receive b σ(z_j)ᵀ, which is nonzero as soon as the row is,
+so the columns-only control leaves 0 for every activation (unless a ReLU neuron is dead on
+all samples).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError, RunError
+from .losses import Loss
 from .models import MLP
+from .ncf import loss_value, loss_value_and_grad
 
-__all__ = ["NeuronActivity", "neuron_activity", "zero_preserving_mask", "balance_error"]
+__all__ = ["NeuronActivity", "neuron_activity", "zero_preserving_mask", "balance_error",
+           "SparsityReport", "analyse_sparsity", "ControlRun", "VerifyResult",
+           "verify_zero_preserving", "PARTS"]
+
+#: Which weights of the zero neurons a mask holds: all of w_z, or one half of it.
+PARTS = ("both", "rows", "columns")
 
 
 @dataclass(frozen=True)
@@ -53,15 +77,25 @@ def neuron_activity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> NeuronActi
     return NeuronActivity(tuple(arch.hidden), tuple(zero), tuple(active), tuple(lopsided), threshold)
 
 
-def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *, like: torch.Tensor | None = None) -> torch.Tensor:
-    """Flat boolean mask (k,) of w_z: incoming and outgoing weights of the ``zero`` neurons."""
+def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *,
+                         like: torch.Tensor | None = None, part: str = "both") -> torch.Tensor:
+    """Flat boolean mask (k,) of w_z: incoming and outgoing weights of the ``zero`` neurons.
+
+    ``zero[l]`` lists the neurons of hidden layer l + 1. ``part="rows"`` keeps only the
+    incoming weights W_l[j, :], ``part="columns"`` only the outgoing W_{l+1}[:, j] (the
+    halves used as negative controls; neither alone is zero-preserving in general).
+    """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     flat = torch.zeros(arch.num_params, dtype=torch.bool,
                        device=None if like is None else like.device)
     Ms = arch.split(flat)
     for l, neurons in enumerate(zero):
         idx = list(neurons)
-        Ms[l][idx, :] = True
-        Ms[l + 1][:, idx] = True
+        if part in ("both", "rows"):
+            Ms[l][idx, :] = True
+        if part in ("both", "columns"):
+            Ms[l + 1][:, idx] = True
     return flat
 
 
@@ -73,3 +107,212 @@ def balance_error(arch: MLP, w: torch.Tensor) -> float:
     if not errs:
         return 0.0
     return (torch.stack(errs).max() / (w**2).sum()).item()
+
+
+# --------------------------------------------------------------------------- one point
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """The sparsity structure of one weight vector: which hidden neurons are zero, the
+    mask of w_z (flat, ncfkit layout), and the Lemma-17 balance error."""
+
+    activity: NeuronActivity
+    mask: torch.Tensor  # (k,) bool
+    balance_error: float
+    tol: float
+
+    @property
+    def num_params(self) -> int:
+        return int(self.mask.numel())
+
+    @property
+    def zero_preserving_size(self) -> int:
+        """Number of weights in w_z (a weight shared by two zero neurons counts once)."""
+        return int(self.mask.sum())
+
+    @property
+    def zero_preserving_fraction(self) -> float:
+        return self.zero_preserving_size / max(self.num_params, 1)
+
+    @property
+    def lopsided(self) -> int:
+        """Neurons whose row is zero while the column is not, or the reverse."""
+        return sum(len(j) for j in self.activity.lopsided)
+
+    def outside_per_matrix(self, arch: MLP) -> list[int]:
+        """Weights of each W_l outside w_z (at a KKT point: the active block)."""
+        return [int((~M).sum()) for M in arch.split(self.mask)]
+
+
+def analyse_sparsity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> SparsityReport:
+    """Classify the hidden neurons of ``w`` (k,) with relative threshold ``tol`` (see
+    :func:`neuron_activity`) and build the mask of the zero-preserving subset w_z.
+
+    >>> from ncfkit.activations import parse_activation
+    >>> arch = MLP(2, (2,), parse_activation("square"))
+    >>> w = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.5, 0.0])  # W1 = [[1, 0], [0, 0]], W2 = [.5, 0]
+    >>> r = analyse_sparsity(arch, w); r.activity.zero, r.zero_preserving_size
+    (((1,),), 3)
+
+    Raises:
+        InputError: ``tol`` outside [0, 1), or ``w`` all zero or not finite.
+    """
+    if not (math.isfinite(tol) and 0.0 <= tol < 1.0):
+        raise InputError(f"--tol must be in [0, 1) (a fraction of the largest neuron norm); got {tol:g}")
+    if not bool(torch.isfinite(w).all()):
+        raise InputError("the weights contain NaN or Inf")
+    if not bool((w != 0).any()):
+        raise InputError("the weights are all zero: every neuron is zero, there is no structure to report")
+    activity = neuron_activity(arch, w, tol)
+    mask = zero_preserving_mask(arch, activity.zero, like=w)
+    return SparsityReport(activity, mask, balance_error(arch, w), tol)
+
+
+# --------------------------------------------------------------------------- Lemma 16
+
+
+@dataclass(frozen=True)
+class ControlRun:
+    """A negative control: a start that zeroes only one half (``part``) of w_z."""
+
+    part: str  # "rows" (incoming weights) or "columns" (outgoing weights)
+    zeroed: int  # entries set to 0 at the start
+    max_abs: float  # max |w| over those entries, over every step
+    expected_to_leave: bool  # what the gradient formulas predict (module docstring)
+
+    @property
+    def left_zero(self) -> bool:
+        return not self.max_abs == 0.0  # NaN counts as having left
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Gradient descent w ← w − η∇𝓛(w) from δ·u (u unit-norm, u_{w_z} = 0) and from the
+    two controls; ``verified`` iff w_z stays exactly 0, the rest moves, and at least one
+    control leaves 0."""
+
+    zero_preserving_size: int
+    wz_max_abs: float  # max |w_z| over every step of the w_z = 0 run: 0.0 when preserved
+    relative_change: float  # ‖Δw‖/‖w(0)‖ over the weights outside w_z
+    loss_initial: float
+    loss_final: float
+    controls: tuple[ControlRun, ...]
+    steps: int
+    lr: float
+    init_scale: float
+    seed: int
+    attempts: int  # runs made: the automatic step size shrinks 10x after a divergence
+    move_tol: float
+    w_start: torch.Tensor  # (3, k): the w_z = 0 start, then the rows and columns controls
+    w_end: torch.Tensor  # (3, k) after ``steps`` steps
+
+    @property
+    def preserved(self) -> bool:
+        return self.wz_max_abs == 0.0
+
+    @property
+    def others_moved(self) -> bool:
+        return self.relative_change > self.move_tol
+
+    @property
+    def negative_control(self) -> bool:
+        return any(c.left_zero for c in self.controls)
+
+    @property
+    def verified(self) -> bool:
+        return (self.zero_preserving_size > 0 and self.preserved and self.others_moved
+                and self.negative_control)
+
+    @property
+    def reason(self) -> str:
+        """One line: why the check failed ('' when verified)."""
+        if self.zero_preserving_size == 0:
+            return "w_z is empty (no zero neurons): nothing to verify"
+        if not self.preserved:
+            return (f"w_z did not stay at 0 (max |w_z| reached {self.wz_max_abs:.3g}): "
+                    "not a zero-preserving subset")
+        if not self.others_moved:
+            return (f"the other weights barely moved (relative change {self.relative_change:.2g}"
+                    f" <= {self.move_tol:g}), so the check says nothing; raise --lr, "
+                    "--init-scale or --steps")
+        if not self.negative_control:
+            return ("negative control failed: zeroing only the rows or only the columns "
+                    "also stayed exactly 0")
+        return ""
+
+
+def _descend(arch, X, y, loss, w0, watch, lr, steps):
+    """Gradient descent from every row of ``w0`` (B, k). Returns (w, 𝓛(w0), 𝓛(w), peak),
+    peak (B,) = the largest |w| seen on the ``watch`` entries of each row at any step, or
+    ``None`` as soon as a loss is not finite."""
+    w = w0.clone()
+    peak = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    loss0 = None
+    for step in range(steps):
+        val, grad = loss_value_and_grad(arch, X, y, loss, w)
+        if loss0 is None:
+            loss0 = val
+        if step % 64 == 0 and not bool(torch.isfinite(val).all()):
+            return None
+        w = w - lr * grad
+        peak = torch.maximum(peak, w.abs().masked_fill(~watch, 0.0).amax(-1))
+    final = loss_value(arch, X, y, loss, w)
+    if not (bool(torch.isfinite(final).all()) and bool(torch.isfinite(w).all())):
+        return None
+    return w, loss0, final, peak
+
+
+def verify_zero_preserving(
+    arch: MLP, X: torch.Tensor, y: torch.Tensor, loss: Loss, zero: tuple[tuple[int, ...], ...],
+    *, steps: int = 3000, lr: float | None = None, init_scale: float = 0.1, seed: int = 0,
+    move_tol: float = 1e-6, max_attempts: int = 6,
+) -> VerifyResult:
+    """Check Lemma 16 for the neurons ``zero`` (per hidden layer) by gradient descent.
+
+    Three runs share one random draw g ~ N(0, I) (seeded): g with w_z set to 0, g with only
+    the rows (incoming weights) of the zero neurons set to 0, and g with only their
+    columns (outgoing weights) set to 0; each is scaled to norm ``init_scale``. All three
+    take ``steps`` steps with the same η. ``lr=None`` picks η so that the first step moves
+    the w_z = 0 start by 10⁻³ of its norm, and divides η by 10 after a divergence.
+
+    Raises:
+        RunError: every step size tried diverged.
+    """
+    like = X
+    mask = zero_preserving_mask(arch, zero, like=like)
+    halves = [zero_preserving_mask(arch, zero, like=like, part=p) for p in ("rows", "columns")]
+    watch = torch.stack([mask, *halves])
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.randn(arch.num_params, generator=gen, dtype=X.dtype).to(X.device)
+    w0 = g.expand(watch.shape).masked_fill(watch, 0.0)
+    w0 = init_scale * w0 / w0.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(X.dtype).tiny)
+
+    if lr is None:
+        grad0 = loss_value_and_grad(arch, X, y, loss, w0[0])[1]
+        gnorm = float(grad0.norm())
+        eta = 1e-3 * init_scale / gnorm if gnorm > 0 else 1.0
+        attempts_left = max_attempts
+    else:
+        eta, attempts_left = lr, 1
+    attempts = 0
+    while True:
+        attempts += 1
+        run = _descend(arch, X, y, loss, w0, watch, eta, steps)
+        if run is not None:
+            break
+        if attempts >= attempts_left:
+            raise RunError(f"gradient descent diverged (last step size {eta:.3g}); "
+                           "pass a smaller --lr or --init-scale")
+        eta /= 10
+    w, loss0, final, peak = run
+    others = ~mask
+    change = float((w[0] - w0[0])[others].norm() / w0[0].norm().clamp_min(torch.finfo(X.dtype).tiny))
+    rows_move = bool(arch.act.derivative(torch.zeros((), dtype=X.dtype)) != 0)
+    controls = tuple(
+        ControlRun(part, int(h.sum()), float(peak[i + 1]), expected)
+        for i, (part, h, expected) in enumerate(zip(("rows", "columns"), halves, (rows_move, True)))
+    )
+    return VerifyResult(int(mask.sum()), float(peak[0]), change, float(loss0[0]), float(final[0]),
+                        controls, steps, float(eta), float(init_scale), seed, attempts, move_tol,
+                        w0, w)
