@@ -193,7 +193,9 @@ def _write_node(group, key: str, value: Any) -> None:
         sub = group.create_group(key)
         for k, v in value.items():
             _write_node(sub, str(k), v)
-    elif isinstance(value, (str, bool, int, float, np.integer, np.floating, np.bool_)):
+    elif isinstance(value, str):
+        group.attrs[key] = str(value)  # np.str_ has no HDF5 conversion
+    elif isinstance(value, (bool, int, float, np.integer, np.floating, np.bool_)):
         group.attrs[key] = value
     elif isinstance(value, (list, tuple)) and (not value or not isinstance(value[0], (np.ndarray, list, dict))):
         arr = np.asarray(value)
@@ -331,3 +333,100 @@ def write_weights(path: str | os.PathLike, layers: list[np.ndarray] | np.ndarray
                 np.savez(f, w=layers)
             else:
                 np.savez(f, **{f"W{l}": np.asarray(W) for l, W in enumerate(layers, start=1)})
+
+
+# --------------------------------------------------------------------------- kkt files
+
+
+def kkt_tree(result, arch, prov: dict[str, Any]) -> dict[str, Any]:
+    """The HDF5 layout of a ``kkt`` result: attrs of the run, ``provenance``, and
+    ``points/<i>`` (sorted by 𝒩 descending) with the certificate as attributes and the
+    weights as datasets ``w`` (flat, unit norm) and ``W1`` … ``WL`` (mlp)."""
+    points = {}
+    for i, p in enumerate(result.points):
+        c = p.cert
+        node: dict[str, Any] = {
+            "ncf": c.ncf, "lam": c.lam, "residual": c.residual, "delta": c.delta,
+            "eig_error": c.eig_error, "kind": c.kind, "second_order": c.second_order,
+            "hessian_method": c.hessian_method, "count": p.count,
+            "basin_fraction": p.basin_fraction, "converged": p.converged,
+            "restarts": np.asarray(p.restarts, dtype=np.int64),
+            "top_eigs": np.asarray(c.top_eigs), "w": c.w.detach().cpu().numpy(),
+        }
+        if c.balance_error is not None:
+            node["balance_error"] = c.balance_error
+            node["active_per_layer"] = np.asarray(c.active_per_layer, dtype=np.int64)
+            for l, W in enumerate(arch.split(c.w.detach().cpu()), start=1):
+                node[f"W{l}"] = W.numpy()
+        points[str(i)] = node
+    return {
+        "homogeneity": result.homogeneity, "num_params": result.num_params,
+        "restarts": result.restarts, "converged": result.converged,
+        "max_steps_taken": result.max_steps_taken, "stalled": len(result.stalled),
+        "provenance": prov, "points": points,
+    }
+
+
+def read_kkt_point(path: str | os.PathLike, point: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(point record, provenance) of point ``point`` of a ``kkt`` file; raise
+    :class:`InputError` for a wrong file or an index out of range."""
+    tree = read_h5(path, kinds=("kkt",))
+    points = tree.get("points", {})
+    if not points:
+        raise InputError(f"{path}: the kkt file holds no converged point")
+    if not 0 <= point < len(points):
+        raise InputError(f"{path}: --point {point} out of range; the file has points 0..{len(points) - 1}")
+    rec = points.get(str(point))
+    if rec is None or "w" not in rec:
+        raise InputError(f"{path}: point {point} is damaged (no weights)")
+    return rec, tree.get("provenance", {})
+
+
+def architecture_of(prov: dict[str, Any]):
+    """The architecture recorded in a result's provenance."""
+    from .models import architecture_from_dict
+
+    spec = prov.get("architecture")
+    if spec is None:
+        raise InputError("result file has no architecture in its provenance")
+    try:
+        return architecture_from_dict(json.loads(spec) if isinstance(spec, str) else spec)
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"result file has a malformed architecture record {spec!r}") from None
+
+
+def weight_file_shapes(path: str | os.PathLike) -> list[tuple[int, int]] | None:
+    """The MLP layer shapes (k_l, k_{l-1}) a weight file implies, read from its arrays
+    ``W1`` … ``WL`` (the last may be (k_{L-1},)); ``None`` for a diagonal-model file
+    (array ``w``). Pass the result to :func:`read_weights`. Raise :class:`InputError` for
+    a file that is not a weight snapshot or whose shapes do not chain."""
+    p = _existing_file(path, "weight file")
+    if p.suffix.lower() != ".npz":
+        raise InputError(f"{p}: weight files are .npz (arrays W1 … WL, or w)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            shapes = {k: z[k].shape for k in z.files}
+    except Exception as e:
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    if "W1" not in shapes:
+        if "w" in shapes:
+            return None
+        found = ", ".join(sorted(shapes)) or "none"
+        raise InputError(f"{p}: not a weight snapshot (needs arrays W1 … WL or w; found: {found})")
+    L = 1
+    while f"W{L + 1}" in shapes:
+        L += 1
+    out: list[tuple[int, int]] = []
+    for l in range(1, L + 1):
+        shape = shapes[f"W{l}"]
+        if l == L and len(shape) == 1:
+            shape = (1, shape[0])
+        if len(shape) != 2:
+            raise InputError(f"{p}: W{l} has shape {shape}; expected a matrix (k_l, k_l-1)")
+        if out and shape[1] != out[-1][0]:
+            raise InputError(f"{p}: W{l} has shape {shape} but W{l - 1} has {out[-1][0]} rows")
+        out.append((int(shape[0]), int(shape[1])))
+    if out[-1][0] != 1:
+        raise InputError(f"{p}: the last layer W{L} has shape {shapes[f'W{L}']}; the output must be "
+                         "scalar, (1, k) or (k,)")
+    return out

@@ -38,8 +38,9 @@ class AscentResult:
     u: torch.Tensor  # (R, k), unit norm
     ncf: torch.Tensor  # (R,)
     residual: torch.Tensor  # (R,) relative first-order residual
-    converged: torch.Tensor  # (R,) bool
+    converged: torch.Tensor  # (R,) bool: residual <= tol
     steps: torch.Tensor  # (R,) steps taken
+    stalled: torch.Tensor  # (R,) bool: stopped because 𝒩 stopped improving (kinks of ReLU)
 
 
 def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: float,
@@ -50,7 +51,7 @@ def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: 
 
 def normalized_ascent(
     arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u0: torch.Tensor,
-    max_steps: int = 20000, tol: float = 1e-9,
+    max_steps: int = 20000, tol: float = 1e-9, patience: int = 300,
     progress: Callable[[int, int], None] | None = None,
 ) -> AscentResult:
     """Projected gradient ascent of 𝒩 on the unit sphere from every row of ``u0``.
@@ -61,6 +62,10 @@ def normalized_ascent(
     ‖r‖ / s ≤ ``tol``, where s = max(‖∇𝒩(u)‖, median ‖∇𝒩‖ over the starts at step 0)
     keeps the test meaningful at points where 𝒩 and its gradient vanish. Converged starts
     are dropped from the batch, so the cost follows the slowest start, not R times it.
+
+    For non-differentiable activations (ReLU, leaky ReLU) the residual can stall at a
+    kink, where the one-sided gradient is no ascent direction; a start whose 𝒩 has not
+    grown by more than round-off for ``patience`` steps stops as *stalled*.
     """
     L_h = float(arch.homogeneity)
     u = u0 / u0.norm(dim=-1, keepdim=True)
@@ -74,6 +79,9 @@ def normalized_ascent(
     out_res = torch.full((R,), float("inf"), dtype=u.dtype, device=u.device)
     steps = torch.zeros(R, dtype=torch.long, device=u.device)
     done = torch.zeros(R, dtype=torch.bool, device=u.device)
+    stalled = torch.zeros(R, dtype=torch.bool, device=u.device)
+    best = val.clone()
+    since = torch.zeros(R, dtype=torch.long, device=u.device)
     idx = torch.arange(R, device=u.device)  # rows of the full batch still running
 
     for step in range(max_steps + 1):
@@ -81,16 +89,19 @@ def normalized_ascent(
         tangent = grad - radial * u
         scale = torch.maximum(grad.norm(dim=-1), g0)
         res = tangent.norm(dim=-1) / scale
-        fin = res <= tol
+        stall = since >= patience
+        fin = (res <= tol) | stall
         if step == max_steps:
             fin = torch.ones_like(fin)
         if bool(fin.any()):
             rows = idx[fin]
             out_u[rows], out_val[rows], out_res[rows] = u[fin], val[fin], res[fin]
             done[rows] = res[fin] <= tol
+            stalled[rows] = stall[fin] & (res[fin] > tol)
             steps[rows] = step
             keep = ~fin
             idx, u, val, grad, tangent, eta = idx[keep], u[keep], val[keep], grad[keep], tangent[keep], eta[keep]
+            best, since = best[keep], since[keep]
             if idx.numel() == 0:
                 break
         trial = u + eta.unsqueeze(-1) * tangent
@@ -107,9 +118,12 @@ def normalized_ascent(
         val = torch.where(ok, t_val, val)
         grad = torch.where(okc, t_grad, grad)
         eta = torch.where(ok, eta * 1.5, eta * 0.5)
+        improved = val > best + noise
+        best = torch.maximum(best, val)
+        since = torch.where(improved, 0, since + 1)
         if progress is not None and step % 100 == 0:
             progress(step, int(idx.numel()))
-    return AscentResult(out_u, out_val, out_res, done, steps)
+    return AscentResult(out_u, out_val, out_res, done, steps, stalled)
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,7 @@ class KKTPoint:
     count: int
     basin_fraction: float
     restarts: tuple[int, ...]
+    converged: bool = True  # False: the ascent stalled above --tol (a kink of ReLU)
 
 
 @dataclass(frozen=True)
@@ -217,7 +232,8 @@ class KKTResult:
     restarts: int
     converged: int
     max_steps_taken: int
-    unconverged: tuple[int, ...] = field(default=())
+    unconverged: tuple[int, ...] = field(default=())  # starts that hit max_steps
+    stalled: tuple[int, ...] = field(default=())  # starts that stalled above tol
 
 
 def _same_point(arch, X, a: Certificate, b: Certificate, out_a, out_b, rtol: float) -> bool:
@@ -245,8 +261,10 @@ def find_kkt_points(
     u0 = random_direction(arch.num_params, gen, (restarts,), dtype=X.dtype).to(X.device)
     asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
     conv = torch.nonzero(asc.converged).flatten().tolist()
+    stalled = torch.nonzero(asc.stalled).flatten().tolist()
     groups: list[tuple[Certificate, torch.Tensor, list[int]]] = []
-    for r in sorted(conv, key=lambda i: -float(asc.ncf[i])):
+    # Converged starts first, so a stalled start joins a converged point when it matches.
+    for r in sorted(conv, key=lambda i: -float(asc.ncf[i])) + sorted(stalled, key=lambda i: -float(asc.ncf[i])):
         out = arch.forward(X, asc.u[r])
         for cert, ref_out, members in groups:
             if cert is not None and _same_point(arch, X, cert, cert_light(arch, X, ytilde, asc.u[r], active_tol),
@@ -255,11 +273,12 @@ def find_kkt_points(
                 break
         else:
             groups.append((certify(arch, X, ytilde, asc.u[r], active_tol=active_tol), out, [r]))
-    points = [KKTPoint(cert, len(m), len(m) / restarts, tuple(m)) for cert, _, m in groups]
+    points = [KKTPoint(cert, len(m), len(m) / restarts, tuple(m), bool(asc.converged[m[0]]))
+              for cert, _, m in groups]
     points.sort(key=lambda p: -p.cert.ncf)
-    unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i]))
+    unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i] | asc.stalled[i]))
     return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
-                     int(asc.steps.max()), unconverged)
+                     int(asc.steps.max()), unconverged, tuple(stalled))
 
 
 def cert_light(arch, X, ytilde, w, active_tol) -> Certificate:

@@ -150,3 +150,12 @@ def guarded(f):
             sys.exit(1)
 
     return wrapper
+
+
+def stderr_console():
+    """A rich console on stderr, wide enough for ncfkit's tables when not a terminal."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
