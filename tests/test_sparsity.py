@@ -103,7 +103,8 @@ def test_closed_form_square_kkt_point_has_one_active_neuron():
     W2[0, 4] = sign * math.sqrt(1 / 3)
     w = arch.join([W1, W2])
     ncf = float(arch.forward(X, w) @ ytilde)
-    assert ncf == pytest.approx(2 / (3 * math.sqrt(3)) * float(max(evals[-1], -evals[0])), rel=1e-12)
+    lam = float(max(evals[-1], -evals[0]))
+    assert ncf == pytest.approx(2 / (3 * math.sqrt(3)) * lam, rel=1e-12)
 
     r = analyse_sparsity(arch, w)
     assert r.activity.active == ((4,),)
@@ -202,7 +203,7 @@ def test_start_is_random_small_with_each_subset_zeroed():
     res = verify_zero_preserving(arch, X, y, make_loss("square"), ZERO[3], steps=5, seed=3,
                                  init_scale=0.25)
     assert torch.allclose(res.w_start.norm(dim=-1), torch.full((3,), 0.25, dtype=DTYPE))
-    for row, part in zip(res.w_start, ("both", "rows", "columns")):
+    for row, part in zip(res.w_start, ("both", "rows", "columns"), strict=True):
         zeroed = zero_preserving_mask(arch, ZERO[3], part=part)
         assert (row[zeroed] == 0).all() and (row[~zeroed] != 0).all()
     again = verify_zero_preserving(arch, X, y, make_loss("square"), ZERO[3], steps=5, seed=3,

@@ -74,7 +74,8 @@ def neuron_activity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> NeuronActi
         zero.append(tuple(torch.nonzero(r_small & c_small).flatten().tolist()))
         active.append(tuple(torch.nonzero(~r_small & ~c_small).flatten().tolist()))
         lopsided.append(tuple(torch.nonzero(r_small ^ c_small).flatten().tolist()))
-    return NeuronActivity(tuple(arch.hidden), tuple(zero), tuple(active), tuple(lopsided), threshold)
+    return NeuronActivity(tuple(arch.hidden), tuple(zero), tuple(active), tuple(lopsided),
+                          threshold)
 
 
 def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *,
@@ -159,11 +160,13 @@ def analyse_sparsity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> SparsityR
         InputError: ``tol`` outside [0, 1), or ``w`` all zero or not finite.
     """
     if not (math.isfinite(tol) and 0.0 <= tol < 1.0):
-        raise InputError(f"--tol must be in [0, 1) (a fraction of the largest neuron norm); got {tol:g}")
+        raise InputError(f"--tol must be in [0, 1) (a fraction of the largest neuron norm); "
+                         f"got {tol:g}")
     if not bool(torch.isfinite(w).all()):
         raise InputError("the weights contain NaN or Inf")
     if not bool((w != 0).any()):
-        raise InputError("the weights are all zero: every neuron is zero, there is no structure to report")
+        raise InputError("the weights are all zero: every neuron is zero, there is no "
+                         "structure to report")
     activity = neuron_activity(arch, w, tol)
     mask = zero_preserving_mask(arch, activity.zero, like=w)
     return SparsityReport(activity, mask, balance_error(arch, w), tol)
@@ -307,11 +310,13 @@ def verify_zero_preserving(
         eta /= 10
     w, loss0, final, peak = run
     others = ~mask
-    change = float((w[0] - w0[0])[others].norm() / w0[0].norm().clamp_min(torch.finfo(X.dtype).tiny))
+    tiny = torch.finfo(X.dtype).tiny
+    change = float((w[0] - w0[0])[others].norm() / w0[0].norm().clamp_min(tiny))
     rows_move = bool(arch.act.derivative(torch.zeros((), dtype=X.dtype)) != 0)
     controls = tuple(
         ControlRun(part, int(h.sum()), float(peak[i + 1]), expected)
-        for i, (part, h, expected) in enumerate(zip(("rows", "columns"), halves, (rows_move, True)))
+        for i, (part, h, expected) in enumerate(
+            zip(("rows", "columns"), halves, (rows_move, True), strict=True))
     )
     return VerifyResult(int(mask.sum()), float(peak[0]), change, float(loss0[0]), float(final[0]),
                         controls, steps, float(eta), float(init_scale), seed, attempts, move_tol,
