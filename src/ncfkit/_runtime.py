@@ -25,3 +25,21 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
             libc.mallopt(_M_TRIM_THRESHOLD, threshold))
     except (OSError, AttributeError):  # musl, or no libc.so.6
         return False
+
+
+def default_threads() -> None:
+    """Use one intra-op thread unless NCFKIT_THREADS or OMP_NUM_THREADS says otherwise.
+
+    ncfkit's tensors are small (thousands of parameters, hundreds of samples): a second
+    thread buys little, and sweeps run many ncfkit processes side by side, where
+    oversubscribed spinning threads made one step 100x slower in our measurements.
+    """
+    import os
+
+    import torch
+
+    wanted = os.environ.get("NCFKIT_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    try:
+        torch.set_num_threads(max(1, int(wanted)) if wanted else 1)
+    except ValueError:
+        torch.set_num_threads(1)

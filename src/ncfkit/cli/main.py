@@ -34,6 +34,8 @@ _register()
 
 def main() -> None:
     from .._runtime import tune_allocator
+    from .._signals import handle_sigterm
 
     tune_allocator()
-    cli(prog_name="ncfkit")
+    with handle_sigterm():  # SIGTERM takes Ctrl-C's path: partial results kept, marked interrupted
+        cli(prog_name="ncfkit")
