@@ -82,7 +82,9 @@ class Activation:
             return torch.ones_like(x)
         if self.alpha == 0.0 and self.p == 1:
             return (x > 0).to(x.dtype)
-        slope = torch.where(x >= self.alpha * x, 1.0, self.alpha).to(x.dtype)
+        # Scalars in torch.where become float32 (the default dtype): α = 0.1 would lose
+        # 8 digits in float64, so build them in x's dtype.
+        slope = torch.where(x >= self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
         if self.p == 1:
             return slope
         return self.p * self._base(x) ** (self.p - 1) * slope
