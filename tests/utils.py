@@ -49,6 +49,7 @@ def assert_close(actual, expected, rtol: float = 1e-10, atol: float = 0.0, what:
     ``show`` mismatching indices with both values.
     """
     a, e = as_numpy(actual), as_numpy(expected)
+    rtol, atol = float(rtol), float(atol)  # a 0-d tensor would turn the bound into a tensor
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
     if a.size == 0:
         return
