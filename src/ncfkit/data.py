@@ -41,11 +41,19 @@ class Dataset:
 
 def validate_xy(X, y, source: str = "<memory>") -> tuple[np.ndarray, np.ndarray]:
     """Check shapes and values; return float64 X (n, d) and y (n,). Raise :class:`InputError`."""
-    try:
-        X = np.asarray(X, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"{source}: X and y must be numeric arrays") from None
+    arrays = {}
+    for name, arr in (("X", X), ("y", y)):
+        try:
+            arr = np.asarray(arr)
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{source}: {name} must be a numeric array") from None
+        # bool/int/float only: a cast would silently drop the imaginary part of complex
+        # data, turn a record array into zeros, or parse strings.
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{source}: {name} must be a real numeric array "
+                             f"(got dtype {arr.dtype})")
+        arrays[name] = arr.astype(np.float64)
+    X, y = arrays["X"], arrays["y"]
     if X.ndim != 2:
         raise InputError(f"{source}: X must have shape (n, d); got rank {X.ndim} shape {X.shape}")
     if y.ndim == 2 and y.shape[1] == 1:

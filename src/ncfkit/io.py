@@ -18,8 +18,10 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,7 +33,7 @@ from .errors import InputError
 
 __all__ = [
     "DATA_SUFFIXES", "load_data", "save_data", "sha256_of", "check_output_path",
-    "atomic_path", "write_h5", "read_h5", "result_kind", "provenance", "now_iso",
+    "atomic_path", "write_h5", "read_h5", "ArrayInfo", "result_kind", "provenance", "now_iso",
     "read_weights", "write_weights",
 ]
 
@@ -163,15 +165,19 @@ def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tu
         raise InputError(f"output {str(p)!r} is a folder")
     if p.exists() and not force:
         raise InputError(f"output {str(p)!r} exists; pass --force to overwrite it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"output {str(p)!r}: folder {str(parent)!r} is not writable")
     return p
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
-    """Yield a temporary path in the target's folder; on success fsync and rename it over
-    ``path``; on any error remove it, leaving ``path`` untouched."""
+    """Yield a temporary path in the target's folder; on success fsync it, move it to
+    ``path`` and fsync the folder; on any error (or Ctrl-C) remove it, leaving ``path``
+    untouched. Without ``force`` the move is a hard link, which fails rather than replace
+    a file that appeared at ``path`` while the run was going (another job's output)."""
     p = check_output_path(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent or ".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
     try:
         yield tmp
@@ -180,10 +186,41 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, p)
+        _move_into_place(tmp, p, force)
+        _fsync_dir(p.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _move_into_place(tmp: str, p: Path, force: bool) -> None:
+    if force:
+        os.replace(tmp, p)
+        return
+    try:
+        os.link(tmp, p)  # atomic, and refuses an existing target
+    except FileExistsError:
+        raise InputError(f"output {str(p)!r} appeared during the run; not overwritten "
+                         "(pass --force to overwrite it)") from None
+    except OSError:  # a file system without hard links
+        if p.exists():
+            raise InputError(f"output {str(p)!r} appeared during the run; not overwritten "
+                             "(pass --force to overwrite it)") from None
+        os.replace(tmp, p)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _write_node(group, key: str, value: Any) -> None:
@@ -221,28 +258,53 @@ def write_h5(path: str | os.PathLike, kind: str, tree: dict[str, Any], force: bo
                 _write_node(f, k, v)
 
 
-def _read_node(node) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ArrayInfo:
+    """What :func:`read_h5` leaves in place of a dataset larger than ``max_array``."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def _read_node(node, max_array: int | None = None) -> dict[str, Any]:
     import h5py
 
     out: dict[str, Any] = {}
     for k, v in node.attrs.items():
         out[k] = v.item() if isinstance(v, np.generic) else v
     for k, v in node.items():
-        out[k] = _read_node(v) if isinstance(v, h5py.Group) else v[()]
+        if isinstance(v, h5py.Group):
+            out[k] = _read_node(v, max_array)
+        elif max_array is not None and v.size > max_array:
+            out[k] = ArrayInfo(tuple(int(s) for s in v.shape), str(v.dtype))
+        else:
+            out[k] = v[()]
     return out
 
 
-def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None,
+            max_array: int | None = None) -> dict[str, Any]:
     """Read an ncfkit result file into a nested dict; raise :class:`InputError` for a file
-    that is missing, damaged, not an ncfkit result, or not one of ``kinds``."""
+    that is missing, damaged, not an ncfkit result, or not one of ``kinds``.
+
+    With ``max_array``, datasets of more elements are not read: an :class:`ArrayInfo`
+    (shape, dtype) stands in for each (``ncfkit info`` reads only the small parts)."""
     import h5py
 
     p = _existing_file(path, "result file")
     try:
+        is_hdf5 = h5py.is_hdf5(p)
+    except Exception:
+        is_hdf5 = False
+    if not is_hdf5:
+        raise InputError(f"{p}: not a readable HDF5 file (no HDF5 signature; ncfkit result "
+                         "files are the .h5 files its commands write with --out)")
+    try:
         with h5py.File(p, "r") as f:
-            tree = _read_node(f)
+            tree = _read_node(f, max_array)
     except Exception as e:
-        raise InputError(f"{p}: not a readable HDF5 result file ({type(e).__name__}: truncated or corrupted?)") from None
+        raise InputError(f"{p}: not a readable HDF5 file: truncated or corrupted "
+                         f"({type(e).__name__})") from None
     kind = tree.get("ncfkit_kind")
     if kind is None:
         raise InputError(f"{p}: not an ncfkit result file (no 'ncfkit_kind' attribute)")
@@ -263,7 +325,7 @@ def provenance(data: Dataset | None = None, **settings: Any) -> dict[str, Any]:
     """Where a result came from: version, command line, data hash, settings, machine."""
     prov: dict[str, Any] = {
         "ncfkit_version": __version__,
-        "command_line": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command_line": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "python": platform.python_version(),
         "host": platform.node(),
         "start_time": now_iso(),

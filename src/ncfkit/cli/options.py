@@ -120,6 +120,7 @@ def guarded(f):
     """Apply ncfkit's error policy to a command body: :class:`~ncfkit.errors.NcfkitError`
     becomes one line on stderr and its exit code; any other exception becomes one line and
     exit 1 (the traceback only with ``--debug``)."""
+    from .._signals import Terminated, interrupt_exit_code
     from ..errors import NcfkitError
 
     @functools.wraps(f)
@@ -131,25 +132,40 @@ def guarded(f):
         except NcfkitError as e:
             if debug:
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_one_line(e)}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except torch.cuda.OutOfMemoryError:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under _signals.handle_sigterm
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (SIGINT)"
+            click.echo(what, err=True)
+            sys.exit(interrupt_exit_code(e))
+        except (torch.cuda.OutOfMemoryError, MemoryError):
             if debug:
                 raise
-            click.echo("error: out of memory on the device; try a smaller problem or --device cpu", err=True)
+            click.echo("error: out of memory; try a smaller problem (fewer --restarts, narrower "
+                       "--hidden) or another --device", err=True)
+            sys.exit(1)
+        except OSError as e:  # a disk that fills up, a file that vanishes mid-run
+            if debug:
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            click.echo(f"error: {_one_line(e.strerror or e)}{where} (rerun with --debug for the traceback)",
+                       err=True)
             sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as e:  # the last line of defence: never a bare traceback
             if debug:
                 raise
-            click.echo(f"error: internal error {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+            click.echo(f"error: internal error {type(e).__name__}: {_one_line(e)} "
+                       "(rerun with --debug for the traceback)", err=True)
             sys.exit(1)
 
     return wrapper
+
+
+def _one_line(message) -> str:
+    """The policy promises one line on stderr: fold a multi-line message onto one."""
+    return " ".join(str(message).split())
 
 
 def stderr_console():

@@ -1,0 +1,5 @@
+"""``python -m ncfkit``: the same as the ``ncfkit`` command."""
+
+from .cli.main import main
+
+main()
