@@ -7,7 +7,38 @@ import click
 from .. import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsageError(click.UsageError):
+    """A click usage error (unknown option, a value of the wrong type, a missing argument)
+    shown as one line, as ncfkit's own input errors are (SPEC §4: exit 2, one line)."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {' '.join(self.format_message().split())}{hint}", file=file, err=True)
+
+
+def _one_line(e: click.UsageError) -> click.UsageError:
+    if isinstance(e, (_OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return e  # a bare group name prints its help, as click does
+    return _OneLineUsageError(e.format_message(), e.ctx)
+
+
+class _Group(click.Group):
+    """The root group: click's usage errors, from any subcommand, become one line."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line(e) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ncfkit")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
 def cli(debug: bool) -> None:
