@@ -1,0 +1,48 @@
+"""``ncfkit plot``: the figure of a result file (see :mod:`ncfkit.plot`)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import guarded
+
+
+@click.command("plot")
+@click.argument("result", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="Output image: .png or .pdf.")
+@click.option("--dpi", type=float, default=100, show_default=True,
+              help="Resolution of a PNG (pixels per inch of the figure size).")
+@click.option("--run", "run_index", type=int, default=None,
+              help="escape files with several δ: the run whose weights are shown "
+                   "(default: the smallest δ).")
+@click.option("--scale", type=click.Choice(["layer", "panel", "log"]), default="layer",
+              show_default=True,
+              help="Colour scale of the |W| heat maps: one linear scale per layer, one per "
+                   "panel, or one logarithmic scale per layer.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@guarded
+def command(result, out, dpi, run_index, scale, force):
+    """Draw the figure of RESULT (a file written by `ncfkit kkt --out` or
+    `ncfkit escape --out`) into OUT.
+
+    kkt: |W_l| of each KKT point and its per-neuron norms. escape: the loss against time
+    with the escape and saddle events, and |W_l| at initialization, escape and the saddle
+    with the zero-preserving subset outlined (the paper's Figures 1, 4-8); with several δ
+    the escape times against the theory line; the 2-D diagonal model of Example 1: the
+    trajectories over the loss contour (the paper's Figure 2).
+    """
+    from ..errors import InputError
+    from ..io import check_output_path, read_h5
+    from ..plot import FIGURE_SUFFIXES, figure_for, save_figure
+
+    if not 0 < dpi <= 1200:
+        raise InputError(f"--dpi must be in (0, 1200] (got {dpi:g})")
+    check_output_path(out, force, FIGURE_SUFFIXES)
+    tree = read_h5(result)
+    tree["_source"] = str(result)
+    fig = figure_for(tree, run=run_index, scale=scale)
+    save_figure(fig, out, force=force, dpi=dpi)
+    size = fig.get_size_inches() * dpi
+    click.echo(f"wrote {out} ({tree['ncfkit_kind']} figure, "
+               f"{int(round(size[0]))}×{int(round(size[1]))} px at {dpi:g} dpi)", err=True)
