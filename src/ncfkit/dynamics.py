@@ -1,0 +1,514 @@
+"""Training dynamics of the loss 𝓛 (eq. 1) from small initialization: ψ(t, w(0)).
+
+One public entry point, :func:`simulate`, advances a batch of initial points w0 (B, k)
+together (several δ, or a run and its reference path) with a method looked up by name in
+:data:`METHODS`, and returns one :class:`RunResult` per row: the escape and first-saddle
+events (:mod:`ncfkit.events`), a bounded record of loss, ‖w‖, ‖∇𝓛‖, cos(w, w*) and
+‖ψ_wz‖/‖ψ‖, weight snapshots (init, escape, saddle, final) and, optionally, a bounded
+sample of the trajectory itself.
+
+A method is a function ``method(objective, w0, settings, tracker) -> None``. It owns the
+numerics (how w moves); the :class:`Tracker` owns everything else (events, records,
+snapshots, divergence, which rows stop). The method's contract:
+
+1. call ``tracker.start(w0, loss, grad)`` once;
+2. advance the active rows and call ``tracker.checkpoint(step, t, w, loss, grad)`` now
+   and then; it returns a :class:`Verdict` whose ``keep`` mask says which rows go on
+   (the method drops the others from its batch) and whose ``change`` (≈ 1 at the
+   resolution the records want) lets it size the stretch to the next checkpoint;
+3. land a checkpoint on the first step/time at which a row's loss crosses
+   ``tracker.escape_levels()`` (GD: :meth:`Tracker.scan` finds it in the per-step
+   losses, and the block is re-run up to it; an ODE method: locate the root);
+4. stop when ``tracker.active`` is empty or t reaches ``settings.max_time``.
+
+Times are gradient-flow times (GD: step × η). ``gd`` is plain gradient descent
+w ← w − η∇𝓛(w), with closed-form gradients (``loss_value_and_grad``), per-step losses
+kept on the device and inspected every K steps (no per-step host synchronisation).
+"""
+
+from __future__ import annotations
+
+import math
+import time as _time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
+from .ncf import loss_hessian, loss_hvp, loss_value_and_grad
+
+__all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResult",
+           "Simulation", "Tracker", "gradient_descent", "METHODS", "simulate",
+           "min_hessian_eigenvalue", "hermite_interpolate", "STOP_REASONS"]
+
+#: Why a run stopped.
+STOP_REASONS = ("passed saddle", "stationary", "max time", "diverged", "interrupted")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The training loss 𝓛(w) = Σ_i ℓ(H(x_i; w), y_i) of one network on one data set."""
+
+    arch: object
+    X: torch.Tensor
+    y: torch.Tensor
+    loss: object
+
+    def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(𝓛(w), ∇𝓛(w)) for w of shape (..., k), one forward and one backward pass."""
+        return loss_value_and_grad(self.arch, self.X, self.y, self.loss, w)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How far and how finely to integrate.
+
+    Attributes:
+        max_time: gradient-flow time at which every run stops.
+        lr: the GD step η (time per step).
+        rtol, atol: error tolerances of adaptive methods (unused by ``gd``).
+        block: the longest stretch of GD steps between two checkpoints.
+        until: ``"saddle"`` stops a run once it has passed its first saddle;
+            ``"max-time"`` runs every row to ``max_time``.
+        capacity: rows of each run's scalar record.
+        state_capacity: trajectory samples kept per run (0: none).
+        events: thresholds of the event detector.
+    """
+
+    max_time: float
+    lr: float = 1e-3
+    rtol: float = 1e-8
+    atol: float = 1e-12
+    block: int = 256
+    until: str = "saddle"
+    capacity: int = 2048
+    state_capacity: int = 256
+    events: EventSettings = field(default_factory=EventSettings)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.max_time) and self.max_time > 0):
+            raise ValueError(f"max_time must be finite and > 0 (got {self.max_time})")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"the step size must be finite and > 0 (got {self.lr})")
+        if self.until not in ("saddle", "max-time"):
+            raise ValueError(f"until must be 'saddle' or 'max-time' (got {self.until!r})")
+        if self.block < 1:
+            raise ValueError("block must be >= 1")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a checkpoint tells the method: which active rows go on, and how much the
+    records changed since the previous checkpoint (1 ≈ the record's resolution)."""
+
+    keep: torch.Tensor
+    change: float
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Handed to the observer at every checkpoint (cheap: host floats only)."""
+
+    time: float
+    max_time: float
+    step: int
+    phases: tuple[str, ...]  # per row, in the order of w0
+    losses: tuple[float, ...]
+    active: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The weights of one run at one sample."""
+
+    time: float
+    step: int
+    loss: float
+    grad_norm: float
+    w: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One row of :func:`simulate`.
+
+    ``records`` holds arrays ``step, time, loss, grad_norm, w_norm, cos_w_star,
+    wz_ratio, phase`` (the last three NaN where w* or w_z were not given);
+    ``trajectory`` holds ``time`` (m,), ``w`` (m, k) and ``grad`` (m, k) or is None.
+    """
+
+    status: str  # one of STOP_REASONS
+    message: str
+    escape: Event | None
+    saddle: Event | None
+    phase: str
+    saddle_left: bool  # the loss dropped again after the saddle candidate
+    snapshots: dict[str, Snapshot]
+    records: dict[str, np.ndarray]
+    trajectory: dict[str, np.ndarray] | None
+    steps: int
+    final_time: float
+    loss0: float
+    divergence_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Simulation:
+    runs: list[RunResult]
+    method: str
+    settings: Settings
+    wall_time: float
+
+    @property
+    def status(self) -> str:
+        """``interrupted`` or ``diverged`` if any run was, else ``complete``."""
+        for s in ("interrupted", "diverged"):
+            if any(r.status == s for r in self.runs):
+                return s
+        return "complete"
+
+
+RECORD_FIELDS = ("step", "time", "loss", "grad_norm", "w_norm", "cos_w_star", "wz_ratio", "phase")
+
+
+class Tracker:
+    """Events, records, snapshots and stopping for a batch of runs (see module doc)."""
+
+    def __init__(self, objective: Objective, batch: int, settings: Settings, *,
+                 w_star: torch.Tensor | None = None, wz_mask: torch.Tensor | None = None,
+                 observer: Callable[[Progress], None] | None = None):
+        self.objective = objective
+        self.settings = settings
+        self.B = batch
+        self.w_star = None if w_star is None else w_star / w_star.norm()
+        self.wz_mask = None if wz_mask is None or not bool(wz_mask.any()) else wz_mask
+        self.observer = observer
+        self.active = np.arange(batch)  # rows of the original batch still running
+        self.detectors: list[EventDetector] = []
+        self.records: list[Recorder] = []
+        self.states: list[Recorder | None] = []
+        self.snapshots: list[dict[str, Snapshot]] = [{} for _ in range(batch)]
+        self.status: list[str | None] = [None] * batch
+        self.message = [""] * batch
+        self.stop_step = [0] * batch
+        self.stop_time = [0.0] * batch
+        self.divergence_time: list[float | None] = [None] * batch
+        self._pending_divergence: dict[int, tuple[int, float, str]] = {}
+        self._before: dict[int, tuple[float, float]] = {}  # row -> (t, loss) one step before
+        self._last = None  # (step, t, w, loss, gnorm) at the previous checkpoint, active rows
+        self._last_loss = [float("nan")] * batch
+
+    # ------------------------------------------------------------------ helpers
+    def _values(self, w: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+        """(B_active, 5): loss, ‖∇𝓛‖, ‖w‖, cos(w, w*), ‖w_z‖/‖w‖ — one host transfer."""
+        wn = w.norm(dim=-1)
+        cols = [loss, grad.norm(dim=-1), wn]
+        nan = torch.full_like(wn, float("nan"))
+        cols.append(w @ self.w_star / wn if self.w_star is not None else nan)
+        cols.append(w[:, self.wz_mask].norm(dim=-1) / wn if self.wz_mask is not None else nan)
+        return torch.stack(cols, dim=1).detach().cpu().numpy()
+
+    def _snap(self, row: int, name: str, step: int, t: float, v: np.ndarray, w_row: torch.Tensor) -> None:
+        self.snapshots[row][name] = Snapshot(t, step, float(v[0]), float(v[1]),
+                                             w_row.detach().cpu().numpy().copy())
+
+    def escape_levels(self) -> np.ndarray:
+        """Per active row: the loss level whose first crossing is the escape event
+        (−inf once a row has escaped)."""
+        return np.array([self.detectors[r].escape_level if self.detectors[r].phase == Phase.NEAR_ORIGIN
+                         else -np.inf for r in self.active])
+
+    # ------------------------------------------------------------------ protocol
+    def start(self, w: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
+        s = self.settings
+        vals = self._values(w, loss, grad)
+        k = w.shape[-1]
+        for r in range(self.B):
+            loss0 = float(vals[r, 0])
+            self.detectors.append(EventDetector(loss0, s.events))
+            self.records.append(Recorder(RECORD_FIELDS, s.capacity, scale=loss0))
+            self.states.append(Recorder(("time", "loss", "grad_norm", "w_norm"), s.state_capacity,
+                                        scale=loss0, log_time=0.05, loss_step=5e-3, log_ratio=0.1,
+                                        state_dim=2 * k) if s.state_capacity else None)
+        self._last = (0, 0.0, w.detach().clone(), vals)
+        for r in range(self.B):
+            self._offer(r, 0, 0.0, vals[r], w[r], grad[r], force=True)
+            self._snap(r, "init", 0, 0.0, vals[r], w[r])
+
+    def _offer(self, r, step, t, v, w_row, g_row, force=False) -> None:
+        det = self.detectors[r]
+        values = {"step": step, "time": t, "loss": v[0], "grad_norm": v[1], "w_norm": v[2],
+                  "cos_w_star": v[3], "wz_ratio": v[4], "phase": int(det.phase)}
+        self.records[r].offer(values, force=force)
+        self._last_loss[r] = float(v[0])
+        if self.states[r] is not None:
+            self.states[r].offer(values, force=force,
+                                 state=lambda: torch.cat([w_row, g_row]).detach().cpu().numpy())
+
+    def scan(self, step0: int, losses: np.ndarray, t_of_step: Callable[[int], float]) -> int | None:
+        """Inspect per-step losses ``losses`` (m, B_active) of iterates step0 … step0+m−1.
+
+        Registers divergences; returns the smallest offset j ≥ 1 at which a row that has
+        not escaped crosses its escape level (the method then re-runs to step0 + j and
+        checkpoints there), or None.
+        """
+        levels = self.escape_levels()
+        m = losses.shape[0]
+        scale = np.array([max(abs(self.detectors[r].loss0), 1e-300) for r in self.active])
+        bad = ~np.isfinite(losses) | (losses > self.settings.events.explode * scale)
+        first_bad = np.where(bad.any(0), bad.argmax(0), m)
+        below = losses[1:] < levels  # offset 0 was the previous checkpoint
+        first_cross = np.where(below.any(0), below.argmax(0) + 1, m) if m > 1 else np.full(len(levels), m)
+        first_cross = np.where(first_cross < first_bad, first_cross, m)
+        cut = int(first_cross.min()) if first_cross.size else m
+        horizon = cut if cut < m else m
+        for i, r in enumerate(self.active):  # the iterate just before the next checkpoint
+            self._before[r] = (t_of_step(step0 + horizon - 1), float(losses[horizon - 1, i]))
+        for i, r in enumerate(self.active):
+            j = int(first_bad[i])
+            if j < horizon and r not in self._pending_divergence:
+                why = "the loss became NaN/Inf" if not np.isfinite(losses[j, i]) else \
+                    f"the loss exceeded {self.settings.events.explode:g} × 𝓛(0)"
+                self._pending_divergence[r] = (step0 + j, t_of_step(step0 + j), why)
+        return cut if cut < m else None
+
+    def checkpoint(self, step: int, t: float, w: torch.Tensor, loss: torch.Tensor,
+                   grad: torch.Tensor) -> Verdict:
+        """Record a sample of every active row; decide which rows go on."""
+        s = self.settings
+        vals = self._values(w, loss, grad)
+        _, _, w_prev, v_prev = self._last
+        keep = np.ones(len(self.active), dtype=bool)
+        change = 0.0
+        for i, r in enumerate(self.active):
+            det = self.detectors[r]
+            v = vals[i]
+            if r in self._pending_divergence or det.diverged(float(v[0])) or not np.isfinite(v[1]):
+                j, tj, why = self._pending_divergence.pop(
+                    r, (step, t, "the loss became NaN/Inf" if not np.isfinite(v[0]) or not np.isfinite(v[1])
+                        else f"the loss exceeded {s.events.explode:g} × 𝓛(0)"))
+                self._stop(r, "diverged", f"diverged at t = {tj:.6g} (step {j}): {why}",
+                           self._last[0], self._last[1])
+                self.divergence_time[r] = tj
+                self._snap(r, "final", self._last[0], self._last[1], v_prev[i], w_prev[i])
+                keep[i] = False
+                continue
+            fired = det.update(t, step, float(v[0]), float(v[1]), prev=self._before.pop(r, None))
+            # escape / passed / stationary samples are kept for good; saddle candidates
+            # come every checkpoint on the way into a plateau and are not.
+            self._offer(r, step, t, v, w[i], grad[i], force=bool(set(fired) - {"saddle"}))
+            if "escape" in fired:
+                self._snap(r, "escape", step, t, v, w[i])
+            if "saddle" in fired:
+                self._snap(r, "saddle", step, t, v, w[i])
+            change = max(change, self._change(v_prev[i], v, det.loss0))
+            if "passed" in fired and s.until == "saddle":
+                self._stop(r, "passed saddle", f"passed the first saddle at t = {t:.6g}", step, t)
+            elif "stationary" in fired:
+                self._stop(r, "stationary",
+                           f"reached a stationary point at t = {t:.6g} (‖∇𝓛‖ = {v[1]:.3g})", step, t)
+            if self.status[r] is not None:
+                self._snap(r, "final", step, t, v, w[i])
+                keep[i] = False
+        self.active = self.active[keep]
+        keep_t = torch.as_tensor(keep, device=w.device)
+        self._last = (step, t, w[keep_t].detach().clone(), vals[keep])
+        if self.observer is not None:
+            self.observer(self.progress(t, step))
+        return Verdict(keep_t, change)
+
+    @staticmethod
+    def _change(a: np.ndarray, b: np.ndarray, loss0: float) -> float:
+        """Change between two samples in units of the record's finest resolution
+        (loss: 1e-3·𝓛(0); ‖∇𝓛‖ and ‖w‖: 5% in ratio)."""
+        c = abs(b[0] - a[0]) / (1e-3 * max(abs(loss0), 1e-300))
+        for j in (1, 2):
+            if a[j] > 0 and b[j] > 0 and np.isfinite(a[j]) and np.isfinite(b[j]):
+                c = max(c, abs(math.log(b[j] / a[j])) / 0.05)
+        return float(c)
+
+    def _stop(self, r: int, status: str, message: str, step: int, t: float) -> None:
+        self.status[r] = status
+        self.message[r] = message
+        self.stop_step[r] = step
+        self.stop_time[r] = t
+
+    def progress(self, t: float, step: int) -> Progress:
+        phases = tuple(self.status[r] if self.status[r] is not None else PHASE_NAMES[det.phase]
+                       for r, det in enumerate(self.detectors))
+        return Progress(t, self.settings.max_time, step, phases, tuple(self._last_loss), len(self.active))
+
+    def finish(self, status: str = "max time") -> None:
+        """Stop every row still active (``max time`` or ``interrupted``), at the last checkpoint."""
+        step, t, w_last, v_last = self._last
+        for i, r in enumerate(self.active):
+            if self.status[r] is not None:  # stopped by a checkpoint cut short by Ctrl-C
+                continue
+            msg = (f"reached --max-time {self.settings.max_time:g}" if status == "max time"
+                   else f"interrupted at t = {t:.6g} (step {step})")
+            self._stop(r, status, msg, step, t)
+            self._snap(r, "final", step, t, v_last[i], w_last[i])
+        self.active = self.active[:0]
+
+    def results(self) -> list[RunResult]:
+        out = []
+        for r in range(self.B):
+            det = self.detectors[r]
+            st = self.states[r]
+            traj = None
+            if st is not None and len(st):
+                a, S = st.arrays(), st.states()
+                k = S.shape[1] // 2
+                traj = {"time": a["time"], "w": S[:, :k], "grad": S[:, k:]}
+            rec = self.records[r].arrays()
+            rec["step"] = rec["step"].astype(np.int64)
+            rec["phase"] = rec["phase"].astype(np.int8)
+            out.append(RunResult(
+                status=self.status[r] or "max time", message=self.message[r],
+                escape=det.escape, saddle=det.saddle, phase=PHASE_NAMES[det.phase],
+                saddle_left=det.phase == Phase.PAST_SADDLE, snapshots=self.snapshots[r],
+                records=rec, trajectory=traj, steps=self.stop_step[r],
+                final_time=self.stop_time[r], loss0=det.loss0,
+                divergence_time=self.divergence_time[r]))
+        return out
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings, tracker: Tracker) -> None:
+    """Plain GD w ← w − η∇𝓛(w) on every row of ``w0`` (B, k), t = step·η.
+
+    Steps run in blocks of K (1 ≤ K ≤ ``settings.block``) with the losses kept on the
+    device; after a block one host transfer inspects them (:meth:`Tracker.scan`). When a
+    row crossed its escape level inside the block, the block is re-run from its start up
+    to that step (same iterates), so the escape snapshot is exact. K halves when a
+    checkpoint saw more change than the record resolution, and doubles when it saw
+    little, so events and records are resolved without a host sync every step.
+    """
+    lr = settings.lr
+    n_steps = int(math.floor(settings.max_time / lr + 1e-9))
+    w = w0.clone()
+    L, g = objective.value_and_grad(w)
+    tracker.start(w, L, g)
+    # buf[i] holds 𝓛 of iterate step+i; read by the host once per block
+    buf = torch.empty(settings.block, w.shape[0], dtype=w.dtype, device=w.device)
+    step, K = 0, 1
+    while tracker.active.size and step < n_steps:
+        # early samples log-spaced: K ≤ 1 + step/64 keeps ≥ 64 checkpoints per e-fold
+        K = max(1, min(K, settings.block, n_steps - step, 1 + step // 64))
+        w_start, L_start, g_start = w, L, g
+        for i in range(K):
+            buf[i] = L
+            w = w - lr * g
+            L, g = objective.value_and_grad(w)
+        cut = tracker.scan(step, buf[:K].cpu().numpy(), lambda s: s * lr)
+        if cut is not None:  # land the checkpoint on the escape step
+            w, L, g = w_start, L_start, g_start
+            for _ in range(cut):
+                w = w - lr * g
+                L, g = objective.value_and_grad(w)
+            step += cut
+        else:
+            step += K
+        verdict = tracker.checkpoint(step, step * lr, w, L, g)
+        if not bool(verdict.keep.all()):
+            keep = verdict.keep
+            w, L, g = w[keep], L[keep], g[keep]
+            buf = buf[:, keep].contiguous()
+        if verdict.change > 1.0:
+            K = max(1, K // 2)
+        elif verdict.change < 0.25:
+            K = 2 * K
+    if tracker.active.size:
+        tracker.finish("max time")
+
+
+#: Dynamics methods by name (the CLI's ``--method`` choices come from here).
+METHODS: dict[str, Callable[[Objective, torch.Tensor, Settings, Tracker], None]] = {
+    "gd": gradient_descent,
+}
+
+
+def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, method: str = "gd",
+             w_star: torch.Tensor | None = None, wz_mask: torch.Tensor | None = None,
+             observer: Callable[[Progress], None] | None = None) -> Simulation:
+    """Train every row of ``w0`` (B, k) with ``method`` until ``settings.max_time``, or
+    until the row has passed its first saddle (``until="saddle"``), reached a stationary
+    point, or diverged.
+
+    Args:
+        objective: the training loss.
+        w0: initial points, one per row (already scaled by δ).
+        settings: time horizon, step size / tolerances, record sizes, event thresholds.
+        method: a key of :data:`METHODS`.
+        w_star: the governing KKT direction (for cos(w, w*)), or None.
+        wz_mask: boolean (k,) mask of the zero-preserving subset w_z, or None.
+        observer: called with a :class:`Progress` at every checkpoint.
+
+    Returns:
+        A :class:`Simulation` with one :class:`RunResult` per row. A KeyboardInterrupt
+        during the run is caught: the rows still running end with status
+        ``interrupted`` at their last checkpoint, and the result is returned.
+
+    Raises:
+        KeyError: unknown method.
+    """
+    if method not in METHODS:
+        raise KeyError(f"unknown dynamics method {method!r}; expected one of {', '.join(METHODS)}")
+    if w0.ndim != 2:
+        raise ValueError(f"w0 must have shape (B, k); got {tuple(w0.shape)}")
+    tracker = Tracker(objective, w0.shape[0], settings, w_star=w_star, wz_mask=wz_mask,
+                      observer=observer)
+    start = _time.perf_counter()
+    try:
+        METHODS[method](objective, w0, settings, tracker)
+    except KeyboardInterrupt:
+        if tracker._last is None:
+            raise
+        tracker.finish("interrupted")
+    return Simulation(tracker.results(), method, settings, _time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int = 3000) -> tuple[float, str]:
+    """Smallest eigenvalue of ∇²𝓛(w) at one point (k,): dense for k ≤ ``dense_max``,
+    else Lanczos (scipy ``eigsh``, smallest algebraic) on Hessian-vector products.
+    Negative: a strict saddle; ≥ 0 (to round-off): a minimum or a degenerate point."""
+    o = objective
+    k = w.numel()
+    if k <= dense_max:
+        H = loss_hessian(o.arch, o.X, o.y, o.loss, w).detach().cpu().double().numpy()
+        return float(np.linalg.eigvalsh((H + H.T) / 2)[0]), "dense"
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    def matvec(x):
+        v = torch.as_tensor(np.asarray(x).ravel(), dtype=w.dtype, device=w.device)
+        return loss_hvp(o.arch, o.X, o.y, o.loss, w, v).detach().cpu().double().numpy()
+
+    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
+    vals = eigsh(op, k=1, which="SA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
+    return float(vals[0]), "lanczos"
+
+
+def hermite_interpolate(t_query: np.ndarray, t: np.ndarray, w: np.ndarray, dw: np.ndarray) -> np.ndarray:
+    """Cubic Hermite interpolation of samples w(t_i) with derivatives dw(t_i) (for a
+    gradient flow dw = −∇𝓛); queries outside [t_0, t_{m−1}] give NaN rows."""
+    t_query = np.atleast_1d(np.asarray(t_query, dtype=float))
+    out = np.full((t_query.size, w.shape[1]), np.nan)
+    if t.size < 2:
+        return out
+    i = np.clip(np.searchsorted(t, t_query, side="right") - 1, 0, t.size - 2)
+    h = t[i + 1] - t[i]
+    s = ((t_query - t[i]) / np.where(h > 0, h, 1.0))[:, None]
+    h = h[:, None]
+    h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
+    h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
+    val = h00 * w[i] + h10 * h * dw[i] + h01 * w[i + 1] + h11 * h * dw[i + 1]
+    inside = (t_query >= t[0]) & (t_query <= t[-1])
+    out[inside] = val[inside]
+    return out

@@ -1,0 +1,346 @@
+"""The escape experiment: train from δ·w0 for several δ and check Theorems 4, 10 and 18.
+
+1. The governing KKT point (Definition 2): the limit direction of the NCF flow from w0,
+   approximated by the normalized ascent of :mod:`ncfkit.kkt` started at w0 itself, and
+   certified (𝒩(w*), Δ, residual). Its zero neurons give the zero-preserving subset w_z
+   (Lemma 17, proof of Theorem 18); for the diagonal model the zero coordinates of w*
+   (∂𝓛/∂w_k ∝ w_k^{D−1}, so they stay 0 as well).
+2. One batched simulation (:func:`ncfkit.dynamics.simulate`) of every δ·w0 together with
+   the reference run δ_ref·w* (δ_ref < min δ).
+3. Per δ: escape time beside the prediction (Theorem 4/10), the first saddle with the
+   smallest Hessian eigenvalue of 𝓛 there, ‖ψ_wz‖/‖ψ‖ at escape and at the saddle
+   (Theorem 18), and the distance to the reference path p(t) (Corollaries 5, 6, 11, 12).
+   The reference run approximates p(t) = lim_{δ→0} ψ(t + T(δ), δw*): both runs are aligned
+   at their escape events (this absorbs the O(1) constants of the theorems' time
+   shifts), and the distance max ‖ψ(t_esc + s) − p(s)‖ is taken over the window
+   s ∈ [−W/2, W], W = (saddle time − escape time) of the run.
+4. With several δ: a least-squares fit of the escape times against ln(1/δ) (L_h = 2) or
+   δ^{2−L_h} (L_h > 2) beside the predicted slope, and the empirical exponents of the path
+   distance and of ‖ψ_wz‖/‖ψ‖ against δ beside the theorems'.
+
+Why δ_ref = min δ·10⁻² (L_h = 2) or min δ·2^{−1/(L_h−2)} (L_h > 2) by default: p(t) −
+ψ(t + T(δ_ref), δ_ref w*) = O(δ_ref) (Lemmas 7, 31), and after alignment at the escape
+event the difference is smaller still, since along the ray through w* the flow only
+leaves the ray at relative order δ^{L_h}; the factor keeps the reference cheaper than
+twice the slowest run (its escape time grows like δ_ref^{2−L_h}).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import theory
+from .dynamics import Objective, RunResult, Settings, Simulation, hermite_interpolate, \
+    min_hessian_eigenvalue, simulate
+from .kkt import Certificate, certify, normalized_ascent
+from .models import MLP
+
+__all__ = ["GoverningPoint", "zero_preserving_subset", "governing_point", "certified_point",
+           "default_delta_ref", "default_max_time", "RunSummary", "Reference", "Fits",
+           "EscapeReport", "run_escape", "path_distance"]
+
+
+@dataclass(frozen=True)
+class GoverningPoint:
+    """The KKT point w* whose stable set holds w0, with its certificate and w_z."""
+
+    cert: Certificate
+    source: str  # "ascent from w0", "kkt file", "find_kkt_points"
+    converged: bool
+    steps: int
+    wz_mask: torch.Tensor  # bool (k,)
+    zero_neurons: tuple[tuple[int, ...], ...] | None  # per hidden layer (mlp) or None
+
+    @property
+    def w_star(self) -> torch.Tensor:
+        return self.cert.w
+
+
+def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
+    """(mask (k,) bool, zero neurons per hidden layer or None) of w_z at w*.
+
+    MLP: the incoming and outgoing weights of hidden neurons whose row and column norms
+    are ≤ tol × the largest neuron norm (Theorem 18). Diagonal: the coordinates with
+    |w*_k| ≤ tol·max|w*|.
+    """
+    if isinstance(arch, MLP):
+        from .sparsity import neuron_activity, zero_preserving_mask
+
+        activity = neuron_activity(arch, w_star, tol)
+        return zero_preserving_mask(arch, activity.zero, like=w_star), activity.zero
+    a = w_star.abs()
+    return a <= tol * a.max(), None
+
+
+def certified_point(arch, X, ytilde, w, source: str, *, active_tol: float = 1e-3,
+                    converged: bool = True, steps: int = 0) -> GoverningPoint:
+    cert = certify(arch, X, ytilde, w, active_tol=active_tol)
+    mask, zero = zero_preserving_subset(arch, cert.w, active_tol)
+    return GoverningPoint(cert, source, converged, steps, mask, zero)
+
+
+def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000,
+                    tol: float = 1e-9, active_tol: float = 1e-3) -> GoverningPoint:
+    """Definition 2 in practice: normalized NCF ascent from the unit direction w0 (k,)."""
+    asc = normalized_ascent(arch, X, ytilde, w0.reshape(1, -1), max_steps=max_steps, tol=tol)
+    return certified_point(arch, X, ytilde, asc.u[0], "ascent from w0", active_tol=active_tol,
+                           converged=bool(asc.converged[0]), steps=int(asc.steps[0]))
+
+
+def default_delta_ref(deltas, L_h: float) -> float:
+    """δ_ref of the reference run (see the module doc)."""
+    d = float(min(deltas))
+    return d * 1e-2 if L_h == 2 else d * 2.0 ** (-1.0 / (L_h - 2.0))
+
+
+def default_max_time(deltas, ncf: float, L_h: float | None) -> float | None:
+    """10 × the longest predicted escape time; None when nothing is predicted."""
+    if L_h is None or L_h < 2 or not ncf > 0:
+        return None
+    return 10.0 * max(theory.escape_time(float(d), ncf, L_h) for d in deltas)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Measurement beside theory for one δ."""
+
+    delta: float
+    escaped: bool
+    escape_time: float | None
+    predicted_escape_time: float | None
+    saddle_time: float | None
+    saddle_loss: float | None
+    saddle_grad_norm: float | None
+    saddle_min_hessian_eig: float | None
+    saddle_kind: str | None  # "strict saddle" / "minimum" / None
+    saddle_left: bool
+    sparsity_ratio_escape: float | None
+    sparsity_ratio_saddle: float | None
+    path_distance: float | None
+    saddle_distance_to_p_star: float | None
+    status: str
+    message: str
+    final_time: float
+    final_loss: float
+    result: RunResult = field(repr=False)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "result"}
+        d["steps"] = self.result.steps
+        d["final_w_norm"] = float(np.linalg.norm(self.result.snapshots["final"].w))
+        return d
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference run from δ_ref·w*: p(s) = its trajectory at s + its escape time."""
+
+    delta_ref: float
+    result: RunResult
+    p_star_loss: float | None
+    p_star_grad_norm: float | None
+    p_star_min_hessian_eig: float | None
+
+    @property
+    def escaped(self) -> bool:
+        return self.result.escape is not None
+
+    def to_dict(self) -> dict:
+        r = self.result
+        return {"delta_ref": self.delta_ref, "escaped": self.escaped,
+                "escape_time": None if r.escape is None else r.escape.time,
+                "saddle_time": None if r.saddle is None else r.saddle.time,
+                "p_star_loss": self.p_star_loss, "p_star_grad_norm": self.p_star_grad_norm,
+                "p_star_min_hessian_eig": self.p_star_min_hessian_eig, "status": r.status}
+
+
+@dataclass(frozen=True)
+class Fits:
+    """Fits over δ (None where fewer than two δ qualify)."""
+
+    escape: theory.LineFit | None
+    regressor: str | None  # "ln(1/delta)" or "delta^(2-L_h)"
+    predicted_slope: float | None
+    path: theory.LineFit | None
+    path_exponent_theory: float | None
+    sparsity: theory.LineFit | None
+    sparsity_exponent_theory: float | None
+
+    def to_dict(self) -> dict:
+        out: dict = {}
+        if self.escape is not None:
+            rel = None
+            if self.predicted_slope and math.isfinite(self.predicted_slope):
+                rel = self.escape.slope / self.predicted_slope - 1.0
+            out["fit"] = {"slope": self.escape.slope, "predicted_slope": self.predicted_slope,
+                          "relative_error": rel, "intercept": self.escape.intercept,
+                          "r2": self.escape.r2, "n": self.escape.n, "regressor": self.regressor}
+        if self.path is not None:
+            out["path_exponent"] = {"empirical": self.path.slope, "theory": self.path_exponent_theory,
+                                    "r2": self.path.r2, "n": self.path.n}
+        if self.sparsity is not None:
+            out["sparsity_exponent"] = {"empirical": self.sparsity.slope,
+                                        "theory": self.sparsity_exponent_theory,
+                                        "r2": self.sparsity.r2, "n": self.sparsity.n,
+                                        "at": "escape event"}
+        return out
+
+
+@dataclass(frozen=True)
+class EscapeReport:
+    homogeneity: float | None
+    num_params: int
+    point: GoverningPoint | None
+    runs: list[RunSummary]
+    reference: Reference | None
+    fits: Fits
+    simulation: Simulation = field(repr=False)
+
+    @property
+    def status(self) -> str:
+        return self.simulation.status
+
+
+def _ratio(mask: torch.Tensor | None, w: np.ndarray) -> float | None:
+    if mask is None or not bool(mask.any()):
+        return None
+    n = float(np.linalg.norm(w))
+    return float(np.linalg.norm(w[mask.cpu().numpy()])) / n if n > 0 else None
+
+
+def path_distance(run: RunResult, ref: RunResult) -> float | None:
+    """max ‖ψ(t_esc + s) − p(s)‖ over s ∈ [−W/2, W] at the run's trajectory samples and
+    its escape and saddle snapshots; p is the reference run aligned at its escape event,
+    interpolated (cubic Hermite with ẇ = −∇𝓛). None when either run did not escape or
+    the run kept no trajectory."""
+    if run.escape is None or ref.escape is None or run.trajectory is None or ref.trajectory is None:
+        return None
+    t_esc = run.escape.time
+    t_end = run.saddle.time if run.saddle is not None else run.final_time
+    W = max(t_end - t_esc, 0.0)
+    tr = run.trajectory
+    times = [tr["time"]]
+    states = [tr["w"]]
+    for name in ("escape", "saddle"):
+        if name in run.snapshots:
+            times.append(np.array([run.snapshots[name].time]))
+            states.append(run.snapshots[name].w[None, :])
+    t = np.concatenate(times)
+    w = np.concatenate(states)
+    s = t - t_esc
+    sel = (s >= -W / 2) & (s <= W)
+    if not sel.any():
+        return None
+    rt = ref.trajectory
+    p = hermite_interpolate(s[sel] + ref.escape.time, rt["time"], rt["w"], -rt["grad"])
+    d = np.linalg.norm(w[sel] - p, axis=1)
+    d = d[np.isfinite(d)]
+    return float(d.max()) if d.size else None
+
+
+def _saddle_info(objective: Objective, run: RunResult, like: torch.Tensor):
+    if run.saddle is None:
+        return None, None
+    w = torch.as_tensor(run.snapshots["saddle"].w, dtype=like.dtype, device=like.device)
+    lam, _ = min_hessian_eigenvalue(objective, w)
+    tol = 1e-9 * max(1.0, abs(lam))
+    return lam, ("strict saddle" if lam < -tol else "minimum")
+
+
+def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Settings, *,
+               method: str = "gd", point: GoverningPoint | None = None,
+               delta_ref: float | None | str = "auto", observer=None) -> EscapeReport:
+    """Train from δ·w0 for every δ in ``deltas`` (and the reference run), then analyse.
+
+    Args:
+        objective: the training loss.
+        w0: the initial direction (k,), unit norm.
+        deltas: initialization scales δ > 0.
+        settings: see :class:`ncfkit.dynamics.Settings`.
+        method: a key of :data:`ncfkit.dynamics.METHODS`.
+        point: the governing KKT point (None: no theory, e.g. a non-homogeneous net).
+        delta_ref: δ of the reference run, ``"auto"`` (:func:`default_delta_ref`) or None
+            for no reference run.
+        observer: progress callback (rows: the δ in order, then the reference).
+    """
+    arch = objective.arch
+    L_h = arch.homogeneity
+    deltas = [float(d) for d in deltas]
+    theory_ok = point is not None and L_h is not None and L_h >= 2
+    if point is None or not theory_ok:
+        delta_ref = None
+    elif delta_ref == "auto":
+        delta_ref = default_delta_ref(deltas, L_h)
+    rows = [d * w0 for d in deltas]
+    if delta_ref is not None:
+        rows.append(float(delta_ref) * point.w_star.to(w0))
+    W0 = torch.stack(rows)
+    sim = simulate(objective, W0, settings, method=method,
+                   w_star=None if point is None else point.w_star.to(w0),
+                   wz_mask=None if point is None else point.wz_mask, observer=observer)
+
+    reference = None
+    if delta_ref is not None:
+        ref = sim.runs[-1]
+        lam = None
+        if ref.saddle is not None and ref.status != "interrupted":
+            lam, _ = _saddle_info(objective, ref, w0)
+        reference = Reference(float(delta_ref), ref,
+                              None if ref.saddle is None else ref.saddle.loss,
+                              None if ref.saddle is None else ref.saddle.grad_norm, lam)
+
+    ncf = point.cert.ncf if point is not None else None
+    mask = point.wz_mask if point is not None else None
+    runs = []
+    for d, r in zip(deltas, sim.runs):
+        lam, kind = (None, None)
+        if r.status != "interrupted" or r.saddle is not None:
+            lam, kind = _saddle_info(objective, r, w0)
+        pred = theory.escape_time(d, ncf, L_h) if theory_ok and ncf > 0 else None
+        pdist = p_star_dist = None
+        if reference is not None:
+            pdist = path_distance(r, reference.result)
+            if r.saddle is not None and reference.result.saddle is not None:
+                p_star_dist = float(np.linalg.norm(r.snapshots["saddle"].w
+                                                   - reference.result.snapshots["saddle"].w))
+        runs.append(RunSummary(
+            delta=d, escaped=r.escape is not None,
+            escape_time=None if r.escape is None else r.escape.time, predicted_escape_time=pred,
+            saddle_time=None if r.saddle is None else r.saddle.time,
+            saddle_loss=None if r.saddle is None else r.saddle.loss,
+            saddle_grad_norm=None if r.saddle is None else r.saddle.grad_norm,
+            saddle_min_hessian_eig=lam, saddle_kind=kind, saddle_left=r.saddle_left,
+            sparsity_ratio_escape=_ratio(mask, r.snapshots["escape"].w) if "escape" in r.snapshots else None,
+            sparsity_ratio_saddle=_ratio(mask, r.snapshots["saddle"].w) if "saddle" in r.snapshots else None,
+            path_distance=pdist, saddle_distance_to_p_star=p_star_dist,
+            status=r.status, message=r.message, final_time=r.final_time,
+            final_loss=r.snapshots["final"].loss, result=r))
+    fits = _fits(runs, point, L_h) if theory_ok else Fits(None, None, None, None, None, None, None)
+    return EscapeReport(L_h, arch.num_params, point, runs, reference, fits, sim)
+
+
+def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float) -> Fits:
+    ncf, Delta = point.cert.ncf, point.cert.delta
+
+    def usable(attr):
+        pairs = [(r.delta, getattr(r, attr)) for r in runs
+                 if getattr(r, attr) is not None and math.isfinite(getattr(r, attr))
+                 and (attr == "escape_time" or getattr(r, attr) > 0)]
+        return pairs if len({d for d, _ in pairs}) >= 2 else None
+
+    esc = usable("escape_time")
+    path = usable("path_distance")
+    spars = usable("sparsity_ratio_escape")
+    ok = ncf > 0 and Delta > 0
+    return Fits(
+        escape=theory.fit_escape_times(*zip(*esc), L_h) if esc else None,
+        regressor="ln(1/delta)" if L_h == 2 else f"delta^(2-L_h) = delta^{2 - L_h:g}",
+        predicted_slope=theory.escape_slope(ncf, L_h),
+        path=theory.fit_power_law(*zip(*path)) if path else None,
+        path_exponent_theory=theory.path_distance_exponent(Delta, ncf, L_h) if ok else None,
+        sparsity=theory.fit_power_law(*zip(*spars)) if spars else None,
+        sparsity_exponent_theory=theory.sparsity_exponent(Delta, ncf, L_h) if ok else None)

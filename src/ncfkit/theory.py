@@ -1,0 +1,225 @@
+"""What the theory predicts for training from small initialization δ·w0 (SPEC §2).
+
+- Escape time from the origin (Theorem 4 for L_h = 2, Theorem 10 for L_h > 2):
+
+  .. math::
+
+      T_{esc}(δ) ≈ \\frac{\\ln(1/δ)}{2\\mathcal N(w_*)} \\;(L_h = 2), \\qquad
+      T_{esc}(δ) ≈ \\frac{δ^{2-L_h}}{L_h(L_h-2)\\mathcal N(w_*)} \\;(L_h > 2).
+
+  The second is the blow-up time of the NCF flow along w*, exact to leading order when
+  w0 = w*. Plotted against the regressor x(δ) = ln(1/δ) (resp. δ^{2−L_h}) the escape
+  times lie on a line of slope 1/(2𝒩) (resp. 1/(L_h(L_h−2)𝒩)).
+- Distance to the reference path p(t) after escape (eq. 6, eq. 8): O(δ^a) with
+  a = Δ/(Δ + 8𝒩) (L_h = 2) or a = Δ/(2L_h²𝒩 + Δ) (L_h > 2); the same exponent bounds
+  ‖ψ_wz‖ after escape (eq. 12, eq. 14).
+- Sparsity before escape (Theorem 18, eq. 11, eq. 13): ‖ψ_wz‖/‖ψ‖ = O(δ^b) with
+  b = 2Δ/(Δ + 8𝒩) (L_h = 2) or b = L_hΔ/(Δ + 2L_h²𝒩) (L_h > 2).
+- Example 1 (Sec. 3.1, Appendix E): the diagonal model H = w1²x1 + w2²x2 on X = I,
+  y = (4, 1), square loss (sum). Every coordinate solves the logistic equation
+  d(w_k²)/dt = −8 w_k² (w_k² − y_k), so ψ has a closed form; see :func:`example1_psi`.
+
+Every function takes floats or numpy arrays and returns the same; ``ncf`` is 𝒩(w*),
+``Delta`` the Δ of a Δ-second-order KKT point, ``L_h`` the order of homogeneity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "escape_time", "escape_regressor", "escape_slope", "escape_slope_gd", "path_distance_exponent",
+    "sparsity_exponent", "LineFit", "fit_line", "fit_escape_times", "fit_power_law",
+    "EXAMPLE1", "example1_psi", "example1_reference_path", "example1_loss",
+    "example1_grad_norm", "diagonal_identity_flow",
+]
+
+
+def _check_order(L_h: float) -> float:
+    L_h = float(L_h)
+    if not L_h >= 2:
+        raise ValueError(f"the escape theory needs L_h >= 2 (got {L_h})")
+    return L_h
+
+
+def escape_regressor(delta, L_h: float):
+    """x(δ) against which escape times are linear: ln(1/δ) (L_h = 2) or δ^{2−L_h}.
+
+    >>> escape_regressor(1e-2, 3)
+    100.0
+    """
+    L_h = _check_order(L_h)
+    delta = np.asarray(delta, dtype=float)
+    x = np.log(1.0 / delta) if L_h == 2 else delta ** (2.0 - L_h)
+    return float(x) if x.ndim == 0 else x
+
+
+def escape_slope(ncf: float, L_h: float) -> float:
+    """Predicted slope dT_esc/dx: 1/(2𝒩) (Theorem 4) or 1/(L_h(L_h−2)𝒩) (Theorem 10).
+
+    ``inf`` for 𝒩 ≤ 0 (a zero or negative KKT point: no escape is predicted).
+
+    >>> escape_slope(8.0, 2)
+    0.0625
+    """
+    L_h = _check_order(L_h)
+    if not ncf > 0:
+        return math.inf
+    return 1.0 / (2.0 * ncf) if L_h == 2 else 1.0 / (L_h * (L_h - 2.0) * ncf)
+
+
+def escape_slope_gd(ncf: float, L_h: float, lr: float) -> float | None:
+    """The slope gradient descent with step η should show (L_h = 2 only; None otherwise).
+
+    Near the origin ∇𝓛(c w*) ≈ −2𝒩 c w*, so GD multiplies the component along w* by
+    (1 + 2𝒩η) per step instead of e^{2𝒩η}: T_esc = η ln(1/δ) / ln(1 + 2𝒩η) + O(1), i.e.
+    slope η / ln(1 + 2𝒩η) → 1/(2𝒩) as η → 0.
+
+    >>> round(escape_slope_gd(8.0, 2, 1e-3), 6)
+    0.062999
+    """
+    if L_h != 2 or not ncf > 0:
+        return None
+    return lr / math.log1p(2.0 * ncf * lr)
+
+
+def escape_time(delta, ncf: float, L_h: float):
+    """Leading-order escape time slope × x(δ) (Theorems 4 and 10); no O(1) constant.
+
+    >>> round(escape_time(1e-3, 8.0, 2), 6)   # ln(1000)/16
+    0.431735
+    """
+    return escape_slope(ncf, L_h) * escape_regressor(delta, L_h)
+
+
+def path_distance_exponent(Delta: float, ncf: float, L_h: float) -> float:
+    """a in ‖ψ(t + shift, δw0) − p(t)‖ = O(δ^a): Δ/(Δ+8𝒩) (eq. 6) or Δ/(2L_h²𝒩+Δ) (eq. 8).
+
+    >>> round(path_distance_exponent(12.0, 8.0, 2), 6)   # Example 1: 12/76
+    0.157895
+    """
+    L_h = _check_order(L_h)
+    if L_h == 2:
+        return Delta / (Delta + 8.0 * ncf)
+    return Delta / (2.0 * L_h**2 * ncf + Delta)
+
+
+def sparsity_exponent(Delta: float, ncf: float, L_h: float) -> float:
+    """b in ‖ψ_wz‖/‖ψ‖ = O(δ^b) before escape (Theorem 18, eq. 11 and eq. 13):
+    2Δ/(Δ+8𝒩) (L_h = 2) or L_hΔ/(Δ+2L_h²𝒩) (L_h > 2)."""
+    L_h = _check_order(L_h)
+    if L_h == 2:
+        return 2.0 * Delta / (Delta + 8.0 * ncf)
+    return L_h * Delta / (Delta + 2.0 * L_h**2 * ncf)
+
+
+# --------------------------------------------------------------------------- fits
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """Least-squares line y ≈ slope·x + intercept over ``n`` points, with r²."""
+
+    slope: float
+    intercept: float
+    r2: float
+    n: int
+
+
+def fit_line(x, y) -> LineFit:
+    """Ordinary least squares of y on x (at least two distinct x).
+
+    >>> round(fit_line([0, 1, 2], [1, 3, 5]).slope, 12)
+    2.0
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("fit_line needs two 1-D arrays of equal length")
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError("fit_line needs at least two distinct x values")
+    A = np.column_stack([x, np.ones_like(x)])
+    (slope, intercept), *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - (slope * x + intercept)
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / ss if ss > 0 else 1.0
+    return LineFit(float(slope), float(intercept), r2, int(x.size))
+
+
+def fit_escape_times(deltas, times, L_h: float) -> LineFit:
+    """Fit observed escape times against x(δ) (:func:`escape_regressor`); compare the
+    slope with :func:`escape_slope`."""
+    return fit_line(escape_regressor(np.asarray(deltas, dtype=float), L_h), times)
+
+
+def fit_power_law(deltas, values) -> LineFit:
+    """Empirical exponent e in value ≈ C·δ^e: a line fit of ln(value) on ln(δ)."""
+    return fit_line(np.log(np.asarray(deltas, dtype=float)), np.log(np.asarray(values, dtype=float)))
+
+
+# --------------------------------------------------------------------------- Example 1
+
+
+def diagonal_identity_flow(t, y, w0):
+    """Gradient flow of 𝓛(w) = Σ_k (w_k² − y_k)² (diagonal model D = 2 on X = I, square
+    loss, sum) from ``w0``: each u_k = w_k² solves u̇ = −8u(u − y_k), so
+
+    .. math::  w_k(t)^2 = \\frac{y_k u_k}{u_k + (y_k − u_k) e^{−8 y_k t}}, \\quad u_k = w_k(0)^2.
+
+    ``t`` of shape (m,) (or a scalar); returns shape (m, d) (or (d,)).
+
+    >>> diagonal_identity_flow(0.0, [4.0, 1.0], [0.5, 0.5]).tolist()
+    [0.5, 0.5]
+    """
+    t = np.asarray(t, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w0 = np.asarray(w0, dtype=float)
+    u0 = w0**2
+    tt = t[..., None]
+    with np.errstate(over="ignore"):
+        u = y * u0 / (u0 + (y - u0) * np.exp(-8.0 * y * tt))
+    return np.sign(w0) * np.sqrt(u)
+
+
+#: Example 1 of the paper (SPEC §3): data, NCF value, Δ, w*, the saddle and the minimum.
+EXAMPLE1 = {
+    "X": np.eye(2),
+    "y": np.array([4.0, 1.0]),
+    "ncf": 8.0,
+    "Delta": 12.0,
+    "w_star": np.array([1.0, 0.0]),
+    "w0": np.array([1.0, 1.0]) / math.sqrt(2.0),
+    "saddle": np.array([2.0, 0.0]),
+    "minimum": np.array([2.0, 1.0]),
+    "loss0": 17.0,
+    "saddle_loss": 1.0,
+}
+
+
+def example1_psi(t, delta: float, w0=None):
+    """ψ(t, δw0) of Example 1; with the default w0 = (1/√2, 1/√2) this is
+    (2δ/√(δ² + (8−δ²)e^{−32t}), δ/√(δ² + (2−δ²)e^{−8t})) (Appendix E)."""
+    w0 = EXAMPLE1["w0"] if w0 is None else np.asarray(w0, dtype=float)
+    return diagonal_identity_flow(t, EXAMPLE1["y"], delta * w0)
+
+
+def example1_reference_path(t):
+    """p(t) = (2/√(1 + 4e^{−32t}), 0) = lim_{δ→0} ψ(t + ln(1/δ)/16, δw*) (Appendix E)."""
+    t = np.asarray(t, dtype=float)
+    p1 = 2.0 / np.sqrt(1.0 + 4.0 * np.exp(-32.0 * t))
+    return np.stack([p1, np.zeros_like(p1)], axis=-1)
+
+
+def example1_loss(w):
+    """𝓛(w) = (w1² − 4)² + (w2² − 1)² (eq. 7), over the last axis."""
+    w = np.asarray(w, dtype=float)
+    return ((w**2 - EXAMPLE1["y"]) ** 2).sum(-1)
+
+
+def example1_grad_norm(w):
+    """‖∇𝓛(w)‖ with ∂𝓛/∂w_k = 4w_k(w_k² − y_k)."""
+    w = np.asarray(w, dtype=float)
+    return np.linalg.norm(4.0 * w * (w**2 - EXAMPLE1["y"]), axis=-1)
