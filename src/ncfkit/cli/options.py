@@ -97,7 +97,10 @@ def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dt
         raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
                          "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
     X, y = ds.tensors(DTYPES[dtype], torch_device)
-    loss.check_labels(y)
+    try:
+        loss.check_labels(y)
+    except InputError as e:
+        raise InputError(f"{ds.source}: {e}") from None
     settings = {"architecture": network.to_dict(), "loss": loss_name, "reduction": reduction,
                 "seed": seed, "dtype": dtype, "device": str(torch_device)}
     return Problem(ds, network, loss, X, y, loss.ytilde(y), DTYPES[dtype], torch_device, settings)
