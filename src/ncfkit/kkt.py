@@ -165,21 +165,24 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     wt = w.detach()
-    norm_bound = None
+    # Shift w's own eigenvalue (0 in P∇²𝒩P) to −c so it separates from the restricted
+    # spectrum; c is a heuristic scale, so w's eigenpair is also dropped explicitly below.
+    L_h = float(arch.homogeneity)
+    shift = 10 * abs(L_h * (L_h - 1) * float(ncf(arch, X, ytilde, wt))) + 1.0
 
     def matvec(x):
-        b = torch.as_tensor(np.asarray(x).ravel(), dtype=wt.dtype, device=wt.device)
-        b = b - (wt @ b) * wt
+        b0 = torch.as_tensor(np.asarray(x).ravel(), dtype=wt.dtype, device=wt.device)
+        b = b0 - (wt @ b0) * wt
         hb = ncf_hvp(arch, X, ytilde, wt, b)
         hb = hb - (wt @ hb) * wt
-        return (hb - norm_bound * (wt @ b) * wt).cpu().double().numpy()
+        return (hb - shift * (wt @ b0) * wt).cpu().double().numpy()
 
-    # A cheap bound on ‖∇²𝒩‖ from power-iteration-free Gershgorin surrogate: |L_h(L_h-1)𝒩|·10.
-    L_h = float(arch.homogeneity)
-    norm_bound = 10 * abs(L_h * (L_h - 1) * float(ncf(arch, X, ytilde, wt))) + 1.0
     op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    eigs = eigsh(op, k=num, which="LA", tol=1e-10, maxiter=20 * k, return_eigenvectors=False)
-    return np.sort(eigs)[::-1], "lanczos"
+    # One eigenpair more than needed: when every restricted eigenvalue lies below −c
+    # (a negative or zero point), w itself is among the largest and must not count.
+    vals, vecs = eigsh(op, k=min(num + 1, k - 1), which="LA", tol=1e-10, maxiter=20 * k)
+    along_w = np.abs(wt.cpu().double().numpy() @ vecs) > 0.5
+    return np.sort(vals[~along_w])[::-1][:num], "lanczos"
 
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
