@@ -160,6 +160,7 @@ class Simulation:
     method: str
     settings: Settings
     wall_time: float
+    interrupted: KeyboardInterrupt | None = None  # what stopped the runs early, if anything
 
     @property
     def status(self) -> str:
@@ -463,13 +464,15 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
     tracker = Tracker(objective, w0.shape[0], settings, w_star=w_star, wz_mask=wz_mask,
                       observer=observer)
     start = _time.perf_counter()
+    interrupted = None
     try:
         METHODS[method](objective, w0, settings, tracker)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under ncfkit._signals.handle_sigterm
         if tracker._last is None:
             raise
         tracker.finish("interrupted")
-    return Simulation(tracker.results(), method, settings, _time.perf_counter() - start)
+        interrupted = e
+    return Simulation(tracker.results(), method, settings, _time.perf_counter() - start, interrupted)
 
 
 # --------------------------------------------------------------------------- analysis

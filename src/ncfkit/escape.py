@@ -27,6 +27,7 @@ twice the slowest run (its escape time grows like δ_ref^{2−L_h}).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from . import theory
+from .events import PHASE_NAMES
 from .dynamics import Objective, RunResult, Settings, Simulation, hermite_interpolate, \
     min_hessian_eigenvalue, simulate
 from .kkt import Certificate, certify, normalized_ascent
@@ -41,7 +43,8 @@ from .models import MLP
 
 __all__ = ["GoverningPoint", "zero_preserving_subset", "governing_point", "certified_point",
            "default_delta_ref", "default_max_time", "RunSummary", "Reference", "Fits",
-           "EscapeReport", "run_escape", "path_distance"]
+           "EscapeReport", "run_escape", "path_distance", "RUN_KEYS", "kkt_json", "report_json",
+           "report_tree", "RUN_H5_LAYOUT"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,7 @@ class Fits:
     path_exponent_theory: float | None
     sparsity: theory.LineFit | None
     sparsity_exponent_theory: float | None
+    predicted_slope_gd: float | None = None  # L_h = 2 and GD: η/ln(1 + 2𝒩η)
 
     def to_dict(self) -> dict:
         out: dict = {}
@@ -179,6 +183,8 @@ class Fits:
             out["fit"] = {"slope": self.escape.slope, "predicted_slope": self.predicted_slope,
                           "relative_error": rel, "intercept": self.escape.intercept,
                           "r2": self.escape.r2, "n": self.escape.n, "regressor": self.regressor}
+            if self.predicted_slope_gd is not None:
+                out["fit"]["predicted_slope_gd"] = self.predicted_slope_gd
         if self.path is not None:
             out["path_exponent"] = {"empirical": self.path.slope, "theory": self.path_exponent_theory,
                                     "r2": self.path.r2, "n": self.path.n}
@@ -192,6 +198,7 @@ class Fits:
 
 @dataclass(frozen=True)
 class EscapeReport:
+    arch: object
     homogeneity: float | None
     num_params: int
     point: GoverningPoint | None
@@ -319,11 +326,13 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
             path_distance=pdist, saddle_distance_to_p_star=p_star_dist,
             status=r.status, message=r.message, final_time=r.final_time,
             final_loss=r.snapshots["final"].loss, result=r))
-    fits = _fits(runs, point, L_h) if theory_ok else Fits(None, None, None, None, None, None, None)
-    return EscapeReport(L_h, arch.num_params, point, runs, reference, fits, sim)
+    fits = Fits(None, None, None, None, None, None, None)
+    if theory_ok:
+        fits = _fits(runs, point, L_h, settings.lr if method == "gd" else None)
+    return EscapeReport(arch, L_h, arch.num_params, point, runs, reference, fits, sim)
 
 
-def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float) -> Fits:
+def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: float | None) -> Fits:
     ncf, Delta = point.cert.ncf, point.cert.delta
 
     def usable(attr):
@@ -343,4 +352,147 @@ def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float) -> Fits:
         path=theory.fit_power_law(*zip(*path)) if path else None,
         path_exponent_theory=theory.path_distance_exponent(Delta, ncf, L_h) if ok else None,
         sparsity=theory.fit_power_law(*zip(*spars)) if spars else None,
-        sparsity_exponent_theory=theory.sparsity_exponent(Delta, ncf, L_h) if ok else None)
+        sparsity_exponent_theory=theory.sparsity_exponent(Delta, ncf, L_h) if ok else None,
+        predicted_slope_gd=None if gd_lr is None else theory.escape_slope_gd(ncf, L_h, gd_lr))
+
+
+# --------------------------------------------------------------------------- serialisation
+
+#: Summary keys of one run, in JSON and as attributes of ``runs/<i>`` in run.h5.
+RUN_KEYS = ("delta", "escaped", "escape_time", "predicted_escape_time", "saddle_time",
+            "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig", "saddle_kind",
+            "saddle_left", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
+            "saddle_distance_to_p_star", "status", "message", "final_time", "final_loss",
+            "steps", "final_w_norm")
+
+
+def kkt_json(point: GoverningPoint | None) -> dict | None:
+    """The ``kkt`` object of the JSON output (SPEC §4)."""
+    if point is None:
+        return None
+    c = point.cert
+    out = {"ncf": c.ncf, "delta": c.delta, "residual": c.residual, "kind": c.kind,
+           "second_order": c.second_order, "lam": c.lam, "source": point.source,
+           "ascent_converged": point.converged, "ascent_steps": point.steps,
+           "zero_preserving_size": int(point.wz_mask.sum())}
+    if c.active_per_layer is not None:
+        out["active_per_layer"] = list(c.active_per_layer)
+        out["active_neurons"] = [list(a) for a in c.active_neurons]
+    else:
+        out["zero_coordinates"] = torch.nonzero(point.wz_mask).flatten().tolist()
+    return out
+
+
+def report_json(report: EscapeReport) -> dict:
+    """The JSON object of ``ncfkit escape --json`` (SPEC §4 keys, and more)."""
+    L_h = report.homogeneity
+    out = {"homogeneity": L_h, "num_params": report.num_params,
+           "kkt": kkt_json(report.point),
+           "runs": [r.to_dict() for r in report.runs],
+           "status": report.status, "method": report.simulation.method,
+           "lr": report.simulation.settings.lr, "eps": report.simulation.settings.events.eps,
+           "max_time": report.simulation.settings.max_time,
+           "wall_time": report.simulation.wall_time}
+    out.update(report.fits.to_dict())
+    if report.reference is not None:
+        out["reference"] = report.reference.to_dict()
+    return out
+
+
+def _nan(v):
+    return float("nan") if v is None else v
+
+
+def _run_tree(r: RunResult, arch) -> dict:
+    """records / events / snapshots / trajectory of one run."""
+    snaps = {}
+    for name, s in r.snapshots.items():
+        node = {"time": s.time, "step": s.step, "loss": s.loss, "grad_norm": s.grad_norm, "w": s.w}
+        if isinstance(arch, MLP):
+            for l, W in enumerate(arch.split(torch.as_tensor(s.w)), start=1):
+                node[f"W{l}"] = W.numpy()
+        snaps[name] = node
+    events = {name: {"time": e.time, "step": e.step, "loss": e.loss, "grad_norm": e.grad_norm}
+              for name, e in (("escape", r.escape), ("saddle", r.saddle)) if e is not None}
+    tree = {"records": dict(r.records), "events": events, "snapshots": snaps}
+    tree["records"]["phase_names"] = json.dumps(list(PHASE_NAMES.values()))
+    if r.trajectory is not None:
+        tree["trajectory"] = {"time": r.trajectory["time"], "w": r.trajectory["w"]}
+    return tree
+
+
+def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> dict:
+    """The run.h5 layout (kind ``escape``), documented in :data:`RUN_H5_LAYOUT`."""
+    sim = report.simulation
+    tree: dict = {"status": report.status, "message": message, "homogeneity": _nan(report.homogeneity),
+                  "num_params": report.num_params, "method": sim.method, "provenance": provenance}
+    point = report.point
+    if point is not None:
+        c = point.cert
+        tree["kkt"] = {"ncf": c.ncf, "delta": c.delta, "lam": c.lam, "residual": c.residual,
+                       "kind": c.kind, "second_order": c.second_order, "source": point.source,
+                       "ascent_converged": point.converged, "ascent_steps": point.steps,
+                       "zero_preserving_size": int(point.wz_mask.sum()),
+                       "w_star": c.w.detach().cpu().numpy(),
+                       "wz_mask": point.wz_mask.cpu().numpy().astype(np.uint8)}
+        if c.active_per_layer is not None:
+            tree["kkt"]["active_per_layer"] = np.asarray(c.active_per_layer, dtype=np.int64)
+            tree["kkt"]["active_neurons"] = json.dumps([list(a) for a in c.active_neurons])
+            tree["kkt"]["zero_neurons"] = json.dumps([list(z) for z in point.zero_neurons])
+    L_h = report.homogeneity
+    if point is not None and L_h is not None and L_h >= 2:
+        ncf, Delta = point.cert.ncf, point.cert.delta
+        pos = ncf > 0 and Delta > 0
+        tree["predictions"] = {
+            "escape_slope": theory.escape_slope(ncf, L_h),
+            "regressor": report.fits.regressor,
+            "path_distance_exponent": _nan(theory.path_distance_exponent(Delta, ncf, L_h) if pos else None),
+            "sparsity_exponent": _nan(theory.sparsity_exponent(Delta, ncf, L_h) if pos else None),
+        }
+    fits = report.fits.to_dict()
+    for key in ("fit", "path_exponent", "sparsity_exponent"):
+        if key in fits:
+            tree[key] = {k: _nan(v) if k != "regressor" and k != "at" else v for k, v in fits[key].items()}
+    arch = report.arch
+    runs = {}
+    for i, r in enumerate(report.runs):
+        node = {k: _nan(v) for k, v in r.to_dict().items()}
+        node.update(_run_tree(r.result, arch))
+        runs[str(i)] = node
+    tree["runs"] = runs
+    if report.reference is not None:
+        ref = {k: _nan(v) for k, v in report.reference.to_dict().items()}
+        ref.update(_run_tree(report.reference.result, arch))
+        tree["reference"] = ref
+    return tree
+
+
+RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
+
+/                  attrs: status (complete | diverged | interrupted), message, homogeneity
+                   (NaN: not homogeneous), num_params, method, ncfkit_version
+/provenance        attrs: data_file, data_sha256, n, d, architecture (JSON of
+                   arch.to_dict()), loss, reduction, seed, dtype, device, init, lr, eps,
+                   max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...
+/kkt               attrs: ncf, delta (Δ), lam, residual, kind, second_order, source,
+                   ascent_converged, ascent_steps, zero_preserving_size,
+                   active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
+                   norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
+/predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent
+/fit               attrs: slope, predicted_slope, relative_error, intercept, r2, n,
+                   regressor[, predicted_slope_gd]      (with >= 2 escaped δ)
+/path_exponent     attrs: empirical, theory, r2, n
+/sparsity_exponent attrs: empirical, theory, r2, n, at
+/runs/<i>          one per --delta, in the order given; attrs RUN_KEYS (NaN where unknown)
+  records/         datasets step, time, loss, grad_norm, w_norm, cos_w_star, wz_ratio,
+                   phase (int8, names in attr phase_names: JSON list) — log-spaced in time
+                   plus event-driven, at most Settings.capacity rows
+  events/escape    attrs time (crossing time), step, loss, grad_norm
+  events/saddle    attrs time, step, loss, grad_norm
+  snapshots/<name> name in init, escape, saddle, final; attrs time, step, loss,
+                   grad_norm; datasets w (k,) and, for mlp, W1 … WL (nn.Linear layout)
+  trajectory/      datasets time (m,), w (m, k): bounded sample of ψ(t)
+/reference         the run from δ_ref·w* that stands for p(t): attrs delta_ref, escaped,
+                   escape_time, saddle_time, p_star_loss, p_star_grad_norm,
+                   p_star_min_hessian_eig, status; groups as a run (snapshots/saddle is p*)
+"""
