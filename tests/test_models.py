@@ -44,15 +44,6 @@ ALL_ACTS = [*P_ALPHA, "tanh", "gelu"]
 HIDDEN = {"L2": (5,), "L3": (4, 3), "L4": (3, 4, 2)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny matrices on a shared 2-core box: intra-op threads only add waiting.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def ref_sigma(name: str):
     if name == "tanh":
         return torch.tanh
