@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -34,9 +35,11 @@ __all__ = ["FIGURE_SUFFIXES", "SCALES", "figure_for", "kkt_figure", "escape_figu
            "save_figure"]
 
 FIGURE_SUFFIXES = (".png", ".pdf")
-#: Colour scales of the |W_l| heat maps: one linear scale per layer shared by the panels
-#: of that layer (the issue's default), one per panel, or one logarithmic per layer (shows
-#: the O(δ) weights of w_z next to the O(1) active ones).
+#: Colour scales of the |W_l| heat maps: ``layer`` — one scale per layer shared by the
+#: panels of that layer, square-root colour map (so the O(1) weights at the saddle do not
+#: wash out the still-small active weights at escape; the colour bar is in |W| itself);
+#: ``panel`` — linear, one per panel (the paper's figures); ``log`` — one logarithmic scale
+#: per layer (shows the O(δ) weights of w_z next to the O(1) active ones).
 SCALES = ("layer", "panel", "log")
 CMAP = "viridis"
 WZ_COLOR = "#ff4fd8"  # outline of w_z: magenta, visible on every viridis colour
@@ -104,7 +107,7 @@ def _outline(ax, mask: np.ndarray) -> None:
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return
-    style = dict(fill=False, edgecolor=WZ_COLOR, linewidth=0.8, hatch="///", alpha=0.55)
+    style = dict(fill=False, edgecolor=WZ_COLOR, linewidth=0.6, hatch="//", alpha=0.45)
     rows, cols = mask.all(axis=1), mask.all(axis=0)
     for a, b in _runs(rows):
         ax.add_patch(Rectangle((-0.5, a - 0.5), mask.shape[1], b - a, **style))
@@ -116,7 +119,7 @@ def _outline(ax, mask: np.ndarray) -> None:
 
 def _norm(scale: str, values: list[np.ndarray]):
     """A colour normalisation for |W| panels sharing one scale (``None``: per panel)."""
-    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.colors import LogNorm, PowerNorm
 
     top = max((float(np.abs(v).max()) for v in values if v.size), default=0.0)
     if scale == "panel":
@@ -126,11 +129,11 @@ def _norm(scale: str, values: list[np.ndarray]):
         low = min((float(v.min()) for v in nonzero if v.size), default=top)
         low = max(low, top * 1e-8) if top > 0 else 1e-12
         return LogNorm(vmin=low, vmax=max(top, low * 10))
-    return Normalize(vmin=0.0, vmax=top if top > 0 else 1.0)
+    return PowerNorm(gamma=0.5, vmin=0.0, vmax=top if top > 0 else 1.0)
 
 
 def _heatmap(fig, ax, W: np.ndarray, norm, title: str, mask: np.ndarray | None = None,
-             labels: tuple[str, str] | None = None, colorbar: bool = True) -> None:
+             labels: tuple[str, str] | None = None, colorbar: bool = True):
     A = np.abs(W)
     if norm is not None and getattr(norm, "vmin", 0) and norm.vmin > 0:
         A = np.maximum(A, norm.vmin)  # log scale: exact zeros at the floor colour
@@ -148,6 +151,7 @@ def _heatmap(fig, ax, W: np.ndarray, norm, title: str, mask: np.ndarray | None =
     if colorbar:
         cb = fig.colorbar(im, ax=ax, fraction=0.08, pad=0.02)
         cb.ax.tick_params(labelsize=6)
+    return im
 
 
 def _ticks(n: int) -> list[int]:
@@ -258,8 +262,355 @@ def _kkt_diag_figure(tree, arch, points, total, L_h) -> Figure:
 # --------------------------------------------------------------------------- escape
 
 
+SNAPSHOT_ORDER = ("init", "escape", "saddle", "final")
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What the escape figures need of one run (one δ, or the reference run)."""
+
+    delta: float
+    time: np.ndarray
+    loss: np.ndarray
+    escape_time: float | None
+    saddle_time: float | None
+    snapshots: dict[str, dict]  # name -> {"w": flat weights, "time": t}
+    trajectory: tuple[np.ndarray, np.ndarray] | None  # (time (m,), w (m, k))
+    predicted_escape_time: float | None
+
+
+def _opt_float(value) -> float | None:
+    if value is None:
+        return None
+    value = float(np.asarray(value).ravel()[0]) if np.ndim(value) else float(value)
+    return value if math.isfinite(value) else None
+
+
+def _read_run(node: dict) -> _Run:
+    rec = node["records"]
+    snaps = {k: v for k, v in (node.get("snapshots") or {}).items() if isinstance(v, dict) and "w" in v}
+    traj = node.get("trajectory")
+    trajectory = None
+    if isinstance(traj, dict) and "w" in traj and np.size(traj["w"]):
+        trajectory = (np.asarray(traj["time"], dtype=float), np.asarray(traj["w"], dtype=float))
+    return _Run(float(node.get("delta", float("nan"))), np.asarray(rec["time"], dtype=float),
+                np.asarray(rec["loss"], dtype=float), _opt_float(node.get("escape_time")),
+                _opt_float(node.get("saddle_time")), snaps, trajectory,
+                _opt_float(node.get("predicted_escape_time")))
+
+
+def _escape_runs(tree: dict) -> list[_Run]:
+    runs = tree.get("runs") or {}
+    if not runs:
+        raise _bad(tree, "the escape file holds no run")
+    return [_read_run(runs[k]) for k in sorted(runs, key=int)]
+
+
+def _reference_run(tree: dict) -> _Run | None:
+    ref = tree.get("reference")
+    if not isinstance(ref, dict) or "records" not in ref:
+        return None
+    run = _read_run(ref)
+    delta_ref = _opt_float(ref.get("delta_ref"))
+    return run if delta_ref is None else _replace_delta(run, delta_ref)
+
+
+def _replace_delta(run: _Run, delta: float) -> _Run:
+    from dataclasses import replace
+
+    return replace(run, delta=delta)
+
+
+def _wz_mask(tree: dict) -> np.ndarray | None:
+    """The flat mask of w_z of the governing KKT point, if the file has one."""
+    mask = (tree.get("kkt") or {}).get("wz_mask")
+    if mask is None:
+        return None
+    mask = np.asarray(mask, dtype=bool).ravel()
+    return mask if mask.any() else None
+
+
 def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> Figure:
-    raise _bad(tree, "escape figures are not available yet")
+    """The figure of an ``escape`` run: :func:`_diagonal_figure` for the 2-D diagonal
+    model, else loss curve, escape-time fit (several δ) and |W_l| snapshots."""
+    arch = _architecture(tree)
+    runs = _escape_runs(tree)
+    if run is not None and not 0 <= run < len(runs):
+        raise InputError(f"--run {run} out of range; the file has runs 0..{len(runs) - 1}")
+    if arch["arch"] == "diag":
+        if int(arch["d"]) != 2:
+            raise _bad(tree, f"the diagonal-model figure is a 2-D picture; this run has d = {arch['d']}")
+        return _diagonal_figure(tree, arch, runs)
+    chosen = run if run is not None else int(np.argmin([r.delta for r in runs]))
+    shapes = arch["shapes"]
+    L = len(shapes)
+    shown = runs[chosen]
+    names = [n for n in ("init", "escape", "saddle") if n in shown.snapshots]
+    if "saddle" not in names and "final" in shown.snapshots:
+        names.append("final")
+    many = len(runs) > 1
+    width = max(9.0, 3.0 * L + 1.0)
+    fig = Figure(figsize=(width, 2.9 + 2.1 * len(names)), layout="constrained")
+    L_h = tree.get("homogeneity")
+    fig.suptitle(f"escape from small initialization — {_describe(arch)}"
+                 + (f", L_h = {L_h:g}" if L_h is not None else ""), fontsize=10)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.1 * len(names)])
+    axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
+    _loss_panel(axes[0], runs, chosen)
+    if many:
+        _escape_fit_panel(axes[1], tree, runs)
+    _snapshot_grid(bottom, shown, names, shapes, _wz_mask(tree), scale)
+    return fig
+
+
+def _event_window(run: _Run) -> tuple[float, float] | None:
+    """[t_esc − W, t_saddle + W] with W = t_saddle − t_esc (2% of the run without a
+    saddle), when it is under a tenth of the run: the drop then deserves a zoom (the
+    plateau before escape lasts ~ln(1/δ) or ~δ^{2−L_h}, the drop itself O(1))."""
+    span = float(run.time.max() - run.time.min()) if run.time.size else 0.0
+    if run.escape_time is None or not span > 0:
+        return None
+    end = run.saddle_time if run.saddle_time is not None else run.escape_time
+    W = end - run.escape_time if end > run.escape_time else 0.02 * span
+    lo, hi = max(run.escape_time - W, float(run.time.min())), min(end + W, float(run.time.max()))
+    return (lo, hi) if hi - lo < 0.1 * span else None
+
+
+def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool = True) -> None:
+    import matplotlib as mpl
+
+    colors = mpl.colormaps["plasma"](np.linspace(0.0, 0.8, max(len(runs), 2)))
+    for i, r in enumerate(runs):
+        bold = i == chosen
+        sel = slice(None) if window is None else (r.time >= window[0]) & (r.time <= window[1])
+        ax.plot(r.time[sel], r.loss[sel], color=colors[i] if len(runs) > 1 else "black",
+                lw=1.6 if bold else 0.9, alpha=1.0 if bold else 0.6,
+                label=f"δ = {r.delta:g}" if len(runs) > 1 else None, zorder=3 if bold else 2)
+        for name, t in (("escape", r.escape_time), ("saddle", r.saddle_time)):
+            if t is None or (window is not None and not window[0] <= t <= window[1]):
+                continue
+            loss_t = float(np.interp(t, r.time, r.loss))
+            ax.plot([t], [loss_t], "o", ms=5 if bold else 3, color=EVENT_COLORS[name], zorder=4)
+            if bold:
+                ax.axvline(t, color=EVENT_COLORS[name], ls="--", lw=0.9)
+            if bold and annotate:
+                ax.annotate(f"{name}\nt = {t:.4g}", (t, loss_t), textcoords="offset points",
+                            xytext=(5, -22 if name == "escape" else 6), fontsize=7,
+                            color=EVENT_COLORS[name])
+    if window is not None:
+        ax.set_xlim(*window)
+
+
+def _loss_panel(ax, runs: list[_Run], chosen: int) -> None:
+    """Loss against time, events of every run marked (labelled for ``chosen``), and a zoom
+    on the escape drop of ``chosen`` when it is a sliver of the time axis."""
+    _plot_losses(ax, runs, chosen)
+    ax.set_xlabel("gradient-flow time t", fontsize=8)
+    ax.set_ylabel("training loss", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_title(f"loss; weights below: δ = {runs[chosen].delta:g}", fontsize=9)
+    if len(runs) > 1:
+        ax.legend(fontsize=7, frameon=False, loc="upper right")
+    window = _event_window(runs[chosen])
+    if window is not None:
+        inset = ax.inset_axes([0.07, 0.1, 0.42, 0.5])
+        _plot_losses(inset, [runs[chosen]], 0, window, annotate=False)
+        inset.set_title("zoom: escape → saddle", fontsize=7, pad=2)
+        inset.tick_params(labelsize=6, length=2)
+        ax.indicate_inset_zoom(inset, edgecolor="gray", alpha=0.6)
+
+
+def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
+    """Escape times against x(δ) with the fitted line and the leading-order theory line."""
+    from . import theory
+
+    L_h = tree.get("homogeneity")
+    ncf = _opt_float((tree.get("kkt") or {}).get("ncf"))
+    pairs = [(r.delta, r.escape_time) for r in runs if r.escape_time is not None]
+    if L_h is None or L_h < 2 or len({d for d, _ in pairs}) < 2:
+        ax.text(0.5, 0.5, "escape-time fit needs a homogeneous\nnet and two escaped runs",
+                ha="center", va="center", fontsize=8, transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    deltas, times = map(np.asarray, zip(*pairs))
+    x = theory.escape_regressor(deltas, L_h)
+    fit = theory.fit_escape_times(deltas, times, L_h)
+    xs = np.linspace(0.0, x.max() * 1.05, 50)
+    ax.plot(x, times, "o", color="black", ms=4, label="measured", zorder=3)
+    ax.plot(xs, fit.slope * xs + fit.intercept, "-", color="#1f77b4", lw=1,
+            label=f"fit: slope {fit.slope:.4g}")
+    if ncf is not None and ncf > 0:
+        slope = theory.escape_slope(ncf, L_h)
+        ax.plot(xs, slope * xs, "--", color="#d62728", lw=1,
+                label=f"theory: slope {slope:.4g}")
+    ax.set_xlabel("ln(1/δ)" if L_h == 2 else f"δ^(2−L_h) = δ^{2 - L_h:g}", fontsize=8)
+    ax.set_ylabel("escape time", fontsize=8)
+    ax.set_title("escape time (Thm 4)" if L_h == 2 else "escape time (Thm 10)", fontsize=9)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, frameon=False)
+
+
+def _snapshot_grid(sub, run: _Run, names: list[str], shapes, wz_mask, scale: str) -> None:
+    L = len(shapes)
+    axes = np.atleast_2d(sub.subplots(len(names), L, width_ratios=_width_ratios(shapes)))
+    layers = {n: _layers(run.snapshots[n], shapes) for n in names}
+    masks = _layers({"w": wz_mask}, shapes) if wz_mask is not None else [None] * L
+    times = {"init": 0.0, "escape": run.escape_time, "saddle": run.saddle_time}
+    labels = {}
+    for n in names:
+        t = run.snapshots[n].get("time", times.get(n))
+        labels[n] = n + ("" if t is None else f" t={float(t):.4g}")
+        w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
+        if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
+            labels[n] += f", ‖ψ_wz‖/‖ψ‖={np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
+    for l in range(L):
+        norm = _norm(scale, [layers[n][l] for n in names])
+        for i, n in enumerate(names):
+            title = f"{labels[n]} — {_layer_names(L)[l]}" if l == 0 else _layer_names(L)[l]
+            im = _heatmap(sub, axes[i, l], layers[n][l], norm, title,
+                          masks[l], _axis_labels(l + 1, L) if i == len(names) - 1 else None,
+                          colorbar=scale == "panel")
+        if scale != "panel":  # one colour bar for the shared scale of the layer
+            cb = sub.colorbar(im, ax=list(axes[:, l]), fraction=0.08, pad=0.02)
+            cb.ax.tick_params(labelsize=6)
+    if wz_mask is not None:
+        sub.suptitle("hatched: zero-preserving subset w_z of the governing KKT point w*",
+                     fontsize=8)
+
+
+def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
+    """Example 1 / Figure 2: the trajectories ψ(t, δw0) and the reference path p(t) over
+    the contour of 𝓛, the saddle p* (where p(t) ends) and the end point of the runs."""
+    fig = Figure(figsize=(10.0, 5.0), layout="constrained")
+    ax, ax_loss = fig.subplots(1, 2, width_ratios=[1.25, 1])
+    ref = _reference_run(tree)
+    paths = [(r, _path(r)) for r in runs]
+    pts = [p for _, p in paths if p is not None]
+    if ref is not None and _path(ref) is not None:
+        pts.append(_path(ref))
+    if not pts:
+        raise _bad(tree, "the run kept no trajectory (nor snapshots) to draw")
+    lo, hi = _window(np.concatenate(pts))
+    _loss_contour(ax, tree, (lo[0], hi[0]), (lo[1], hi[1]))
+    import matplotlib as mpl
+
+    colors = mpl.colormaps["Reds"](np.linspace(0.55, 0.95, max(len(runs), 2)))
+    for (r, p), c in zip(paths, colors):
+        if p is not None:
+            ax.plot(p[:, 0], p[:, 1], "-", color=c, lw=1.5, label=f"ψ(t, δw0), δ = {r.delta:g}")
+    if ref is not None and _path(ref) is not None:
+        p = _path(ref)
+        ax.plot(p[:, 0], p[:, 1], "-", color="#2ca02c", lw=2.2, alpha=0.8,
+                label=f"reference path p(t) (δ_ref = {ref.delta:.2g})")
+        if "saddle" in ref.snapshots:
+            s = np.asarray(ref.snapshots["saddle"]["w"], dtype=float).ravel()
+            ax.plot(*s, "o", color="#2ca02c", ms=8, mec="black", zorder=5,
+                    label=f"saddle p* ≈ ({s[0]:.3g}, {s[1]:.3g})")
+    ends = [np.asarray(r.snapshots["final"]["w"], dtype=float).ravel()
+            for r in runs if "final" in r.snapshots]
+    for i, e in enumerate(ends):
+        ax.plot(*e, "o", color="#d62728", ms=7, mec="black", zorder=5,
+                label=f"where the runs end ≈ ({e[0]:.3g}, {e[1]:.3g})" if i == 0 else None)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_xlabel("w1", fontsize=8)
+    ax.set_ylabel("w2", fontsize=8)
+    ax.set_aspect("equal", adjustable="box")
+    ax.tick_params(labelsize=7)
+    fig.legend(fontsize=7, loc="outside lower center", ncols=3, frameon=False)
+    ax.set_title("trajectories over the loss contour (paper Figure 2)", fontsize=9)
+    _loss_panel(ax_loss, runs, int(np.argmin([r.delta for r in runs])))
+    ax_loss.set_title("loss of each run; events marked for the smallest δ", fontsize=9)
+    fig.suptitle(f"escape from small initialization — {_describe(arch)}, "
+                 f"L_h = {tree.get('homogeneity', float('nan')):g}", fontsize=10)
+    return fig
+
+
+def _window(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Plot limits holding the origin and every point, padded, neither side shorter than
+    half the other (so an almost 1-D path still shows the contour around it)."""
+    lo = np.minimum(points.min(0), 0.0)
+    hi = np.maximum(points.max(0), 0.0)
+    span = float(max((hi - lo).max(), 1e-12))
+    short = np.maximum(0.5 * span - (hi - lo), 0.0)
+    lo, hi = lo - short / 2, hi + short / 2
+    return lo - 0.1 * span, hi + 0.1 * span
+
+
+def _path(run: _Run) -> np.ndarray | None:
+    """The 2-D points of a run in time order: its trajectory samples and snapshots."""
+    parts = [] if run.trajectory is None else [np.column_stack([run.trajectory[0], run.trajectory[1]])]
+    for snap in run.snapshots.values():
+        t = snap.get("time")
+        if t is not None:
+            parts.append(np.concatenate([[float(t)], np.asarray(snap["w"], dtype=float).ravel()])[None])
+    if not parts:
+        return None
+    tw = np.concatenate(parts)
+    tw = tw[np.argsort(tw[:, 0], kind="stable")]
+    return tw[:, 1:]
+
+
+def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
+    """Contour of 𝓛 over the plotted window, from the data stored in the file or the data
+    file its provenance names; a note instead when neither can be read."""
+    loss_grid = _diagonal_loss_grid(tree, xlim, ylim)
+    if loss_grid is None:
+        ax.text(0.02, 0.02, "no data to draw the loss contour", fontsize=7, transform=ax.transAxes)
+        return
+    G1, G2, Z = loss_grid
+    from matplotlib.colors import LogNorm
+
+    levels = np.geomspace(max(Z.min(), Z.max() * 1e-4), Z.max(), 14)
+    ax.contourf(G1, G2, Z, levels=levels, norm=LogNorm(), cmap="Blues_r", alpha=0.55)
+    ax.contour(G1, G2, Z, levels=levels, colors="#4a6b8a", linewidths=0.4)
+
+
+def _diagonal_loss_grid(tree, xlim, ylim, n: int = 160):
+    import torch
+
+    from .losses import make_loss
+
+    X, y = _run_data(tree)
+    if X is None:
+        return None
+    prov = tree.get("provenance", {})
+    depth = int(_architecture(tree)["depth"])
+    loss = make_loss(prov.get("loss", "square"), prov.get("reduction", "sum"))
+    g1, g2 = np.linspace(*xlim, n), np.linspace(*ylim, n)
+    G1, G2 = np.meshgrid(g1, g2)
+    W = torch.as_tensor(np.column_stack([G1.ravel(), G2.ravel()]), dtype=torch.float64)
+    pred = W**depth @ torch.as_tensor(X, dtype=torch.float64).T
+    Z = loss.value(pred, torch.as_tensor(y, dtype=torch.float64)).numpy().reshape(G1.shape)
+    return G1, G2, Z
+
+
+def _run_data(tree: dict):
+    """(X, y) of the run: a ``data`` group in the file, else the provenance's data file
+    when it still exists and its sha256 matches; (None, None) otherwise."""
+    data = tree.get("data")
+    if isinstance(data, dict) and "X" in data and "y" in data:
+        return np.asarray(data["X"], dtype=float), np.asarray(data["y"], dtype=float)
+    prov = tree.get("provenance", {})
+    path = prov.get("data_file")
+    if not path:
+        return None, None
+    from pathlib import Path
+
+    from .io import load_data
+
+    candidates = [Path(path)]
+    if tree.get("_source"):
+        candidates.append(Path(tree["_source"]).parent / path)
+    for c in candidates:
+        if c.is_file():
+            try:
+                ds = load_data(c)
+            except InputError:
+                continue
+            if prov.get("data_sha256") in (None, ds.sha256):
+                return ds.X, ds.y
+    return None, None
 
 
 # --------------------------------------------------------------------------- dispatch
