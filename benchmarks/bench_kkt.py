@@ -68,7 +68,7 @@ def cli_time(restarts: int, repeats: int) -> tuple[float, list[float]]:
            "--restarts", str(restarts), "--json"]
 
     def run():
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
@@ -102,7 +102,7 @@ def main() -> None:
     ):
         med = {}
         for R in (1, 64):
-            med[R], times = median_time(lambda R=R: call(R), args.repeats)
+            med[R], times = median_time(lambda R=R, call=call: call(R), args.repeats)
             print(f"{name:18s} R={R:<3d} median {med[R]:8.3f} s   "
                   f"(runs: {', '.join(f'{t:.3f}' for t in times)})", flush=True)
         report[name] = {"R1_s": med[1], "R64_s": med[64], "ratio": med[64] / med[1]}

@@ -17,12 +17,13 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from utils import assert_close, rel_error
 
 from ncfkit.cli.main import cli
+from utils import assert_close, rel_error
 
-FIG1 = Path("examples/data/fig1_square.npz")
-EXAMPLE1 = Path("examples/data/example1.npz")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
+FIG1 = EXAMPLES / "fig1_square.npz"
+EXAMPLE1 = EXAMPLES / "example1.npz"
 POINT_KEYS = {"ncf", "residual", "delta", "second_order", "kind", "count", "basin_fraction",
               "active_per_layer"}
 
@@ -150,7 +151,8 @@ BAD = {
     "logistic-labels": (lambda t: ["kkt", FIG1, "--loss", "logistic"], r"labels in \{-1, \+1\}"),
     "unknown-act": (lambda t: ["kkt", FIG1, "--act", "swish"], r"unknown activation 'swish'"),
     "tanh": (lambda t: ["kkt", FIG1, "--act", "tanh"], r"--act tanh: not homogeneous"),
-    "hidden-empty-width": (lambda t: ["kkt", FIG1, "--hidden", "20,,5"], r"--hidden '20,,5': empty width"),
+    "hidden-empty-width": (lambda t: ["kkt", FIG1, "--hidden", "20,,5"],
+                           r"--hidden '20,,5': empty width"),
     "restarts-0": (lambda t: ["kkt", FIG1, "--restarts", 0], r"--restarts must be >= 1"),
 }
 

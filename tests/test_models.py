@@ -17,7 +17,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from utils import assert_close, fd_grad, seeded
 
 from ncfkit.activations import PRESETS, parse_activation
 from ncfkit.errors import InputError
@@ -29,6 +28,7 @@ from ncfkit.models import (
     parse_hidden,
     random_direction,
 )
+from utils import assert_close, fd_grad, seeded
 
 DTYPE = torch.float64
 
@@ -288,7 +288,8 @@ def test_parse_activation_errors(spec, match):
 # --------------------------------------------------------------------------- --hidden
 
 
-@pytest.mark.parametrize(("text", "widths"), [("50", (50,)), ("20,30", (20, 30)), (" 3 , 4 ,5", (3, 4, 5))])
+@pytest.mark.parametrize(("text", "widths"),
+                         [("50", (50,)), ("20,30", (20, 30)), (" 3 , 4 ,5", (3, 4, 5))])
 def test_parse_hidden(text, widths):
     assert parse_hidden(text) == widths
 
@@ -308,7 +309,8 @@ def test_parse_hidden_errors(text, match):
 @pytest.mark.parametrize(
     ("args", "match"),
     [(("cnn", 3), "unknown architecture 'cnn'"), (("mlp", 0), "d = 0 features"),
-     (("diag", 3, "50", "relu", 0), "--depth must be >= 1"), (("mlp", 3, "4", "tanhh"), "unknown activation")],
+     (("diag", 3, "50", "relu", 0), "--depth must be >= 1"),
+     (("mlp", 3, "4", "tanhh"), "unknown activation")],
     ids=["arch", "d0", "depth0", "act"],
 )
 def test_make_architecture_errors(args, match):

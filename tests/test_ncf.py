@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import hessian
-from utils import assert_close, fd_grad, fd_hvp, seeded
 
 from ncfkit.activations import parse_activation
 from ncfkit.errors import InputError
@@ -32,6 +31,7 @@ from ncfkit.ncf import (
     ncf_hvp,
     ncf_value_and_grad,
 )
+from utils import assert_close, fd_grad, fd_hvp, seeded
 
 DTYPE = torch.float64
 P_ALPHA = {"linear": (1, 1.0), "relu": (1, 0.0), "leaky:0.1": (1, 0.1), "square": (2, -1.0),
@@ -81,7 +81,8 @@ def test_ncf_and_gradient_match_autograd_and_fd(act, hidden):
     value = f(ur)
     (expected,) = torch.autograd.grad(value, ur)
     assert_close(ncf(arch, X, ytilde, u), value.detach(), rtol=1e-12, what="𝒩(u)")
-    assert_close(ncf_grad(arch, X, ytilde, u), expected, rtol=1e-10, atol=1e-13, what="∇𝒩 vs autograd")
+    assert_close(ncf_grad(arch, X, ytilde, u), expected, rtol=1e-10, atol=1e-13,
+                 what="∇𝒩 vs autograd")
     fd = fd_grad(f, u)
     scale = float(fd.abs().max())
     assert_close(ncf_grad(arch, X, ytilde, u), fd, rtol=1e-6, atol=1e-8 * scale, what="∇𝒩 vs FD")
@@ -115,8 +116,8 @@ def test_hvp_and_hessian_match_torch_func_hessian(act, hidden):
     H = ncf_hessian(arch, X, ytilde, u)
     assert_close(H, H_ref, rtol=1e-9, atol=1e-12 * scale, what=f"∇²𝒩 {act} {hidden}")
     v = torch.randn(arch.num_params, generator=seeded(3), dtype=DTYPE)
-    assert_close(ncf_hvp(arch, X, ytilde, u, v), H_ref @ v, rtol=1e-9, atol=1e-12 * scale * v.norm(),
-                 what="∇²𝒩 v vs dense")
+    assert_close(ncf_hvp(arch, X, ytilde, u, v), H_ref @ v, rtol=1e-9,
+                 atol=1e-12 * scale * v.norm(), what="∇²𝒩 v vs dense")
 
 
 @pytest.mark.parametrize("act", SMOOTH)
@@ -170,7 +171,8 @@ def test_diagonal_model_ncf_derivatives(D_):
     assert_close(ncf_grad(arch, X, ytilde, u), D_ * b * u ** (D_ - 1), rtol=1e-12, what="∇𝒩 diag")
     assert_close(ncf_hessian(arch, X, ytilde, u), torch.diag(D_ * (D_ - 1) * b * u ** (D_ - 2)),
                  rtol=1e-12, atol=1e-14, what="∇²𝒩 diag")
-    assert_close(u @ ncf_grad(arch, X, ytilde, u), D_ * ncf(arch, X, ytilde, u), rtol=1e-12, what="Euler")
+    assert_close(u @ ncf_grad(arch, X, ytilde, u), D_ * ncf(arch, X, ytilde, u), rtol=1e-12,
+                 what="Euler")
 
 
 # --------------------------------------------------------------------------- losses
@@ -258,7 +260,7 @@ def test_ncf_is_the_first_order_loss_at_the_origin():
     loss = make_loss("square", "sum")
     eps = 1e-3
     L_h = 3
-    drop = (loss_value(arch, X, y, loss, torch.zeros_like(u)) - loss_value(arch, X, y, loss, eps * u))
+    drop = loss_value(arch, X, y, loss, torch.zeros_like(u)) - loss_value(arch, X, y, loss, eps * u)
     expected = eps**L_h * ncf(arch, X, loss.ytilde(y), u)
     assert_close(drop, expected, rtol=1e-5, what="𝓛(0) − 𝓛(εu) vs ε^{L_h}𝒩(u)")
     assert math.isfinite(float(drop))

@@ -12,7 +12,7 @@ Everything here is generic: it knows nothing of networks or the NCF.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -71,7 +71,8 @@ def assert_close(actual, expected, rtol: float = 1e-10, atol: float = 0.0, what:
     raise AssertionError("\n".join(lines))
 
 
-def fd_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+def fd_grad(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+            h: float = 1e-6) -> torch.Tensor:
     """Central-difference gradient of a scalar function f at x (any shape), O(h²) error."""
     x = x.detach()
     g = torch.empty_like(x)
