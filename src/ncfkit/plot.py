@@ -459,23 +459,27 @@ def _snapshot_grid(sub, run: _Run, names: list[str], shapes, wz_mask, scale: str
     labels = {}
     for n in names:
         t = run.snapshots[n].get("time", times.get(n))
-        labels[n] = n + ("" if t is None else f" t={float(t):.4g}")
+        labels[n] = n + ("" if t is None else f"\nt = {float(t):.5g}")
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
-            labels[n] += f", ‖ψ_wz‖/‖ψ‖={np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
+            labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
+    bottom = len(names) - 1
     for l in range(L):
         norm = _norm(scale, [layers[n][l] for n in names])
         for i, n in enumerate(names):
-            title = f"{labels[n]} — {_layer_names(L)[l]}" if l == 0 else _layer_names(L)[l]
-            im = _heatmap(sub, axes[i, l], layers[n][l], norm, title,
-                          masks[l], _axis_labels(l + 1, L) if i == len(names) - 1 else None,
+            ax = axes[i, l]
+            im = _heatmap(sub, ax, layers[n][l], norm, _layer_names(L)[l], masks[l],
                           colorbar=scale == "panel")
+            if i == bottom:
+                ax.set_xlabel(_axis_labels(l + 1, L)[0], fontsize=7, labelpad=1)
+            if l == 0:
+                ax.set_ylabel(labels[n], fontsize=8, fontweight="bold", labelpad=3)
         if scale != "panel":  # one colour bar for the shared scale of the layer
             cb = sub.colorbar(im, ax=list(axes[:, l]), fraction=0.08, pad=0.02)
             cb.ax.tick_params(labelsize=6)
     if wz_mask is not None:
-        sub.suptitle("hatched: zero-preserving subset w_z of the governing KKT point w*",
-                     fontsize=8)
+        sub.suptitle("|W_l| (rows: neurons of layer l, columns: its inputs); hatched: the "
+                     "zero-preserving subset w_z of the governing KKT point w*", fontsize=8)
 
 
 def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
@@ -587,7 +591,7 @@ def _diagonal_loss_grid(tree, xlim, ylim, n: int = 160):
 
 def _run_data(tree: dict):
     """(X, y) of the run: a ``data`` group in the file, else the provenance's data file
-    when it still exists and its sha256 matches; (None, None) otherwise."""
+    when it can be found and its sha256 matches; (None, None) otherwise."""
     data = tree.get("data")
     if isinstance(data, dict) and "X" in data and "y" in data:
         return np.asarray(data["X"], dtype=float), np.asarray(data["y"], dtype=float)
@@ -600,8 +604,11 @@ def _run_data(tree: dict):
     from .io import load_data
 
     candidates = [Path(path)]
-    if tree.get("_source"):
-        candidates.append(Path(tree["_source"]).parent / path)
+    if tree.get("_source") and not Path(path).is_absolute():
+        # a path as typed where the run started: try the result's folder and its parents
+        # (an example script writes examples/out/run.h5 with data examples/data/…)
+        folder = Path(tree["_source"]).resolve().parent
+        candidates += [parent / path for parent in (folder, *folder.parents)]
     for c in candidates:
         if c.is_file():
             try:

@@ -1,0 +1,434 @@
+"""``ncfkit plot`` and :mod:`ncfkit.plot`: every figure kind rendered from small results
+(Agg, no display), the images checked for format and pixel size, every bad input through
+CliRunner (exit 2, one line, no image and no temporary file left), and examples/fig2.sh
+end to end.
+
+Result files are written here in the layouts of ``ncfkit kkt --out`` (:func:`ncfkit.io.
+kkt_tree`) and ``ncfkit escape --out`` (:data:`ncfkit.escape.RUN_H5_LAYOUT`) from closed
+forms (Example 1's ψ(t, δw0) and p(t); a logistic loss drop for the MLP), so these tests
+do not depend on training; the fig2.sh test runs the real ``ncfkit escape``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ncfkit import plot, theory
+from ncfkit.cli.main import cli
+from ncfkit.errors import InputError
+from ncfkit.io import load_data, provenance, read_h5, write_h5
+
+REPO = Path(__file__).resolve().parents[1]
+D, HIDDEN = 4, (5,)  # the MLP fixture: 4 inputs, 5 hidden neurons, neuron 2 active
+ACTIVE = 2
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _mlp_arch(hidden=HIDDEN, act="square") -> dict:
+    return {"arch": "mlp", "d": D, "hidden": list(hidden), "act": act}
+
+
+def _shapes(arch: dict) -> list[tuple[int, int]]:
+    k = [arch["d"], *arch["hidden"], 1]
+    return [(k[l + 1], k[l]) for l in range(len(k) - 1)]
+
+
+def _split(w: np.ndarray, shapes) -> dict[str, np.ndarray]:
+    out, start = {}, 0
+    for l, (r, c) in enumerate(shapes, start=1):
+        out[f"W{l}"] = w[start:start + r * c].reshape(r, c)
+        start += r * c
+    return out
+
+
+def _one_neuron(arch: dict, scale: float, noise: float, rng) -> np.ndarray:
+    """Weights with one bright path through neuron ACTIVE of every hidden layer, plus
+    noise of size ``noise`` everywhere."""
+    Ws = []
+    for rows, cols in _shapes(arch):
+        W = noise * rng.standard_normal((rows, cols))
+        W[min(ACTIVE, rows - 1), min(ACTIVE, cols - 1)] += scale
+        if cols == arch["d"]:
+            W[min(ACTIVE, rows - 1)] += scale / 2
+        Ws.append(W)
+    return np.concatenate([W.ravel() for W in Ws])
+
+
+def _wz_mask(arch: dict) -> np.ndarray:
+    """w_z of the fixture's w*: every neuron but ACTIVE in every hidden layer."""
+    masks = [np.zeros(s, dtype=np.uint8) for s in _shapes(arch)]
+    for l in range(len(arch["hidden"])):
+        zero = [j for j in range(arch["hidden"][l]) if j != ACTIVE]
+        masks[l][zero, :] = 1
+        masks[l + 1][:, zero] = 1
+    return np.concatenate([m.ravel() for m in masks])
+
+
+def _run_node(delta: float, arch: dict, rng, *, saddle: bool = True) -> dict:
+    """One run of the escape layout: a logistic drop of the loss from 10 to 4 at
+    t_esc = 10·ln(1/δ), snapshots growing from δ-noise to one bright neuron."""
+    shapes = _shapes(arch)
+    t_esc = 10 * math.log(1 / delta)
+    t = np.linspace(0.0, t_esc + 20.0, 400)
+    loss = 4.0 + 6.0 / (1.0 + np.exp((t - t_esc - 0.5) * 8.0))
+    snaps = {}
+    for name, ts, scale in (("init", 0.0, 0.0), ("escape", t_esc, 0.3),
+                            ("saddle", t_esc + 1.5, 2.0), ("final", t[-1], 2.0)):
+        if name == "saddle" and not saddle:
+            continue
+        w = _one_neuron(arch, scale, delta / 10, rng)
+        snaps[name] = {"time": ts, "step": int(ts * 100), "loss": float(np.interp(ts, t, loss)),
+                       "grad_norm": 1e-3, "w": w, **_split(w, shapes)}
+    return {
+        "delta": delta, "escaped": True, "escape_time": t_esc,
+        "predicted_escape_time": 9.0 * math.log(1 / delta),
+        "saddle_time": t_esc + 1.5 if saddle else float("nan"),
+        "saddle_loss": 4.0 if saddle else float("nan"), "status": "passed saddle",
+        "records": {"time": t, "loss": loss, "step": np.arange(t.size),
+                    "grad_norm": np.abs(np.gradient(loss, t))},
+        "events": {"escape": {"time": t_esc, "step": 1, "loss": 9.9, "grad_norm": 0.1}},
+        "snapshots": snaps,
+    }
+
+
+def _escape_tree(data: Path, arch: dict, deltas, *, L_h: float = 2.0, saddle: bool = True) -> dict:
+    rng = np.random.default_rng(1)
+    w_star = _one_neuron(arch, 1.0, 0.0, rng)
+    prov = provenance(load_data(data), architecture=arch, loss="square", reduction="sum")
+    return {
+        "status": "complete", "message": "", "homogeneity": L_h, "method": "gd",
+        "num_params": w_star.size, "provenance": prov,
+        "kkt": {"ncf": 0.5, "delta": 0.3, "w_star": w_star / np.linalg.norm(w_star),
+                "wz_mask": _wz_mask(arch)},
+        "runs": {str(i): _run_node(d, arch, rng, saddle=saddle) for i, d in enumerate(deltas)},
+    }
+
+
+def _example1_run(delta: float) -> dict:
+    """Example 1 from the closed form: ψ(t, δw0), t ∈ [0, 3], events where the loss
+    crosses 0.99·𝓛(0) and where ‖∇𝓛‖ is least on the plateau at loss ≈ 1."""
+    t = np.linspace(0.0, 3.0, 600)
+    psi = theory.example1_psi(t, delta)
+    loss = theory.example1_loss(psi)
+    t_esc = float(t[np.argmax(loss < 0.99 * loss[0])])
+    plateau = (loss < 1.5) & (t < 1.2)
+    i_sad = int(np.flatnonzero(plateau)[np.argmin(theory.example1_grad_norm(psi)[plateau])])
+    snaps = {name: {"time": t[i], "w": psi[i]} for name, i in
+             (("init", 0), ("escape", int(np.searchsorted(t, t_esc))), ("saddle", i_sad),
+              ("final", t.size - 1))}
+    return {"delta": delta, "escape_time": t_esc, "saddle_time": float(t[i_sad]),
+            "records": {"time": t, "loss": loss}, "snapshots": snaps,
+            "trajectory": {"time": t[::4], "w": psi[::4]}}
+
+
+def _example1_tree(data: Path, deltas=(0.1, 0.05, 0.001)) -> dict:
+    s = np.linspace(-1.0, 1.0, 200)
+    shift = math.log(1 / 1e-5) / 16
+    p = theory.example1_reference_path(s)
+    ref = {"delta_ref": 1e-5, "escape_time": shift, "saddle_time": shift + 1.0,
+           "records": {"time": s + shift, "loss": theory.example1_loss(p)},
+           "snapshots": {"saddle": {"time": shift + 1.0, "w": p[-1]}},
+           "trajectory": {"time": s + shift, "w": p}}
+    prov = provenance(load_data(data), architecture={"arch": "diag", "d": 2, "depth": 2},
+                      loss="square", reduction="sum")
+    return {"status": "complete", "homogeneity": 2.0, "num_params": 2, "provenance": prov,
+            "kkt": {"ncf": 8.0, "delta": 12.0, "w_star": np.array([1.0, 0.0]),
+                    "wz_mask": np.array([0, 1], dtype=np.uint8)},
+            "runs": {str(i): _example1_run(d) for i, d in enumerate(deltas)},
+            "reference": ref}
+
+
+def _kkt_tree(data: Path, arch: dict, n_points: int = 2) -> dict:
+    rng = np.random.default_rng(2)
+    prov = provenance(load_data(data), architecture=arch, loss="square", reduction="sum")
+    points = {}
+    for i in range(n_points):
+        if arch["arch"] == "mlp":
+            w = _one_neuron(arch, 1.0, 0.0, rng)
+        else:
+            w = np.eye(arch["d"])[i % arch["d"]]
+        w = w / np.linalg.norm(w)
+        node = {"ncf": 2.0 - i / 10, "delta": 1.0, "kind": "positive", "count": 3, "w": w}
+        if arch["arch"] == "mlp":
+            node.update(_split(w, _shapes(arch)), active_per_layer=np.ones(len(arch["hidden"]), dtype=np.int64))
+        points[str(i)] = node
+    return {"homogeneity": 3.0, "num_params": points["0"]["w"].size, "provenance": prov,
+            "points": points}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """data.npz (n = 12, d = 4), example1.npz, and one result file per figure kind."""
+    root = tmp_path_factory.mktemp("plot")
+    rng = np.random.default_rng(0)
+    np.savez(root / "data.npz", X=rng.standard_normal((12, D)), y=rng.standard_normal(12))
+    np.savez(root / "example1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
+    write_h5(root / "kkt.h5", "kkt", _kkt_tree(root / "data.npz", _mlp_arch()))
+    write_h5(root / "kkt3.h5", "kkt", _kkt_tree(root / "data.npz", _mlp_arch((3, 4), "relu"), 3))
+    write_h5(root / "kkt_diag.h5", "kkt", _kkt_tree(root / "data.npz", {"arch": "diag", "d": D, "depth": 2}))
+    write_h5(root / "run.h5", "escape", _escape_tree(root / "data.npz", _mlp_arch(), [0.01]))
+    write_h5(root / "sweep.h5", "escape",
+             _escape_tree(root / "data.npz", _mlp_arch(), [0.1, 0.01, 0.001]))
+    write_h5(root / "deep.h5", "escape",
+             _escape_tree(root / "data.npz", _mlp_arch((3, 4), "relu"), [0.05, 0.02], L_h=3.0,
+                          saddle=False))
+    write_h5(root / "example1.h5", "escape", _example1_tree(root / "example1.npz"))
+    write_h5(root / "masks.h5", "sparsity", {"provenance": {}, "w": np.zeros(3)})
+    return root
+
+
+def _tree(path: Path) -> dict:
+    tree = read_h5(path)
+    tree["_source"] = str(path)
+    return tree
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk; asserts the signature."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# --------------------------------------------------------------------------- figures
+
+KINDS = ["kkt.h5", "kkt3.h5", "kkt_diag.h5", "run.h5", "sweep.h5", "deep.h5", "example1.h5"]
+
+
+@pytest.mark.parametrize("name", KINDS, ids=[k.removesuffix(".h5") for k in KINDS])
+def test_png_has_the_figure_size(files, tmp_path, name):
+    fig = plot.figure_for(_tree(files / name))
+    assert isinstance(fig, Figure)
+    out = tmp_path / "fig.png"
+    plot.save_figure(fig, out, dpi=40)
+    w, h = fig.get_size_inches() * 40
+    assert _png_size(out) == (round(w), round(h))
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["kkt.h5", "run.h5", "example1.h5"])
+def test_pdf_is_a_pdf(files, tmp_path, name):
+    out = tmp_path / "fig.pdf"
+    r = _run("plot", files / name, "-o", out)
+    assert r.exit_code == 0, r.output
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
+
+
+def test_cli_png_size_and_message(files, tmp_path):
+    out = tmp_path / "run.png"
+    r = _run("plot", files / "run.h5", "-o", out, "--dpi", 50)
+    assert r.exit_code == 0, r.output
+    w, h = _png_size(out)
+    assert f"{w}×{h} px" in r.stderr and "escape figure" in r.stderr
+    assert r.stdout == ""
+
+
+def _heatmaps(fig: Figure):
+    return [ax for ax in fig.get_axes() if ax.images and ax.get_label() != "<colorbar>"]
+
+
+def test_escape_figure_panels(files):
+    """One heat map per layer and snapshot (init, escape, saddle), one colour scale per
+    layer, w_z hatched in every one, and the escape drop zoomed."""
+    fig = plot.figure_for(_tree(files / "run.h5"))
+    maps = _heatmaps(fig)
+    assert len(maps) == 2 * 3
+    for ax in maps:
+        assert any(isinstance(p, Rectangle) and p.get_hatch() for p in ax.patches)
+    for layer in (0, 1):  # shared norm per layer: the three panels of a column agree
+        norms = {(im.norm.vmin, im.norm.vmax) for ax in maps[layer::2] for im in ax.images}
+        assert len(norms) == 1
+    labels = [ax.get_ylabel() for ax in maps[0::2]]
+    assert [lab.split("\n")[0] for lab in labels] == ["init", "escape", "saddle"]
+    assert any(ax.get_title().startswith("zoom") for a in fig.get_axes() for ax in a.child_axes)
+
+
+def test_panel_scale_gives_each_panel_its_own_norm(files):
+    fig = plot.figure_for(_tree(files / "run.h5"), scale="panel")
+    vmax = {round(im.norm.vmax, 12) for ax in _heatmaps(fig) for im in ax.images}
+    assert len(vmax) > 2
+
+
+def test_sweep_has_the_escape_time_fit_with_the_theory_slope(files):
+    fig = plot.figure_for(_tree(files / "sweep.h5"))
+    fit_ax = next(ax for ax in fig.get_axes() if ax.get_xlabel() == "ln(1/δ)")
+    labels = [line.get_label() for line in fit_ax.get_lines()]
+    assert "theory: slope 1" in labels  # 1/(2𝒩) with 𝒩 = 0.5
+    assert any(lab.startswith("fit: slope 10") for lab in labels)  # t_esc = 10·ln(1/δ)
+
+
+def test_deep_run_without_saddle_shows_final_and_regressor(files):
+    fig = plot.figure_for(_tree(files / "deep.h5"), run=0)
+    rows = [ax.get_ylabel().split("\n")[0] for ax in _heatmaps(fig) if ax.get_ylabel()]
+    assert rows == ["init", "escape", "final"]
+    assert any(ax.get_xlabel().startswith("δ^(2−L_h)") for ax in fig.get_axes())
+
+
+def test_example1_figure_draws_paths_contour_and_points(files):
+    fig = plot.figure_for(_tree(files / "example1.h5"))
+    ax = fig.get_axes()[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert sum(lab.startswith("ψ(t, δw0)") for lab in labels) == 3
+    assert any(lab.startswith("reference path p(t)") for lab in labels)
+    saddle = next(line for line in ax.get_lines() if line.get_label().startswith("saddle p*"))
+    assert np.allclose(np.ravel(saddle.get_data()), [2.0, 0.0], atol=1e-3)
+    end = next(line for line in ax.get_lines() if line.get_label().startswith("where the runs end"))
+    assert np.allclose(np.ravel(end.get_data()), [2.0, 1.0], atol=1e-3)
+    assert ax.collections, "no loss contour"
+
+
+def test_example1_without_its_data_file_says_so(files, tmp_path):
+    tree = _example1_tree(files / "example1.npz")
+    tree["provenance"]["data_file"] = str(tmp_path / "gone.npz")
+    tree["ncfkit_kind"] = "escape"
+    fig = plot.figure_for(tree)
+    assert any("no data" in t.get_text() for t in fig.get_axes()[0].texts)
+
+
+def test_kkt_figure_one_panel_per_point(files):
+    fig = plot.figure_for(_tree(files / "kkt3.h5"))
+    assert len(fig.subfigs) == 3
+    assert len(_heatmaps(fig)) == 3 * 3  # W1, W2, W3 per point
+    bars = [ax for ax in fig.get_axes() if ax.get_title().startswith("layer")]
+    assert len(bars) == 3 * 2  # one per hidden layer per point
+
+
+def test_outline_bands_rows_columns_and_cells():
+    fig = Figure()
+    ax = fig.subplots()
+    mask = np.zeros((4, 5), dtype=bool)
+    mask[[0, 1]] = True  # rows 0-1: one band
+    mask[:, 4] = True  # column 4: one band
+    mask[3, 1] = True  # a lone cell
+    plot._outline(ax, mask)
+    boxes = sorted(tuple(float(v) for v in (p.get_x(), p.get_y(), p.get_width(), p.get_height()))
+                   for p in ax.patches)
+    assert boxes == [(-0.5, -0.5, 5, 2), (0.5, 2.5, 1, 1), (3.5, -0.5, 1, 4)]
+    assert all(p.get_hatch() for p in ax.patches)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _not_ncfkit(folder: Path) -> Path:
+    import h5py
+
+    p = folder / "plain.h5"
+    with h5py.File(p, "w") as f:
+        f["X"] = np.zeros((2, 2))
+    return p
+
+
+BAD = {
+    "not an ncfkit result": (lambda f, t: [_not_ncfkit(t), "-o", t / "x.png"], "not an ncfkit result"),
+    "data file": (lambda f, t: [f / "data.npz", "-o", t / "x.png"], "not a readable HDF5"),
+    "missing result": (lambda f, t: [t / "none.h5", "-o", t / "x.png"], "does not exist"),
+    "missing folder": (lambda f, t: [f / "run.h5", "-o", t / "no" / "x.png"], "does not exist"),
+    "extension": (lambda f, t: [f / "run.h5", "-o", t / "x.jpg"], "unsupported extension"),
+    "no extension": (lambda f, t: [f / "run.h5", "-o", t / "x"], "unsupported extension"),
+    "kind without figure": (lambda f, t: [f / "masks.h5", "-o", t / "x.png"], "has no figure"),
+    "run out of range": (lambda f, t: [f / "sweep.h5", "-o", t / "x.png", "--run", 3], "out of range"),
+    "run on kkt": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--run", 0], "escape files only"),
+    "dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0], "--dpi"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_exit_2_no_image(files, tmp_path, case):
+    make, match = BAD[case]
+    r = _run("plot", *make(files, tmp_path))
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], r.stderr
+    assert "Traceback" not in r.output
+    assert not list(tmp_path.glob("x*")) and _leftovers(tmp_path) == []
+
+
+def test_existing_output_needs_force(files, tmp_path):
+    out = tmp_path / "fig.png"
+    out.write_bytes(b"keep me")
+    r = _run("plot", files / "kkt.h5", "-o", out)
+    assert r.exit_code == 2 and "--force" in r.stderr
+    assert out.read_bytes() == b"keep me"
+    r = _run("plot", files / "kkt.h5", "-o", out, "--force")
+    assert r.exit_code == 0, r.output
+    _png_size(out)
+    assert _leftovers(tmp_path) == []
+
+
+def test_damaged_escape_file_is_one_line(files, tmp_path):
+    tree = _escape_tree(files / "data.npz", _mlp_arch(), [0.01])
+    del tree["runs"]["0"]["records"]
+    write_h5(tmp_path / "bad.h5", "escape", tree)
+    r = _run("plot", tmp_path / "bad.h5", "-o", tmp_path / "x.png")
+    assert r.exit_code == 2 and "incomplete or damaged escape result" in r.stderr
+    assert not (tmp_path / "x.png").exists() and _leftovers(tmp_path) == []
+
+
+def test_failed_render_leaves_no_partial_image(files, tmp_path, monkeypatch):
+    def broken(self, fname, **kw):
+        Path(fname).write_bytes(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken)
+    with pytest.raises(OSError):
+        plot.save_figure(plot.figure_for(_tree(files / "kkt.h5")), tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_figure_for_rejects_unknown_scale_and_diag_beyond_2d(files):
+    with pytest.raises(InputError, match="colour scale"):
+        plot.figure_for(_tree(files / "run.h5"), scale="rainbow")
+    tree = _tree(files / "example1.h5")
+    tree["provenance"]["architecture"] = json.dumps({"arch": "diag", "d": 3, "depth": 2})
+    with pytest.raises(InputError, match="2-D picture"):
+        plot.figure_for(tree)
+
+
+# --------------------------------------------------------------------------- examples
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_fig2_script_end_to_end(tmp_path):
+    """examples/fig2.sh from a clean output folder: the run file and the PNG appear, the
+    PNG is the figure of the run, and the run went through the saddle (2, 0) to (2, 1)."""
+    env = dict(os.environ, NCFKIT_EXAMPLES_OUT=str(tmp_path), OMP_NUM_THREADS="1")
+    start = time.monotonic()
+    proc = subprocess.run(["bash", str(REPO / "examples" / "fig2.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.monotonic() - start < 300
+    png = tmp_path / "fig2.png"
+    w, h = _png_size(png)
+    assert w > 400 and h > 200
+    run = read_h5(tmp_path / "fig2.h5", ("escape",))
+    assert sorted(float(r["delta"]) for r in run["runs"].values()) == [0.001, 0.05, 0.1]
+    for r in run["runs"].values():
+        assert np.allclose(r["snapshots"]["final"]["w"], [2.0, 1.0], atol=1e-3)
+    assert np.allclose(run["reference"]["snapshots"]["saddle"]["w"], [2.0, 0.0], atol=1e-3)
