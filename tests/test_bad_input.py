@@ -176,6 +176,8 @@ CASES = [
     Case("act-poly-0", kkt("--act", "poly:0"), r"'poly:0'.*P must be >= 1"),
     Case("act-leaky-abc", kkt("--act", "leaky:abc"), r"'leaky:abc'.*not a number"),
     Case("act-not-homogeneous", kkt("--act", "tanh"), r"not homogeneous"),
+    Case("act-poly-overflow", kkt("--act", "poly:1e308", "--hidden", "2,2"),
+         r"poly:1e308.*overflows"),
     Case("diag-depth-0", kkt("--arch", "diag", "--depth", "0"), r"--depth must be >= 1"),
     # ---- the numerics
     Case("restarts-0", kkt("--restarts", "0"), r"--restarts must be >= 1"),

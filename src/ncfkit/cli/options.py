@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,14 @@ def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dt
     loss = make_loss(loss_name, reduction)
     ds = load_data(data)
     network = make_architecture(arch, ds.d, hidden, act, depth)
-    if require_homogeneous and network.homogeneity is None:
+    try:
+        order = network.homogeneity
+    except OverflowError:  # poly:P with a huge P: p**l overflows
+        order = math.inf
+    if order is not None and not math.isfinite(order):
+        raise InputError(f"--act {act}: the homogeneity order L_h = 1 + p + … + p^(L-1) of "
+                         f"{network.describe()} overflows; use a smaller power P")
+    if require_homogeneous and order is None:
         raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
                          "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
     X, y = ds.tensors(DTYPES[dtype], torch_device)
@@ -144,9 +152,7 @@ def guarded(f):
         except (torch.cuda.OutOfMemoryError, MemoryError):
             if debug:
                 raise
-            click.echo("error: out of memory; try a smaller problem (fewer --restarts, narrower "
-                       "--hidden) or another --device", err=True)
-            sys.exit(1)
+            _out_of_memory()
         except OSError as e:  # a disk that fills up, a file that vanishes mid-run
             if debug:
                 raise
@@ -159,11 +165,25 @@ def guarded(f):
         except Exception as e:  # the last line of defence: never a bare traceback
             if debug:
                 raise
+            if _is_out_of_memory(e):  # torch's CPU allocator raises a plain RuntimeError
+                _out_of_memory()
             click.echo(f"error: internal error {type(e).__name__}: {_one_line(e)} "
                        "(rerun with --debug for the traceback)", err=True)
             sys.exit(1)
 
     return wrapper
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text
+                                            or "out of memory" in text)
+
+
+def _out_of_memory():
+    click.echo("error: out of memory; try a smaller problem (fewer --restarts, narrower "
+               "--hidden) or another --device", err=True)
+    sys.exit(1)
 
 
 def _one_line(message) -> str:
