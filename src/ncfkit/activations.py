@@ -69,7 +69,8 @@ class Activation:
         return m if self.p == 1 else m**self.p
 
     def derivative(self, x: torch.Tensor) -> torch.Tensor:
-        """σ'(x); at kinks (x = 0 for ReLU) the value of the right branch, as torch does."""
+        """σ'(x); at the kink x = 0 of ReLU-like σ the slope of the left branch (α), as
+        torch's ``relu`` and ``leaky_relu`` do."""
         if self.name == "tanh":
             return 1 - torch.tanh(x) ** 2
         if self.name == "gelu":
@@ -84,7 +85,7 @@ class Activation:
             return (x > 0).to(x.dtype)
         # Scalars in torch.where become float32 (the default dtype): α = 0.1 would lose
         # 8 digits in float64, so build them in x's dtype.
-        slope = torch.where(x >= self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
+        slope = torch.where(x > self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
         if self.p == 1:
             return slope
         return self.p * self._base(x) ** (self.p - 1) * slope

@@ -64,9 +64,10 @@ _register()
 
 
 def main() -> None:
-    from .._runtime import tune_allocator
+    from .._runtime import default_threads, tune_allocator
     from .._signals import handle_sigterm
 
     tune_allocator()
+    default_threads()
     with handle_sigterm():  # SIGTERM takes Ctrl-C's path: partial results kept, marked interrupted
         cli(prog_name="ncfkit")

@@ -115,8 +115,25 @@ def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dt
 
 
 def emit_json(obj: dict) -> None:
-    """Write exactly one JSON object on stdout."""
-    click.echo(json.dumps(obj, default=_json_default, allow_nan=True))
+    """Write exactly one strict JSON object on stdout (NaN and ±Inf become null, so
+    jq and other strict parsers read it)."""
+    click.echo(json.dumps(_finite(obj), default=_json_default, allow_nan=False))
+
+
+def _finite(o):
+    import math
+
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if hasattr(o, "tolist") and not isinstance(o, (str, bytes)):
+        return _finite(o.tolist())
+    if hasattr(o, "item") and not isinstance(o, (str, bytes)):
+        return _finite(o.item())
+    return o
 
 
 def _json_default(o):
