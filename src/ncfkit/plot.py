@@ -484,9 +484,14 @@ def _snapshot_grid(sub, run: _Run, names: list[str], shapes, wz_mask, scale: str
 
 def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     """Example 1 / Figure 2: the trajectories ψ(t, δw0) and the reference path p(t) over
-    the contour of 𝓛, the saddle p* (where p(t) ends) and the end point of the runs."""
-    fig = Figure(figsize=(10.0, 5.0), layout="constrained")
-    ax, ax_loss = fig.subplots(1, 2, width_ratios=[1.25, 1])
+    the contour of 𝓛, the saddle p* (where p(t) ends) and the end point of the runs; the
+    loss of each run; with two or more escaped δ the escape times against ln(1/δ)."""
+    fit = len({r.delta for r in runs if r.escape_time is not None}) >= 2
+    fig = Figure(figsize=(14.0 if fit else 10.0, 5.0), layout="constrained")
+    axes = fig.subplots(1, 3 if fit else 2, width_ratios=[1.25, 1, 0.8] if fit else [1.25, 1])
+    ax, ax_loss = axes[0], axes[1]
+    if fit:
+        _escape_fit_panel(axes[2], tree, runs)
     ref = _reference_run(tree)
     paths = [(r, _path(r)) for r in runs]
     pts = [p for _, p in paths if p is not None]
@@ -521,7 +526,8 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     ax.set_ylabel("w2", fontsize=8)
     ax.set_aspect("equal", adjustable="box")
     ax.tick_params(labelsize=7)
-    fig.legend(fontsize=7, loc="outside lower center", ncols=3, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=3,
+               frameon=False)
     ax.set_title("trajectories over the loss contour (paper Figure 2)", fontsize=9)
     _loss_panel(ax_loss, runs, int(np.argmin([r.delta for r in runs])))
     ax_loss.set_title("loss of each run; events marked for the smallest δ", fontsize=9)
@@ -565,7 +571,7 @@ def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
     G1, G2, Z = loss_grid
     from matplotlib.colors import LogNorm
 
-    levels = np.geomspace(max(Z.min(), Z.max() * 1e-4), Z.max(), 14)
+    levels = np.geomspace(max(Z.min(), Z.max() * 1e-4), Z.max(), 18)
     ax.contourf(G1, G2, Z, levels=levels, norm=LogNorm(), cmap="Blues_r", alpha=0.55)
     ax.contour(G1, G2, Z, levels=levels, colors="#4a6b8a", linewidths=0.4)
 
