@@ -198,7 +198,7 @@ class Tracker:
         self.divergence_time: list[float | None] = [None] * batch
         self._pending_divergence: dict[int, tuple[int, float, str]] = {}
         self._before: dict[int, tuple[float, float]] = {}  # row -> (t, loss) one step before
-        self._last = None  # (step, t, w, loss, gnorm) at the previous checkpoint, active rows
+        self._last = None  # (step, t, w, values, grad) at the previous checkpoint, active rows
         self._last_loss = [float("nan")] * batch
 
     # ------------------------------------------------------------------ helpers
@@ -233,7 +233,7 @@ class Tracker:
             self.states.append(Recorder(("time", "loss", "grad_norm", "w_norm"), s.state_capacity,
                                         scale=loss0, log_time=0.05, loss_step=5e-3, log_ratio=0.1,
                                         state_dim=2 * k) if s.state_capacity else None)
-        self._last = (0, 0.0, w.detach().clone(), vals)
+        self._last = (0, 0.0, w.detach().clone(), vals, grad.detach().clone())
         for r in range(self.B):
             self._offer(r, 0, 0.0, vals[r], w[r], grad[r], force=True)
             self._snap(r, "init", 0, 0.0, vals[r], w[r])
@@ -280,7 +280,7 @@ class Tracker:
         """Record a sample of every active row; decide which rows go on."""
         s = self.settings
         vals = self._values(w, loss, grad)
-        _, _, w_prev, v_prev = self._last
+        _, _, w_prev, v_prev, _ = self._last
         keep = np.ones(len(self.active), dtype=bool)
         change = 0.0
         for i, r in enumerate(self.active):
@@ -315,19 +315,19 @@ class Tracker:
                 keep[i] = False
         self.active = self.active[keep]
         keep_t = torch.as_tensor(keep, device=w.device)
-        self._last = (step, t, w[keep_t].detach().clone(), vals[keep])
+        self._last = (step, t, w[keep_t].detach().clone(), vals[keep], grad[keep_t].detach().clone())
         if self.observer is not None:
             self.observer(self.progress(t, step))
         return Verdict(keep_t, change)
 
     @staticmethod
     def _change(a: np.ndarray, b: np.ndarray, loss0: float) -> float:
-        """Change between two samples in units of the record's finest resolution
-        (loss: 1e-3·𝓛(0); ‖∇𝓛‖ and ‖w‖: 5% in ratio)."""
-        c = abs(b[0] - a[0]) / (1e-3 * max(abs(loss0), 1e-300))
+        """Change between two samples in units of twice the record's finest resolution
+        (loss: 2e-3·𝓛(0); ‖∇𝓛‖ and ‖w‖: 10% in ratio)."""
+        c = abs(b[0] - a[0]) / (2e-3 * max(abs(loss0), 1e-300))
         for j in (1, 2):
             if a[j] > 0 and b[j] > 0 and np.isfinite(a[j]) and np.isfinite(b[j]):
-                c = max(c, abs(math.log(b[j] / a[j])) / 0.05)
+                c = max(c, abs(math.log(b[j] / a[j])) / 0.1)
         return float(c)
 
     def _stop(self, r: int, status: str, message: str, step: int, t: float) -> None:
@@ -343,10 +343,13 @@ class Tracker:
 
     def finish(self, status: str = "max time") -> None:
         """Stop every row still active (``max time`` or ``interrupted``), at the last checkpoint."""
-        step, t, w_last, v_last = self._last
+        step, t, w_last, v_last, g_last = self._last
         for i, r in enumerate(self.active):
             if self.status[r] is not None:  # stopped by a checkpoint cut short by Ctrl-C
                 continue
+            rec = self.records[r]
+            if not len(rec) or rec.arrays()["step"][-1] != step:  # the last sample stays
+                self._offer(r, step, t, v_last[i], w_last[i], g_last[i], force=True)
             msg = (f"reached --max-time {self.settings.max_time:g}" if status == "max time"
                    else f"interrupted at t = {t:.6g} (step {step})")
             self._stop(r, status, msg, step, t)
@@ -398,8 +401,8 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
     buf = torch.empty(settings.block, w.shape[0], dtype=w.dtype, device=w.device)
     step, K = 0, 1
     while tracker.active.size and step < n_steps:
-        # early samples log-spaced: K ≤ 1 + step/64 keeps ≥ 64 checkpoints per e-fold
-        K = max(1, min(K, settings.block, n_steps - step, 1 + step // 64))
+        # early samples log-spaced: K ≤ 1 + step/32 keeps ≥ 32 checkpoints per e-fold
+        K = max(1, min(K, settings.block, n_steps - step, 1 + step // 32))
         w_start, L_start, g_start = w, L, g
         for i in range(K):
             buf[i] = L
