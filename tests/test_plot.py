@@ -390,14 +390,19 @@ def test_damaged_escape_file_is_one_line(files, tmp_path):
     assert not (tmp_path / "x.png").exists() and _leftovers(tmp_path) == []
 
 
-def test_failed_render_leaves_no_partial_image(files, tmp_path, monkeypatch):
+@pytest.mark.parametrize("suffix", [".png", ".pdf"])
+def test_failed_render_leaves_no_partial_image(files, tmp_path, monkeypatch, suffix):
     def broken(self, fname, **kw):
-        Path(fname).write_bytes(b"\x89PNG partial")
+        data = b"%PDF-1.4 partial" if suffix == ".pdf" else b"\x89PNG partial"
+        if hasattr(fname, "write"):
+            fname.write(data)
+        else:
+            Path(fname).write_bytes(data)
         raise OSError("disk full")
 
     monkeypatch.setattr(Figure, "savefig", broken)
-    with pytest.raises(OSError):
-        plot.save_figure(plot.figure_for(_tree(files / "kkt.h5")), tmp_path / "x.png")
+    with pytest.raises(OSError, match="disk full"):
+        plot.save_figure(plot.figure_for(_tree(files / "kkt.h5")), tmp_path / f"x{suffix}")
     assert list(tmp_path.iterdir()) == []
 
 

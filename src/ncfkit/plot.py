@@ -664,10 +664,38 @@ def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
 
 def save_figure(fig: Figure, path, force: bool = False, dpi: float = 100) -> None:
     """Write ``fig`` as PNG or PDF (by suffix) atomically: a partial image never appears
-    at ``path``. The PNG is exactly ``fig.get_size_inches() * dpi`` pixels."""
+    at ``path``. The PNG is exactly ``fig.get_size_inches() * dpi`` pixels, stored with a
+    256-colour palette (heat maps and line art lose nothing visible, and the file is
+    2-3× smaller: figures go into READMEs and repositories)."""
     from .io import atomic_path, check_output_path
 
     p = check_output_path(path, force, FIGURE_SUFFIXES)
     with atomic_path(p, force=force) as tmp:
-        fig.savefig(tmp, format=p.suffix.lower().lstrip("."), dpi=dpi,
-                    metadata={"Software": "ncfkit"} if p.suffix.lower() == ".png" else None)
+        if p.suffix.lower() == ".png":
+            _write_png(fig, tmp, dpi)
+        else:
+            fig.savefig(tmp, format="pdf", dpi=dpi, metadata={"Creator": "ncfkit"})
+
+
+def _write_png(fig: Figure, path: str, dpi: float) -> None:
+    import io
+
+    from PIL import Image  # a dependency of matplotlib
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    with Image.open(buf) as img:
+        # max-coverage keeps every colour within a few levels (median cut moved the
+        # thin event lines by up to 97 levels)
+        small = img.convert("RGB").quantize(colors=256, method=Image.Quantize.MAXCOVERAGE,
+                                            dither=Image.Dither.NONE)
+        small.save(path, format="PNG", optimize=True, pnginfo=_png_info())
+
+
+def _png_info():
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Software", "ncfkit")
+    return info
