@@ -2,7 +2,8 @@
 
 The gradient uses each architecture's closed-form backward pass (``Architecture.vjp``);
 Hessian-vector products differentiate that gradient forward (``torch.func.jvp``), and the
-dense Hessian stacks them (``torch.func.jacfwd``). All functions accept a batch of
+dense Hessian stacks them in chunks (``torch.func.vmap`` over ``jvp``), so its memory
+stays bounded for thousands of parameters. All functions accept a batch of
 parameter vectors ``u`` of shape (..., k).
 
 For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩(u).
@@ -11,7 +12,7 @@ For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩
 from __future__ import annotations
 
 import torch
-from torch.func import jacfwd, jvp
+from torch.func import jvp, vmap
 
 from .losses import Loss
 from .models import Architecture
@@ -41,9 +42,18 @@ def ncf_hvp(arch, X, ytilde, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return jvp(lambda x: ncf_grad(arch, X, ytilde, x), (u,), (v,))[1]
 
 
+def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """Jacobian J[i, j] = ∂f_i/∂w_j (k, k) of ``f: (k,) -> (k,)`` at ``w``, computed
+    ``chunk`` columns at a time in forward mode; for f = ∇g it is the Hessian of g."""
+    k = w.numel()
+    eye = torch.eye(k, dtype=w.dtype, device=w.device)
+    column = vmap(lambda v: jvp(f, (w,), (v,))[1])
+    return torch.cat([column(eye[i : i + chunk]) for i in range(0, k, chunk)]).T
+
+
 def ncf_hessian(arch, X, ytilde, u: torch.Tensor) -> torch.Tensor:
     """Dense ∇²𝒩(u) of one point ``u`` (k,), shape (k, k)."""
-    return jacfwd(lambda x: ncf_grad(arch, X, ytilde, x))(u)
+    return dense_jacobian(lambda x: ncf_grad(arch, X, ytilde, x), u)
 
 
 def loss_value(arch, X, y, loss: Loss, w: torch.Tensor) -> torch.Tensor:
@@ -68,4 +78,4 @@ def loss_hvp(arch, X, y, loss: Loss, w: torch.Tensor, v: torch.Tensor) -> torch.
 
 def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor) -> torch.Tensor:
     """Dense ∇²𝓛(w) of one point (k,), shape (k, k)."""
-    return jacfwd(lambda x: _loss_grad(arch, X, y, loss, x))(w)
+    return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w)
