@@ -183,7 +183,7 @@ def test_reference_run_aligned_at_escape_is_the_closed_form_p(example1):
     s = tr["time"] - run.escape.time
     sel = (s > -0.3) & (s < 0.5)
     assert_close(tr["w"][sel], theory.example1_reference_path(s[sel] + s_p), atol=1e-2,
-                 what="reference run vs p(t)")  # GD's O(η) error; 0.2 without the alignment
+                 what="reference run vs p(t)")  # GD's O(η) error
 
 
 # --------------------------------------------------------------------------- records, stop
