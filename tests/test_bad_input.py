@@ -83,6 +83,23 @@ class Files:
         data[half:] = np.random.default_rng(1).bytes(len(data) - half)
         return self.text(name, bytes(data))
 
+    def forged(self, name: str, kind: str, tree: dict) -> str:
+        """An HDF5 file that claims to be an ncfkit ``kind`` result but holds ``tree``
+        (dicts become groups, everything else attributes or datasets)."""
+        def fill(group, node):
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    fill(group.create_group(k), v)
+                elif isinstance(v, np.ndarray):
+                    group[k] = v
+                else:
+                    group.attrs[k] = v
+
+        with h5py.File(self.root / name, "w") as f:
+            f.attrs["ncfkit_kind"] = kind
+            fill(f, tree)
+        return self.path(name)
+
     def existing(self, name: str) -> str:
         return self.text(name, b"an earlier result that must survive\n")
 
@@ -97,6 +114,7 @@ class Case:
     args: Callable[[Files], list[str]]
     match: str  # a regular expression the one stderr line must contain (case-insensitive)
     needs: tuple[str, ...] = field(default=())  # commands that must be registered
+    xfail: str = ""  # a known bug in another module, reported; the reason
 
 
 def kkt(*extra: str) -> Callable[[Files], list[str]]:
@@ -237,6 +255,13 @@ CASES = [
     Case("sparsity-data-npz", sparsity(Files.npz), r"not a weight snapshot"),
     Case("sparsity-out-exists", sparsity(Files.kkt, "--out", lambda f: f.existing("s.h5")),
          r"exists; pass --force"),
+    Case("sparsity-kkt-without-architecture",
+         sparsity(lambda f: f.forged("k.h5", "kkt", {"provenance": {"seed": 0},
+                                                      "points": {"0": {"w": np.ones(4)}}})),
+         r"no architecture"),
+    Case("sparsity-kkt-without-points",
+         sparsity(lambda f: f.forged("k.h5", "kkt", {"provenance": {"seed": 0}})),
+         r"no converged point"),
     # ---- ncfkit escape (SPEC §4)
     Case("escape-delta-0", escape("--delta", "0"), r"delta|δ", needs=("escape",)),
     Case("escape-delta-negative", escape("--delta", "-1e-3"), r"delta|δ", needs=("escape",)),
@@ -258,11 +283,34 @@ CASES = [
          r"exists; pass --force", needs=("escape",)),
     Case("escape-out-missing-folder", escape("--out", lambda f: f.path("no/run.h5")),
          r"does not exist", needs=("escape",)),
+    Case("escape-kkt-point-without-weights",
+         escape("--kkt", lambda f: f.forged("k.h5", "kkt", {"points": {"0": {"ncf": 1.0}}}),
+                "--init", "kkt"),
+         r"point 0 is damaged", needs=("escape",)),
+    # ---- ncfkit collect
+    Case("collect-missing", lambda f: ["collect", f.path("none.h5")], r"does not exist",
+         needs=("collect",)),
+    Case("collect-truncated", lambda f: ["collect", f.truncated()], r"truncated or corrupted",
+         needs=("collect",)),
+    Case("collect-kkt-file", lambda f: ["collect", f.kkt()], r"'kkt' file; expected escape",
+         needs=("collect",)),
+    Case("collect-no-runs", lambda f: ["collect", f.forged("e.h5", "escape", {"runs": {}})],
+         r"no runs", needs=("collect",)),
+    Case("collect-malformed-runs",
+         lambda f: ["collect", f.forged("e.h5", "escape", {"runs": {"first": {"delta": 1.0}}})],
+         r"e\.h5", needs=("collect",),
+         xfail="collect_cmd.rows_of sorts run names with int(): ValueError, exit 1"),
     # ---- ncfkit plot
     Case("plot-truncated", lambda f: ["plot", f.truncated(), "-o", f.path("fig.png")],
          r"truncated or corrupted", needs=("plot",)),
     Case("plot-not-ncfkit", lambda f: ["plot", f.h5(), "-o", f.path("fig.png")],
          r"not an ncfkit result file", needs=("plot",)),
+    Case("plot-escape-without-runs",
+         lambda f: ["plot", f.forged("e.h5", "escape", {"status": "complete"}), "-o",
+                    f.path("fig.png")], r"e\.h5", needs=("plot",)),
+    Case("plot-kkt-without-points",
+         lambda f: ["plot", f.forged("k.h5", "kkt", {"provenance": {"seed": 0}}), "-o",
+                    f.path("fig.png")], r"k\.h5|point", needs=("plot",)),
     Case("plot-out-exists", lambda f: ["plot", f.kkt(), "-o", f.existing("fig.png")],
          r"exists; pass --force", needs=("plot",)),
 ]
@@ -283,7 +331,11 @@ def kkt_file(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+CASE_PARAMS = [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(reason=c.xfail, strict=False)]
+                             if c.xfail else []) for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASE_PARAMS)
 def test_bad_input(case: Case, tmp_path: Path, kkt_file: Path, monkeypatch):
     for name in case.needs:
         if name == "no-cuda" and CUDA:
