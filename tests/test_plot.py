@@ -239,6 +239,15 @@ def test_pdf_is_a_pdf(files, tmp_path, name):
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
 
 
+def test_full_colour_png_has_the_same_size(files, tmp_path):
+    r = _run("plot", files / "run.h5", "-o", tmp_path / "a.png", "--dpi", 30)
+    r2 = _run("plot", files / "run.h5", "-o", tmp_path / "b.png", "--dpi", 30, "--no-palette")
+    assert r.exit_code == r2.exit_code == 0
+    assert _png_size(tmp_path / "a.png") == _png_size(tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes()[25] == 3  # colour type: palette
+    assert (tmp_path / "b.png").read_bytes()[25] in (2, 6)  # RGB / RGBA
+
+
 def test_cli_png_size_and_message(files, tmp_path):
     out = tmp_path / "run.png"
     r = _run("plot", files / "run.h5", "-o", out, "--dpi", 50)

@@ -572,7 +572,12 @@ def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
     from matplotlib.colors import LogNorm
 
     levels = np.geomspace(max(Z.min(), Z.max() * 1e-4), Z.max(), 18)
-    ax.contourf(G1, G2, Z, levels=levels, norm=LogNorm(), cmap="Blues_r", alpha=0.55)
+    import matplotlib as mpl
+    from matplotlib.colors import ListedColormap
+
+    # pale blues without transparency: few distinct colours, so 256-colour PNGs keep them
+    pale = ListedColormap(mpl.colormaps["Blues_r"](np.linspace(0.35, 1.0, 256)))
+    ax.contourf(G1, G2, Z, levels=levels, norm=LogNorm(), cmap=pale)
     ax.contour(G1, G2, Z, levels=levels, colors="#4a6b8a", linewidths=0.4)
 
 
@@ -662,17 +667,20 @@ def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         raise _bad(tree, f"incomplete or damaged {kind} result ({type(e).__name__}: {e})") from None
 
 
-def save_figure(fig: Figure, path, force: bool = False, dpi: float = 100) -> None:
+def save_figure(fig: Figure, path, force: bool = False, dpi: float = 100,
+                palette: bool = True) -> None:
     """Write ``fig`` as PNG or PDF (by suffix) atomically: a partial image never appears
-    at ``path``. The PNG is exactly ``fig.get_size_inches() * dpi`` pixels, stored with a
-    256-colour palette (heat maps and line art lose nothing visible, and the file is
-    2-3× smaller: figures go into READMEs and repositories)."""
+    at ``path``. The PNG is exactly ``fig.get_size_inches() * dpi`` pixels; with
+    ``palette`` it is stored with 256 colours (2-3× smaller, for READMEs and repositories;
+    colour bars show slight banding), else as full RGBA."""
     from .io import atomic_path, check_output_path
 
     p = check_output_path(path, force, FIGURE_SUFFIXES)
     with atomic_path(p, force=force) as tmp:
-        if p.suffix.lower() == ".png":
+        if p.suffix.lower() == ".png" and palette:
             _write_png(fig, tmp, dpi)
+        elif p.suffix.lower() == ".png":
+            fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": "ncfkit"})
         else:
             fig.savefig(tmp, format="pdf", dpi=dpi, metadata={"Creator": "ncfkit"})
 

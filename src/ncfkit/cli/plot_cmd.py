@@ -20,9 +20,11 @@ from .options import guarded
               show_default=True,
               help="Colour scale of the |W| heat maps: one linear scale per layer, one per "
                    "panel, or one logarithmic scale per layer.")
+@click.option("--palette/--no-palette", default=True, show_default=True,
+              help="PNG with 256 colours (2-3x smaller) or full colour.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @guarded
-def command(result, out, dpi, run_index, scale, force):
+def command(result, out, dpi, run_index, scale, palette, force):
     """Draw the figure of RESULT (a file written by `ncfkit kkt --out` or
     `ncfkit escape --out`) into OUT.
 
@@ -42,7 +44,7 @@ def command(result, out, dpi, run_index, scale, force):
     tree = read_h5(result)
     tree["_source"] = str(result)
     fig = figure_for(tree, run=run_index, scale=scale)
-    save_figure(fig, out, force=force, dpi=dpi)
+    save_figure(fig, out, force=force, dpi=dpi, palette=palette)
     size = fig.get_size_inches() * dpi
     click.echo(f"wrote {out} ({tree['ncfkit_kind']} figure, "
                f"{int(round(size[0]))}×{int(round(size[1]))} px at {dpi:g} dpi)", err=True)
