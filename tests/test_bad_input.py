@@ -388,3 +388,23 @@ def test_debug_shows_the_traceback(tmp_path: Path):
     result = CliRunner().invoke(cli, ["--debug", "kkt", str(tmp_path / "none.npz")])
     assert isinstance(result.exception, InputError)
     assert "does not exist" in str(result.exception)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="plot_cmd accepts any --dpi in (0, 1200]: a figure of under one pixel "
+                          "kills the process with SIGFPE (exit 136) and leaves its temporary "
+                          "file; reported", strict=False)
+def test_plot_tiny_dpi(tmp_path: Path, kkt_file: Path):
+    """In a subprocess: the failure mode is a crash of the whole interpreter."""
+    import subprocess
+    import sys
+
+    if "plot" not in cli.commands:
+        pytest.skip("`ncfkit plot` is not registered yet")
+    shutil.copy(kkt_file, tmp_path / "kkt.h5")
+    proc = subprocess.run([sys.executable, "-m", "ncfkit", "plot", "kkt.h5", "-o", "fig.png",
+                           "--dpi", "0.001"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert proc.returncode == 2, proc.stderr[-500:]
+    assert "--dpi" in proc.stderr and leftovers == ["kkt.h5"]
