@@ -350,11 +350,11 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
         names.append("final")
     many = len(runs) > 1
     width = max(9.0, 3.0 * L + 1.0)
-    fig = Figure(figsize=(width, 2.9 + 2.1 * len(names)), layout="constrained")
+    fig = Figure(figsize=(width, 2.9 + 2.4 * len(names)), layout="constrained")
     L_h = tree.get("homogeneity")
     fig.suptitle(f"escape from small initialization — {_describe(arch)}"
                  + (f", L_h = {L_h:g}" if L_h is not None else ""), fontsize=10)
-    top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.1 * len(names)])
+    top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.4 * len(names)])
     axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
     _loss_panel(axes[0], runs, chosen)
     if many:
