@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -215,7 +215,8 @@ CASES = [
     Case("command-unknown", lambda f: ["kkkt", f.npz()], r"No such command 'kkkt'"),
     Case("data-missing-argument", lambda f: ["kkt"], r"Missing argument 'DATA'"),
     # ---- the output
-    Case("out-missing-folder", kkt("--out", "nowhere/kkt.h5"), r"folder .*nowhere.* does not exist"),
+    Case("out-missing-folder", kkt("--out", "nowhere/kkt.h5"),
+         r"folder .*nowhere.* does not exist"),
     Case("out-exists", lambda f: ["kkt", f.npz(), *FAST, "--out", f.existing("kkt.h5")],
          r"exists; pass --force"),
     Case("out-extension", kkt("--out", "kkt.txt"), r"unsupported extension"),

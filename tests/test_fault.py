@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import click
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -172,17 +171,16 @@ class Process:
     def wait_for(self, pattern: str, timeout: float = 240) -> re.Match:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = None
-            for m in re.finditer(pattern, self.err.decode(errors="replace")):
-                pass
-            if m is not None:
-                return m
+            found = list(re.finditer(pattern, self.err.decode(errors="replace")))
+            if found:
+                return found[-1]
             if self.proc.poll() is not None:
                 pytest.fail(f"ended (exit {self.proc.returncode}) before {pattern!r}: "
                             f"{self.err.decode(errors='replace')[-2000:]}")
             time.sleep(0.1)
         self.proc.kill()
-        pytest.fail(f"no {pattern!r} within {timeout} s: {self.err.decode(errors='replace')[-2000:]}")
+        tail = self.err.decode(errors="replace")[-2000:]
+        pytest.fail(f"no {pattern!r} within {timeout} s: {tail}")
 
     def stop(self, signum: int, timeout: float = 120) -> tuple[int, str]:
         self.proc.send_signal(signum)

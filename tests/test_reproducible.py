@@ -52,7 +52,7 @@ def _contents(path: Path) -> dict[str, bytes]:
     def attrs(name, node):
         for k, v in node.attrs.items():
             if not (name == "provenance" and k in VARYING):
-                out[f"{name}@{k}"] = np.asarray(v).tobytes() if not isinstance(v, str) else v.encode()
+                out[f"{name}@{k}"] = v.encode() if isinstance(v, str) else np.asarray(v).tobytes()
 
     with h5py.File(path, "r") as f:
         attrs("", f)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 __all__ = ["Terminated", "handle_sigterm", "interrupt_exit_code"]
 

@@ -174,8 +174,8 @@ def guarded(f):
             if debug:
                 raise
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
-            click.echo(f"error: {_one_line(e.strerror or e)}{where} (rerun with --debug for the traceback)",
-                       err=True)
+            click.echo(f"error: {_one_line(e.strerror or e)}{where} "
+                       "(rerun with --debug for the traceback)", err=True)
             sys.exit(1)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
