@@ -364,6 +364,8 @@ BAD = {
     "run out of range": (lambda f, t: [f / "sweep.h5", "-o", t / "x.png", "--run", 3], "out of range"),
     "run on kkt": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--run", 0], "escape files only"),
     "dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0], "--dpi"),
+    "tiny dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0.001], "--dpi"),
+    "huge dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 1e6], "--dpi"),
 }
 
 
@@ -412,6 +414,12 @@ def test_failed_render_leaves_no_partial_image(files, tmp_path, monkeypatch, suf
     monkeypatch.setattr(Figure, "savefig", broken)
     with pytest.raises(OSError, match="disk full"):
         plot.save_figure(plot.figure_for(_tree(files / "kkt.h5")), tmp_path / f"x{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_figure_refuses_an_image_under_16_pixels(files, tmp_path):
+    with pytest.raises(InputError, match="too small"):
+        plot.save_figure(plot.figure_for(_tree(files / "kkt.h5")), tmp_path / "x.png", dpi=1)
     assert list(tmp_path.iterdir()) == []
 
 

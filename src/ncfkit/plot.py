@@ -676,6 +676,10 @@ def save_figure(fig: Figure, path, force: bool = False, dpi: float = 100,
     from .io import atomic_path, check_output_path
 
     p = check_output_path(path, force, FIGURE_SUFFIXES)
+    pixels = fig.get_size_inches() * dpi
+    if not (math.isfinite(dpi) and pixels.min() >= 16):
+        raise InputError(f"a {pixels[0]:.3g}×{pixels[1]:.3g} px image is too small to draw; "
+                         "raise the dpi")
     with atomic_path(p, force=force) as tmp:
         if p.suffix.lower() == ".png" and palette:
             _write_png(fig, tmp, dpi)

@@ -6,13 +6,15 @@ import click
 
 from .options import guarded
 
+MIN_DPI, MAX_DPI = 10, 1200
+
 
 @click.command("plot")
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
               help="Output image: .png or .pdf.")
 @click.option("--dpi", type=float, default=100, show_default=True,
-              help="Resolution of a PNG (pixels per inch of the figure size).")
+              help="Resolution of a PNG (pixels per inch of the figure size), 10 to 1200.")
 @click.option("--run", "run_index", type=int, default=None,
               help="escape files with several δ: the run whose weights are shown "
                    "(default: the smallest δ).")
@@ -38,8 +40,8 @@ def command(result, out, dpi, run_index, scale, palette, force):
     from ..io import check_output_path, read_h5
     from ..plot import FIGURE_SUFFIXES, figure_for, save_figure
 
-    if not 0 < dpi <= 1200:
-        raise InputError(f"--dpi must be in (0, 1200] (got {dpi:g})")
+    if not MIN_DPI <= dpi <= MAX_DPI:  # (a figure under one pixel crashes Agg with SIGFPE)
+        raise InputError(f"--dpi must be in [{MIN_DPI}, {MAX_DPI}] (got {dpi:g})")
     check_output_path(out, force, FIGURE_SUFFIXES)
     tree = read_h5(result)
     tree["_source"] = str(result)
