@@ -140,8 +140,8 @@ def test_example1_events_saddle_and_minimum(example1):
     sad = run.snapshots["saddle"]
     assert_close(sad.w, EXAMPLE1["saddle"], atol=5e-3, what="saddle point")
     assert sad.loss == pytest.approx(1.0, abs=1e-4)
-    lam, method = min_hessian_eigenvalue(obj, torch.as_tensor(sad.w))
-    assert method == "dense" and lam == pytest.approx(-4.0, abs=1e-2)
+    h = min_hessian_eigenvalue(obj, torch.as_tensor(sad.w))
+    assert h.method == "dense" and h.min == pytest.approx(-4.0, abs=1e-2) and h.kind == "strict saddle"
     assert run.saddle_left
     # ... and it ends at the global minimum (2, 1)
     assert_close(run.snapshots["final"].w, EXAMPLE1["minimum"], atol=1e-3, what="end point")
@@ -244,10 +244,11 @@ def test_hermite_interpolation_is_exact_for_cubics():
 def test_min_hessian_eigenvalue_lanczos_matches_dense(tiny_square_net):
     obj, w0 = tiny_square_net
     w = 0.7 * w0
-    dense, m1 = min_hessian_eigenvalue(obj, w)
-    lanczos, m2 = min_hessian_eigenvalue(obj, w, dense_max=0)
-    assert (m1, m2) == ("dense", "lanczos")
-    assert lanczos == pytest.approx(dense, rel=1e-7, abs=1e-9)
+    dense = min_hessian_eigenvalue(obj, w)
+    lanczos = min_hessian_eigenvalue(obj, w, dense_max=0)
+    assert (dense.method, lanczos.method) == ("dense", "lanczos")
+    assert lanczos.min == pytest.approx(dense.min, rel=1e-7, abs=1e-9)
+    assert lanczos.max == pytest.approx(dense.max, rel=1e-7)
 
 
 def test_zero_preserving_subset_of_diagonal_and_mlp():
@@ -261,3 +262,23 @@ def test_zero_preserving_subset_of_diagonal_and_mlp():
     M1, M2 = arch.split(mask)
     assert M1.tolist() == [[False, False], [True, True], [True, True]]
     assert M2.tolist() == [[False, True, True]]
+
+
+def test_square_net_along_w_star_escapes_on_the_theorem_10_line(tiny_square_net):
+    """L_h = 3 from δ·w*: escape times against δ^{-1} have slope 1/(3𝒩(w*)) (Theorem 10)."""
+    obj, _ = tiny_square_net
+    from ncfkit.escape import certified_point
+    from ncfkit.kkt import find_kkt_points
+
+    yt = obj.loss.ytilde(obj.y)
+    best = find_kkt_points(obj.arch, obj.X, yt, restarts=8, seed=0).points[0]
+    pt = certified_point(obj.arch, obj.X, yt, best.cert.w, "test")
+    deltas = [1e-2, 5e-3]
+    rep = run_escape(obj, pt.w_star, deltas, Settings(max_time=8.0, lr=2e-3, until="max-time"),
+                     point=pt, delta_ref=None)
+    assert all(r.escaped for r in rep.runs)
+    assert rep.fits.escape.slope == pytest.approx(1 / (3 * pt.cert.ncf), rel=0.01)
+    for r in rep.runs:  # the prediction along w* is the NCF flow's from w0 = w*
+        assert r.predicted_escape_time_w0 == pytest.approx(r.predicted_escape_time, rel=1e-9)
+        assert 0.9 < r.escape_time / r.predicted_escape_time < 1
+        assert r.sparsity_ratio_escape < 1e-8  # w_z starts at (numerically) 0 and stays there

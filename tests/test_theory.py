@@ -208,3 +208,43 @@ def test_recorder_states_follow_their_rows():
     a, S = rec.arrays(), rec.states()
     assert len(rec) <= 8 and S.shape == (len(rec), 2)
     assert_close(S[:, 0], a["time"], what="state rows")
+
+
+# --------------------------------------------------------------------------- NCF flow from w0
+
+
+def _diag(D):
+    import torch
+
+    from ncfkit.losses import make_loss
+    from ncfkit.models import Diagonal
+
+    X = torch.eye(2, dtype=torch.float64)
+    y = torch.tensor([4.0, 1.0], dtype=torch.float64)
+    return Diagonal(2, D), X, make_loss("square", "sum").ytilde(y)
+
+
+def test_ncf_flow_log_amplitude_of_example1():
+    """φ(t, w0) = (e^{16t}, e^{4t})/√2 (Appendix E): r(t) ≈ e^{16t}/√2, so ln A = −ln √2."""
+    import torch
+
+    arch, X, yt = _diag(2)
+    flow = theory.ncf_flow_escape(arch, X, yt, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert flow.converged and flow.ncf == pytest.approx(8.0, rel=1e-9)
+    assert flow.log_amplitude == pytest.approx(-0.5 * math.log(2), abs=1e-6)
+    assert flow.escape_time(1e-3) == pytest.approx((math.log(1e3) + 0.5 * math.log(2)) / 16, rel=1e-6)
+    along = theory.ncf_flow_escape(arch, X, yt, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert along.escape_time(1e-3) == pytest.approx(theory.escape_time(1e-3, 8.0, 2), rel=1e-12)
+
+
+@pytest.mark.parametrize("w0", [(1.0, 1.0), (0.2, 1.0), (-1.0, 0.5)], ids=["diagonal", "tilted", "mixed-sign"])
+def test_ncf_flow_blowup_of_cubic_diagonal_model(w0):
+    """D = 3: u̇_k = 3ỹ_k u_k² blows up at 1/(3ỹ_k u_k(0)); the flow blows up at the least."""
+    import torch
+
+    arch, X, yt = _diag(3)
+    w0 = np.array(w0) / np.linalg.norm(w0)
+    expected = min(1 / (3 * a * b) for a, b in zip(yt.tolist(), w0) if a * b > 0)
+    flow = theory.ncf_flow_escape(arch, X, yt, torch.tensor(w0, dtype=torch.float64))
+    assert flow.blowup_time == pytest.approx(expected, rel=1e-6)
+    assert flow.escape_time(0.1) == pytest.approx(10 * expected, rel=1e-6)

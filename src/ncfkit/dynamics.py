@@ -41,7 +41,7 @@ from .ncf import loss_hvp, loss_value_and_grad
 
 __all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResult",
            "Simulation", "Tracker", "gradient_descent", "METHODS", "simulate",
-           "min_hessian_eigenvalue", "hermite_interpolate", "STOP_REASONS"]
+           "min_hessian_eigenvalue", "HessianExtremes", "hermite_interpolate", "STOP_REASONS"]
 
 #: Why a run stopped.
 STOP_REASONS = ("passed saddle", "stationary", "max time", "diverged", "interrupted")
@@ -479,12 +479,33 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
 # --------------------------------------------------------------------------- analysis
 
 
+@dataclass(frozen=True)
+class HessianExtremes:
+    """The extreme eigenvalues of ∇²𝓛 at a stationary point, and what they say.
+
+    ``kind``: ``strict saddle`` (λ_min < −tol), ``minimum`` (λ_min > tol) or
+    ``degenerate`` (|λ_min| ≤ tol: the second-order test cannot tell; e.g. the saddles of
+    square-activation nets, flat to second order along w_z), tol = rtol·max|λ|.
+    """
+
+    min: float
+    max: float
+    method: str  # dense / lanczos
+    rtol: float = 1e-7
+
+    @property
+    def kind(self) -> str:
+        tol = self.rtol * max(abs(self.min), abs(self.max), 1e-300)
+        if self.min < -tol:
+            return "strict saddle"
+        return "minimum" if self.min > tol else "degenerate"
+
+
 def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int = 3000,
-                           chunk: int = 64) -> tuple[float, str]:
-    """Smallest eigenvalue of ∇²𝓛(w) at one point (k,): dense for k ≤ ``dense_max`` (the
-    columns ∇²𝓛 e_j as Hessian-vector products, ``chunk`` at a time, so memory stays
-    ~chunk × one backward pass), else Lanczos (scipy ``eigsh``, smallest algebraic).
-    Negative: a strict saddle; ≥ 0 (to round-off): a minimum or a degenerate point."""
+                           chunk: int = 64) -> HessianExtremes:
+    """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,): dense for
+    k ≤ ``dense_max`` (the columns ∇²𝓛 e_j as Hessian-vector products, ``chunk`` at a
+    time, so memory stays ~chunk × one backward pass), else Lanczos (scipy ``eigsh``)."""
     o = objective
     k = w.numel()
     if k <= dense_max:
@@ -493,7 +514,8 @@ def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int
         eye = torch.eye(k, dtype=w.dtype, device=w.device)
         H = vmap(lambda v: loss_hvp(o.arch, o.X, o.y, o.loss, w, v), chunk_size=chunk)(eye)
         H = H.detach().cpu().double().numpy()
-        return float(np.linalg.eigvalsh((H + H.T) / 2)[0]), "dense"
+        eigs = np.linalg.eigvalsh((H + H.T) / 2)
+        return HessianExtremes(float(eigs[0]), float(eigs[-1]), "dense")
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     def matvec(x):
@@ -501,8 +523,9 @@ def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int
         return loss_hvp(o.arch, o.X, o.y, o.loss, w, v).detach().cpu().double().numpy()
 
     op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    vals = eigsh(op, k=1, which="SA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
-    return float(vals[0]), "lanczos"
+    lo = eigsh(op, k=1, which="SA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
+    hi = eigsh(op, k=1, which="LA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
+    return HessianExtremes(float(lo[0]), float(hi[0]), "lanczos")
 
 
 def hermite_interpolate(t_query: np.ndarray, t: np.ndarray, w: np.ndarray, dw: np.ndarray) -> np.ndarray:

@@ -57,6 +57,7 @@ class GoverningPoint:
     steps: int
     wz_mask: torch.Tensor  # bool (k,)
     zero_neurons: tuple[tuple[int, ...], ...] | None  # per hidden layer (mlp) or None
+    flow: theory.NcfFlowEscape | None = None  # the NCF flow from w0 (escape-time prediction)
 
     @property
     def w_star(self) -> torch.Tensor:
@@ -80,18 +81,29 @@ def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
 
 
 def certified_point(arch, X, ytilde, w, source: str, *, active_tol: float = 1e-3,
-                    converged: bool = True, steps: int = 0) -> GoverningPoint:
+                    converged: bool = True, steps: int = 0,
+                    flow: theory.NcfFlowEscape | None = None) -> GoverningPoint:
+    """Certify w as the governing point; ``flow`` defaults to the NCF flow from w itself
+    (a start along w*)."""
     cert = certify(arch, X, ytilde, w, active_tol=active_tol)
     mask, zero = zero_preserving_subset(arch, cert.w, active_tol)
-    return GoverningPoint(cert, source, converged, steps, mask, zero)
+    if flow is None:
+        flow = theory.ncf_flow_escape(arch, X, ytilde, cert.w)
+    return GoverningPoint(cert, source, converged, steps, mask, zero, flow)
 
 
 def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000,
                     tol: float = 1e-9, active_tol: float = 1e-3) -> GoverningPoint:
-    """Definition 2 in practice: normalized NCF ascent from the unit direction w0 (k,)."""
-    asc = normalized_ascent(arch, X, ytilde, w0.reshape(1, -1), max_steps=max_steps, tol=tol)
-    return certified_point(arch, X, ytilde, asc.u[0], "ascent from w0", active_tol=active_tol,
-                           converged=bool(asc.converged[0]), steps=int(asc.steps[0]))
+    """Definition 2: the limit direction of the NCF flow from w0 (k,), integrated by
+    :func:`ncfkit.theory.ncf_flow_escape` (which also predicts the escape time from w0),
+    then polished to ``tol`` by the normalized ascent and certified. If the flow does not
+    settle within ``max_steps`` the ascent starts from w0 itself."""
+    flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
+    start = flow.direction if flow.converged else w0 / w0.norm()
+    asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
+    return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
+                           converged=bool(asc.converged[0]) and flow.converged,
+                           steps=flow.steps + int(asc.steps[0]), flow=flow)
 
 
 def default_delta_ref(deltas, L_h: float) -> float:
@@ -100,11 +112,15 @@ def default_delta_ref(deltas, L_h: float) -> float:
     return d * 1e-2 if L_h == 2 else d * 2.0 ** (-1.0 / (L_h - 2.0))
 
 
-def default_max_time(deltas, ncf: float, L_h: float | None) -> float | None:
-    """10 × the longest predicted escape time; None when nothing is predicted."""
-    if L_h is None or L_h < 2 or not ncf > 0:
+def default_max_time(deltas, point: GoverningPoint | None) -> float | None:
+    """3 × the longest escape time predicted by the NCF flow from w0 (enough to reach the
+    first saddle: after escape it is O(1) away); None when no escape is predicted."""
+    if point is None or point.flow is None:
         return None
-    return 10.0 * max(theory.escape_time(float(d), ncf, L_h) for d in deltas)
+    times = [float(point.flow.escape_time(float(d))) for d in deltas]
+    if not all(math.isfinite(t) and t > 0 for t in times):
+        return None
+    return 3.0 * max(times)
 
 
 @dataclass(frozen=True)
@@ -114,12 +130,13 @@ class RunSummary:
     delta: float
     escaped: bool
     escape_time: float | None
-    predicted_escape_time: float | None
+    predicted_escape_time: float | None  # SPEC §2 (leading order along w*)
+    predicted_escape_time_w0: float | None  # the NCF flow from w0 (theory.ncf_flow_escape)
     saddle_time: float | None
     saddle_loss: float | None
     saddle_grad_norm: float | None
     saddle_min_hessian_eig: float | None
-    saddle_kind: str | None  # "strict saddle" / "minimum" / None
+    saddle_kind: str | None  # "strict saddle" / "minimum" / "degenerate" / None
     saddle_left: bool
     sparsity_ratio_escape: float | None
     sparsity_ratio_saddle: float | None
@@ -253,9 +270,8 @@ def _saddle_info(objective: Objective, run: RunResult, like: torch.Tensor):
     if run.saddle is None:
         return None, None
     w = torch.as_tensor(run.snapshots["saddle"].w, dtype=like.dtype, device=like.device)
-    lam, _ = min_hessian_eigenvalue(objective, w)
-    tol = 1e-9 * max(1.0, abs(lam))
-    return lam, ("strict saddle" if lam < -tol else "minimum")
+    h = min_hessian_eigenvalue(objective, w)
+    return h.min, h.kind
 
 
 def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Settings, *,
@@ -308,6 +324,9 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         if r.status != "interrupted" or r.saddle is not None:
             lam, kind = _saddle_info(objective, r, w0)
         pred = theory.escape_time(d, ncf, L_h) if theory_ok and ncf > 0 else None
+        pred_w0 = None
+        if theory_ok and point.flow is not None and point.flow.ncf > 0:
+            pred_w0 = float(point.flow.escape_time(d))
         pdist = p_star_dist = None
         if reference is not None:
             pdist = path_distance(r, reference.result)
@@ -317,6 +336,7 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         runs.append(RunSummary(
             delta=d, escaped=r.escape is not None,
             escape_time=None if r.escape is None else r.escape.time, predicted_escape_time=pred,
+            predicted_escape_time_w0=pred_w0,
             saddle_time=None if r.saddle is None else r.saddle.time,
             saddle_loss=None if r.saddle is None else r.saddle.loss,
             saddle_grad_norm=None if r.saddle is None else r.saddle.grad_norm,
@@ -359,7 +379,8 @@ def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: floa
 # --------------------------------------------------------------------------- serialisation
 
 #: Summary keys of one run, in JSON and as attributes of ``runs/<i>`` in run.h5.
-RUN_KEYS = ("delta", "escaped", "escape_time", "predicted_escape_time", "saddle_time",
+RUN_KEYS = ("delta", "escaped", "escape_time", "predicted_escape_time",
+            "predicted_escape_time_w0", "saddle_time",
             "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig", "saddle_kind",
             "saddle_left", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
             "saddle_distance_to_p_star", "status", "message", "final_time", "final_loss",
@@ -375,6 +396,10 @@ def kkt_json(point: GoverningPoint | None) -> dict | None:
            "second_order": c.second_order, "lam": c.lam, "source": point.source,
            "ascent_converged": point.converged, "ascent_steps": point.steps,
            "zero_preserving_size": int(point.wz_mask.sum())}
+    if point.flow is not None:
+        out["ncf_flow"] = {"blowup_time": point.flow.blowup_time,
+                           "log_amplitude": point.flow.log_amplitude,
+                           "converged": point.flow.converged, "steps": point.flow.steps}
     if c.active_per_layer is not None:
         out["active_per_layer"] = list(c.active_per_layer)
         out["active_neurons"] = [list(a) for a in c.active_neurons]

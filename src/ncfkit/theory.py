@@ -26,7 +26,7 @@ Every function takes floats or numpy arrays and returns the same; ``ncf`` is �
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,7 +34,7 @@ __all__ = [
     "escape_time", "escape_regressor", "escape_slope", "escape_slope_gd", "path_distance_exponent",
     "sparsity_exponent", "LineFit", "fit_line", "fit_escape_times", "fit_power_law",
     "EXAMPLE1", "example1_psi", "example1_reference_path", "example1_loss",
-    "example1_grad_norm", "diagonal_identity_flow",
+    "example1_grad_norm", "diagonal_identity_flow", "NcfFlowEscape", "ncf_flow_escape",
 ]
 
 
@@ -223,3 +223,85 @@ def example1_grad_norm(w):
     """‖∇𝓛(w)‖ with ∂𝓛/∂w_k = 4w_k(w_k² − y_k)."""
     w = np.asarray(w, dtype=float)
     return np.linalg.norm(4.0 * w * (w**2 - EXAMPLE1["y"]), axis=-1)
+
+
+# --------------------------------------------------------------------------- NCF flow from w0
+
+
+@dataclass(frozen=True)
+class NcfFlowEscape:
+    """Leading-order escape time of ψ(·, δw0) from the NCF flow u̇ = ∇𝒩(u) (eq. 5) started
+    at w0 itself, not at w* (:func:`ncf_flow_escape`).
+
+    Near the origin ψ(t, δw0) ≈ φ(t, δw0). Write φ = r·θ with ‖θ‖ = 1 and a new clock
+    ds = r^{L_h−2} dt: then θ' = ∇𝒩(θ) − L_h𝒩(θ)θ (the projected flow of Definition 2,
+    independent of r) and (ln r)' = L_h𝒩(θ). For L_h > 2 the flow from w0 blows up at
+    ``blowup_time`` T_b = ∫ r^{2−L_h} ds, so T_esc(δ) ≈ δ^{2−L_h}·T_b; for L_h = 2,
+    r(t) ≈ A e^{2𝒩(w*)t} with ``log_amplitude`` ln A, so T_esc(δ) ≈ (ln(1/δ) − ln A)/(2𝒩(w*)).
+    For w0 = w* both reduce to :func:`escape_time` (T_b = 1/(L_h(L_h−2)𝒩), A = 1).
+    """
+
+    L_h: float
+    ncf: float  # 𝒩 at the limit direction θ(∞)
+    blowup_time: float | None  # L_h > 2
+    log_amplitude: float | None  # L_h = 2
+    converged: bool
+    steps: int
+    direction: object = field(default=None, repr=False)  # θ at the end (a tensor (k,))
+
+    def escape_time(self, delta):
+        if not self.ncf > 0:
+            return math.inf
+        if self.L_h == 2:
+            return (np.log(1.0 / np.asarray(delta, dtype=float)) - self.log_amplitude) / (2 * self.ncf)
+        return np.asarray(delta, dtype=float) ** (2.0 - self.L_h) * self.blowup_time
+
+
+def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
+                    h_angle: float = 0.02) -> NcfFlowEscape:
+    """Integrate the NCF flow from the unit direction ``w0`` (RK4 on (θ, ln r, t) in the
+    clock s, steps sized so θ turns and ln r grows by at most ``h_angle`` per step) until
+    θ has converged (‖θ'‖ ≤ tol·L_h|𝒩|), then add the analytic tail along θ(∞).
+
+    Args:
+        arch, X, ytilde: the network, data and ỹ of the NCF 𝒩(u) = ỹᵀH(X; u).
+        w0: the initial direction (k,), any norm.
+    """
+    from .ncf import ncf_value_and_grad
+
+    L_h = float(arch.homogeneity)
+    theta = w0 / w0.norm()
+
+    def rhs(th):
+        val, grad = ncf_value_and_grad(arch, X, ytilde, th)
+        val = float(val)
+        tangent = grad - (th @ grad) * th  # = ∇𝒩 − L_h𝒩θ by Euler's identity
+        return tangent, val
+
+    def clock(rho_):  # dt/ds = r^{2−L_h}
+        return math.exp((2.0 - L_h) * rho_)
+
+    def unit(v):
+        return v / v.norm()
+
+    rho, t = 0.0, 0.0  # ln r and t, accumulated along the clock s
+    converged, steps = False, 0
+    for steps in range(1, max_steps + 1):
+        k1, n1 = rhs(theta)
+        if float(k1.norm()) <= tol * L_h * max(abs(n1), 1e-300):
+            converged = True
+            break
+        h = h_angle / max(float(k1.norm()), L_h * abs(n1), 1e-300)
+        k2, n2 = rhs(unit(theta + 0.5 * h * k1))
+        k3, n3 = rhs(unit(theta + 0.5 * h * k2))
+        k4, n4 = rhs(unit(theta + h * k3))
+        r2, r3, r4 = rho + 0.5 * h * L_h * n1, rho + 0.5 * h * L_h * n2, rho + h * L_h * n3
+        t += h / 6 * (clock(rho) + 2 * clock(r2) + 2 * clock(r3) + clock(r4))
+        rho += h / 6 * L_h * (n1 + 2 * n2 + 2 * n3 + n4)
+        theta = unit(theta + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
+    _, ncf_inf = rhs(theta)
+    if L_h == 2:
+        log_amp = rho - 2.0 * ncf_inf * t if ncf_inf > 0 else None
+        return NcfFlowEscape(L_h, ncf_inf, None, log_amp, converged, steps, theta)
+    tail = math.exp((2.0 - L_h) * rho) / ((L_h - 2.0) * L_h * ncf_inf) if ncf_inf > 0 else math.inf
+    return NcfFlowEscape(L_h, ncf_inf, t + tail, None, converged, steps, theta)

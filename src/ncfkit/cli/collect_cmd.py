@@ -14,6 +14,7 @@ from .options import emit_json, guarded, stderr_console
 FILE_COLUMNS = ("file", "run", "file_status", "homogeneity", "ncf", "kkt_delta", "active_per_layer",
                 "method", "init", "lr", "seed", "loss", "reduction", "fit_slope", "predicted_slope")
 RUN_COLUMNS = ("delta", "escaped", "escape_time", "predicted_escape_time", "escape_ratio",
+               "predicted_escape_time_w0",
                "saddle_time", "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig",
                "saddle_kind", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
                "saddle_distance_to_p_star", "status", "final_time", "final_loss", "steps")

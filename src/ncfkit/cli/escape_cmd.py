@@ -129,11 +129,11 @@ def _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, c
         console.print(f"[yellow]note:[/] {arch.act.name} is not homogeneous: no NCF, no KKT point, "
                       "no predictions (training and events only)")
         return w0, None, how
-    with console.status("normalized NCF ascent from w0 (Definition 2)…"):
+    with console.status("NCF flow from w0 (Definition 2)…"):
         gp = governing_point(arch, problem.X, problem.ytilde, w0, max_steps=max_steps, tol=tol)
     if not gp.converged:
-        console.print(f"[yellow]warning:[/] the NCF ascent from w0 did not reach --tol {tol:g} in "
-                      f"{max_steps} steps; the governing point is approximate")
+        console.print(f"[yellow]warning:[/] the NCF flow / ascent from w0 did not settle within "
+                      f"{max_steps} steps (--tol {tol:g}); the governing point is approximate")
     if from_file is not None:  # say whether the file's --point is the one that governs
         ncf = from_file[1].get("ncf")
         same = ncf is not None and abs(ncf - gp.cert.ncf) <= 1e-6 * max(abs(ncf), 1e-300)
@@ -177,7 +177,7 @@ def _table(report, problem, how):
     if c is not None:
         title += f", L_h = {report.homogeneity:g}, 𝒩(w*) = {c.ncf:.6g}, Δ = {c.delta:.4g}"
     t = Table(title=title)
-    cols = ["δ", "T_esc", "predicted", "ratio", "T_saddle", "𝓛(saddle)", "‖∇𝓛‖", "λ_min(∇²𝓛)",
+    cols = ["δ", "T_esc", "predicted", "ratio", "pred. (w0)", "T_saddle", "𝓛(saddle)", "‖∇𝓛‖", "λ_min(∇²𝓛)",
             "‖ψ_wz‖/‖ψ‖ esc", "saddle", "‖ψ−p‖", "status"]
     for col in cols:
         t.add_column(col, justify="right")
@@ -185,7 +185,7 @@ def _table(report, problem, how):
         ratio = (r.escape_time / r.predicted_escape_time
                  if r.escape_time is not None and r.predicted_escape_time else None)
         t.add_row(_fmt(r.delta, ".3g"), _fmt(r.escape_time, ".6g"), _fmt(r.predicted_escape_time, ".6g"),
-                  _fmt(ratio, ".4f"), _fmt(r.saddle_time, ".6g"), _fmt(r.saddle_loss, ".6g"),
+                  _fmt(ratio, ".4f"), _fmt(r.predicted_escape_time_w0, ".6g"), _fmt(r.saddle_time, ".6g"), _fmt(r.saddle_loss, ".6g"),
                   _fmt(r.saddle_grad_norm, ".2e"), _fmt(r.saddle_min_hessian_eig, ".4g"),
                   _fmt(r.sparsity_ratio_escape, ".2e"), _fmt(r.sparsity_ratio_saddle, ".2e"),
                   _fmt(r.path_distance, ".2e"), r.status)
@@ -221,7 +221,8 @@ def _summary_lines(report, problem):
                         if ref.p_star_loss is not None else f"no saddle reached ({ref.result.status})"))
     for r in report.runs:
         if r.saddle_kind is not None:
-            what = "a strict saddle" if r.saddle_kind == "strict saddle" else "a minimum (λ_min ≥ 0)"
+            what = {"strict saddle": "a strict saddle (λ_min < 0)", "minimum": "a minimum (λ_min > 0)",
+                    "degenerate": "degenerate to second order (λ_min ≈ 0)"}[r.saddle_kind]
             lines.append(f"δ = {r.delta:.3g}: the first plateau after escape is {what}"
                          + ("" if r.saddle_left else " (the run ended there)"))
         elif r.escaped:
@@ -241,7 +242,8 @@ def _summary_lines(report, problem):
 @click.option("--point", type=int, default=0, show_default=True, help="Which point of --kkt.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="GD step size η.")
 @click.option("--max-time", type=float, default=None,
-              help="Gradient-flow time limit [default: 10 × the longest predicted escape time].")
+              help="Gradient-flow time limit [default: 3 × the longest escape time predicted "
+                   "by the NCF flow from w0].")
 @click.option("--method", type=click.Choice(list(METHODS)), default="gd", show_default=True,
               help="Dynamics method.")
 @click.option("--eps", type=float, default=0.01, show_default=True,
@@ -284,7 +286,7 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
         console.print(f"[yellow]warning:[/] the governing KKT point is {gp.cert.kind} "
                       f"(𝒩 = {gp.cert.ncf:.3g}): the theory predicts no escape")
     if max_time is None:
-        max_time = default_max_time(deltas, gp.cert.ncf if gp else 0.0, problem.arch.homogeneity)
+        max_time = default_max_time(deltas, gp)
         if max_time is None:
             raise InputError("--max-time is needed: no escape time is predicted here "
                              "(non-homogeneous activation, or a governing KKT point with 𝒩 ≤ 0)")
