@@ -165,7 +165,8 @@ def _kkt_tree(data: Path, arch: dict, n_points: int = 2) -> dict:
         w = w / np.linalg.norm(w)
         node = {"ncf": 2.0 - i / 10, "delta": 1.0, "kind": "positive", "count": 3, "w": w}
         if arch["arch"] == "mlp":
-            node.update(_split(w, _shapes(arch)), active_per_layer=np.ones(len(arch["hidden"]), dtype=np.int64))
+            node.update(_split(w, _shapes(arch)),
+                        active_per_layer=np.ones(len(arch["hidden"]), dtype=np.int64))
         points[str(i)] = node
     return {"homogeneity": 3.0, "num_params": points["0"]["w"].size, "provenance": prov,
             "points": points}
@@ -180,7 +181,8 @@ def files(tmp_path_factory) -> Path:
     np.savez(root / "example1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
     write_h5(root / "kkt.h5", "kkt", _kkt_tree(root / "data.npz", _mlp_arch()))
     write_h5(root / "kkt3.h5", "kkt", _kkt_tree(root / "data.npz", _mlp_arch((3, 4), "relu"), 3))
-    write_h5(root / "kkt_diag.h5", "kkt", _kkt_tree(root / "data.npz", {"arch": "diag", "d": D, "depth": 2}))
+    diag = {"arch": "diag", "d": D, "depth": 2}
+    write_h5(root / "kkt_diag.h5", "kkt", _kkt_tree(root / "data.npz", diag))
     write_h5(root / "run.h5", "escape", _escape_tree(root / "data.npz", _mlp_arch(), [0.01]))
     write_h5(root / "sweep.h5", "escape",
              _escape_tree(root / "data.npz", _mlp_arch(), [0.1, 0.01, 0.001]))
@@ -354,14 +356,16 @@ def _not_ncfkit(folder: Path) -> Path:
 
 
 BAD = {
-    "not an ncfkit result": (lambda f, t: [_not_ncfkit(t), "-o", t / "x.png"], "not an ncfkit result"),
+    "not an ncfkit result": (lambda f, t: [_not_ncfkit(t), "-o", t / "x.png"],
+                             "not an ncfkit result"),
     "data file": (lambda f, t: [f / "data.npz", "-o", t / "x.png"], "not a readable HDF5"),
     "missing result": (lambda f, t: [t / "none.h5", "-o", t / "x.png"], "does not exist"),
     "missing folder": (lambda f, t: [f / "run.h5", "-o", t / "no" / "x.png"], "does not exist"),
     "extension": (lambda f, t: [f / "run.h5", "-o", t / "x.jpg"], "unsupported extension"),
     "no extension": (lambda f, t: [f / "run.h5", "-o", t / "x"], "unsupported extension"),
     "kind without figure": (lambda f, t: [f / "masks.h5", "-o", t / "x.png"], "has no figure"),
-    "run out of range": (lambda f, t: [f / "sweep.h5", "-o", t / "x.png", "--run", 3], "out of range"),
+    "run out of range": (lambda f, t: [f / "sweep.h5", "-o", t / "x.png", "--run", 3],
+                         "out of range"),
     "run on kkt": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--run", 0], "escape files only"),
     "dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0], "--dpi"),
     "tiny dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0.001], "--dpi"),

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -76,10 +77,10 @@ def _layers(node: dict, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
     """W_1 … W_L of a point or snapshot: datasets ``W1`` … or the flat ``w`` split."""
     if all(f"W{l}" in node for l in range(1, len(shapes) + 1)):
         Ws = [np.asarray(node[f"W{l}"]) for l in range(1, len(shapes) + 1)]
-        return [W.reshape(shape) for W, shape in zip(Ws, shapes)]
+        return [W.reshape(shape) for W, shape in zip(Ws, shapes, strict=True)]
     w = np.asarray(node["w"]).ravel()
     sizes = np.cumsum([r * c for r, c in shapes])[:-1]
-    return [part.reshape(shape) for part, shape in zip(np.split(w, sizes), shapes)]
+    return [part.reshape(shape) for part, shape in zip(np.split(w, sizes), shapes, strict=True)]
 
 
 def _layer_names(L: int) -> list[str]:
@@ -97,7 +98,7 @@ def _axis_labels(l: int, L: int) -> tuple[str, str]:
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """Maximal runs [start, stop) of True in a 1-D boolean array."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
 def _outline(ax, mask: np.ndarray) -> None:
@@ -113,7 +114,7 @@ def _outline(ax, mask: np.ndarray) -> None:
         ax.add_patch(Rectangle((-0.5, a - 0.5), mask.shape[1], b - a, **style))
     for a, b in _runs(cols):
         ax.add_patch(Rectangle((a - 0.5, -0.5), b - a, mask.shape[0], **style))
-    for i, j in zip(*np.nonzero(mask & ~rows[:, None] & ~cols[None, :])):
+    for i, j in zip(*np.nonzero(mask & ~rows[:, None] & ~cols[None, :]), strict=True):
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **style))
 
 
@@ -190,7 +191,7 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         title += f" (first {len(shown)} of {len(order)} points)"
     fig.suptitle(title + "; hatched: zero-preserving subset w_z", fontsize=10)
     subfigs = np.atleast_1d(fig.subfigures(len(shown), 1))
-    for sub, key in zip(subfigs, shown):
+    for sub, key in zip(subfigs, shown, strict=True):
         p = points[key]
         Ws = _layers(p, shapes)
         masks = _zero_preserving_masks(tree, np.asarray(p["w"], dtype=float), shapes)
@@ -201,7 +202,8 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         sub.suptitle(f"point {key}: {NCF} = {p.get('ncf', float('nan')):.6g}, "
                      f"Δ = {p.get('delta', float('nan')):.4g}, {p.get('kind', '?')}, "
                      f"found {p.get('count', '?')}×{active}", fontsize=9)
-        for l, (ax, W, M, name) in enumerate(zip(axes[:L], Ws, masks, _layer_names(L)), 1):
+        names = _layer_names(L)
+        for l, (ax, W, M, name) in enumerate(zip(axes[:L], Ws, masks, names, strict=True), 1):
             _heatmap(sub, ax, W, _norm(scale, [W]), name, M, _axis_labels(l, L))
         for l, ax in enumerate(axes[L:]):
             _neuron_bars(ax, Ws[l], Ws[l + 1], l + 1)
@@ -244,10 +246,11 @@ def _neuron_bars(ax, W_in: np.ndarray, W_out: np.ndarray, layer: int) -> None:
 def _kkt_diag_figure(tree, arch, points, total, L_h) -> Figure:
     d = int(arch["d"])
     fig = Figure(figsize=(max(6.0, 0.35 * d + 2.5), 1.8 * len(points) + 0.6), layout="constrained")
-    fig.suptitle(f"KKT points of the constrained NCF — {_describe(arch)}, L_h = {L_h:g}" + (f" (first {len(points)} of {total})" if total > len(points) else ""),
+    more = f" (first {len(points)} of {total})" if total > len(points) else ""
+    fig.suptitle(f"KKT points of the constrained NCF — {_describe(arch)}, L_h = {L_h:g}{more}",
                  fontsize=9)
     axes = np.atleast_1d(fig.subplots(len(points), 1))
-    for i, (ax, p) in enumerate(zip(axes, points)):
+    for i, (ax, p) in enumerate(zip(axes, points, strict=True)):
         w = np.asarray(p["w"], dtype=float).ravel()
         ax.bar(np.arange(d), np.abs(w), color="#1f77b4")
         ax.set_ylabel("|w_k|", fontsize=7)
@@ -288,7 +291,8 @@ def _opt_float(value) -> float | None:
 
 def _read_run(node: dict) -> _Run:
     rec = node["records"]
-    snaps = {k: v for k, v in (node.get("snapshots") or {}).items() if isinstance(v, dict) and "w" in v}
+    snaps = {k: v for k, v in (node.get("snapshots") or {}).items()
+             if isinstance(v, dict) and "w" in v}
     traj = node.get("trajectory")
     trajectory = None
     if isinstance(traj, dict) and "w" in traj and np.size(traj["w"]):
@@ -339,7 +343,8 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
         raise InputError(f"--run {run} out of range; the file has runs 0..{len(runs) - 1}")
     if arch["arch"] == "diag":
         if int(arch["d"]) != 2:
-            raise _bad(tree, f"the diagonal-model figure is a 2-D picture; this run has d = {arch['d']}")
+            raise _bad(tree, "the diagonal-model figure is a 2-D picture; this run has "
+                             f"d = {arch['d']}")
         return _diagonal_figure(tree, arch, runs)
     chosen = run if run is not None else int(np.argmin([r.delta for r in runs]))
     shapes = arch["shapes"]
@@ -432,7 +437,7 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
                 ha="center", va="center", fontsize=8, transform=ax.transAxes)
         ax.set_axis_off()
         return
-    deltas, times = map(np.asarray, zip(*pairs))
+    deltas, times = map(np.asarray, zip(*pairs, strict=True))
     x = theory.escape_regressor(deltas, L_h)
     fit = theory.fit_escape_times(deltas, times, L_h)
     xs = np.linspace(0.0, x.max() * 1.05, 50)
@@ -504,7 +509,7 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     import matplotlib as mpl
 
     colors = mpl.colormaps["Reds"](np.linspace(0.55, 0.95, max(len(runs), 2)))
-    for (r, p), c in zip(paths, colors):
+    for (r, p), c in zip(paths, colors, strict=False):  # colors: at least one per run
         if p is not None:
             ax.plot(p[:, 0], p[:, 1], "-", color=c, lw=1.5, label=f"ψ(t, δw0), δ = {r.delta:g}")
     if ref is not None and _path(ref) is not None:
@@ -549,11 +554,14 @@ def _window(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _path(run: _Run) -> np.ndarray | None:
     """The 2-D points of a run in time order: its trajectory samples and snapshots."""
-    parts = [] if run.trajectory is None else [np.column_stack([run.trajectory[0], run.trajectory[1]])]
+    parts = []
+    if run.trajectory is not None:
+        parts.append(np.column_stack([run.trajectory[0], run.trajectory[1]]))
     for snap in run.snapshots.values():
         t = snap.get("time")
         if t is not None:
-            parts.append(np.concatenate([[float(t)], np.asarray(snap["w"], dtype=float).ravel()])[None])
+            w = np.asarray(snap["w"], dtype=float).ravel()
+            parts.append(np.concatenate([[float(t)], w])[None])
     if not parts:
         return None
     tw = np.concatenate(parts)
