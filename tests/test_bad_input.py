@@ -392,11 +392,9 @@ def test_debug_shows_the_traceback(tmp_path: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="plot_cmd accepts any --dpi in (0, 1200]: a figure of under one pixel "
-                          "kills the process with SIGFPE (exit 136) and leaves its temporary "
-                          "file; reported", strict=False)
 def test_plot_tiny_dpi(tmp_path: Path, kkt_file: Path):
-    """In a subprocess: the failure mode is a crash of the whole interpreter."""
+    """In a subprocess, as the failure mode was a crash of the whole interpreter: a figure
+    under one pixel killed Agg with SIGFPE (exit 136) and left its temporary file."""
     import subprocess
     import sys
 
