@@ -300,6 +300,17 @@ def test_deep_run_without_saddle_shows_final_and_regressor(files):
     assert any(ax.get_xlabel().startswith("δ^(2−L_h)") for ax in fig.get_axes())
 
 
+def test_non_homogeneous_run_has_no_theory_but_a_figure(files):
+    """A tanh run: homogeneity stored as NaN, no governing KKT point, two δ."""
+    tree = _escape_tree(files / "data.npz", _mlp_arch(act="tanh"), [0.1, 0.01])
+    tree.update(ncfkit_kind="escape", homogeneity=float("nan"))
+    del tree["kkt"]
+    fig = plot.figure_for(tree)
+    assert "not homogeneous" in fig._suptitle.get_text()
+    assert any("fit needs a homogeneous" in t.get_text() for ax in fig.get_axes() for t in ax.texts)
+    assert not any(p.get_hatch() for ax in _heatmaps(fig) for p in ax.patches)
+
+
 def test_example1_figure_draws_paths_contour_and_points(files):
     fig = plot.figure_for(_tree(files / "example1.h5"))
     ax = fig.get_axes()[0]

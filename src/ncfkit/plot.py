@@ -6,7 +6,7 @@
 - an ``escape`` run of a feed-forward net: the loss against time with the escape and
   first-saddle events marked (the paper's Figures 1, 4–8, panel b), and below it |W_l| of
   every layer at initialization, escape and the saddle, one colour scale per layer, the
-  zero-preserving subset w_z of w* outlined; with several δ also the escape times against
+  zero-preserving subset w_z of w* hatched; with several δ also the escape times against
   x(δ) = ln(1/δ) (L_h = 2) or δ^{2−L_h} (L_h > 2) beside the line of Theorems 4/10;
 - an ``escape`` run of the diagonal model in 2-D: the trajectories ψ(t, δw0) for each δ
   and the reference path p(t) over the loss contour, the saddle p* and the minimum marked
@@ -47,6 +47,16 @@ WZ_COLOR = "#ff4fd8"  # outline of w_z: magenta, visible on every viridis colour
 EVENT_COLORS = {"escape": "#d62728", "saddle": "#2ca02c"}
 MAX_KKT_POINTS = 6
 NCF = r"$\mathcal{N}$"  # mathtext, no LaTeX needed (DejaVu has no 𝒩 glyph)
+
+
+def _homogeneity(tree: dict) -> float | None:
+    """L_h of the result; None for a non-homogeneous net (stored as NaN) or none stored."""
+    return _opt_float(tree.get("homogeneity"))
+
+
+def _lh_text(tree: dict) -> str:
+    L_h = _homogeneity(tree)
+    return ", not homogeneous" if L_h is None else f", L_h = {L_h:g}"
 
 
 def _bad(tree: dict, what: str) -> InputError:
@@ -179,14 +189,14 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
     if not order:
         raise _bad(tree, "the kkt file holds no point to plot")
     shown = order[:MAX_KKT_POINTS]
-    L_h = tree.get("homogeneity", float("nan"))
+    lh = _lh_text(tree)
     if arch["arch"] == "diag":
-        return _kkt_diag_figure(tree, arch, [points[i] for i in shown], len(order), L_h)
+        return _kkt_diag_figure(arch, [points[i] for i in shown], len(order), lh)
     shapes = arch["shapes"]
     L = len(shapes)
     fig = Figure(figsize=(3.0 * L + 2.6 * (L - 1) + 0.4, 2.5 * len(shown) + 0.5),
                  layout="constrained")
-    title = f"KKT points of the constrained NCF — {_describe(arch)}, L_h = {L_h:g}"
+    title = f"KKT points of the constrained NCF — {_describe(arch)}{lh}"
     if len(order) > len(shown):
         title += f" (first {len(shown)} of {len(order)} points)"
     fig.suptitle(title + "; hatched: zero-preserving subset w_z", fontsize=10)
@@ -243,11 +253,11 @@ def _neuron_bars(ax, W_in: np.ndarray, W_out: np.ndarray, layer: int) -> None:
     ax.legend(fontsize=6, frameon=False)
 
 
-def _kkt_diag_figure(tree, arch, points, total, L_h) -> Figure:
+def _kkt_diag_figure(arch, points, total, lh: str) -> Figure:
     d = int(arch["d"])
     fig = Figure(figsize=(max(6.0, 0.35 * d + 2.5), 1.8 * len(points) + 0.6), layout="constrained")
     more = f" (first {len(points)} of {total})" if total > len(points) else ""
-    fig.suptitle(f"KKT points of the constrained NCF — {_describe(arch)}, L_h = {L_h:g}{more}",
+    fig.suptitle(f"KKT points of the constrained NCF — {_describe(arch)}{lh}{more}",
                  fontsize=9)
     axes = np.atleast_1d(fig.subplots(len(points), 1))
     for i, (ax, p) in enumerate(zip(axes, points, strict=True)):
@@ -356,9 +366,8 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
     many = len(runs) > 1
     width = max(9.0, 3.0 * L + 1.0)
     fig = Figure(figsize=(width, 2.9 + 2.4 * len(names)), layout="constrained")
-    L_h = tree.get("homogeneity")
-    fig.suptitle(f"escape from small initialization — {_describe(arch)}"
-                 + (f", L_h = {L_h:g}" if L_h is not None else ""), fontsize=10)
+    fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
+                 fontsize=10)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.4 * len(names)])
     axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
     _loss_panel(axes[0], runs, chosen)
@@ -429,7 +438,7 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
     """Escape times against x(δ) with the fitted line and the leading-order theory line."""
     from . import theory
 
-    L_h = tree.get("homogeneity")
+    L_h = _homogeneity(tree)
     ncf = _opt_float((tree.get("kkt") or {}).get("ncf"))
     pairs = [(r.delta, r.escape_time) for r in runs if r.escape_time is not None]
     if L_h is None or L_h < 2 or len({d for d, _ in pairs}) < 2:
@@ -536,8 +545,8 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     ax.set_title("trajectories over the loss contour (paper Figure 2)", fontsize=9)
     _loss_panel(ax_loss, runs, int(np.argmin([r.delta for r in runs])))
     ax_loss.set_title("loss of each run; events marked for the smallest δ", fontsize=9)
-    fig.suptitle(f"escape from small initialization — {_describe(arch)}, "
-                 f"L_h = {tree.get('homogeneity', float('nan')):g}", fontsize=10)
+    fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
+                 fontsize=10)
     return fig
 
 
