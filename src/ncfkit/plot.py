@@ -211,7 +211,9 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         active = "" if active is None else f", active per layer {np.atleast_1d(active).tolist()}"
         sub.suptitle(f"point {key}: {NCF} = {p.get('ncf', float('nan')):.6g}, "
                      f"Δ = {p.get('delta', float('nan')):.4g}, {p.get('kind', '?')}, "
-                     f"found {p.get('count', '?')}×{active}", fontsize=9)
+                     f"found {p.get('count', '?')}×{active}"
+                     + ("" if p.get("converged", True) else " (stalled: not converged)"),
+                     fontsize=9)
         names = _layer_names(L)
         for l, (ax, W, M, name) in enumerate(zip(axes[:L], Ws, masks, names, strict=True), 1):
             _heatmap(sub, ax, W, _norm(scale, [W]), name, M, _axis_labels(l, L))
