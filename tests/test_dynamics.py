@@ -7,16 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
-from utils import assert_close
 
 from ncfkit import theory
-from ncfkit.dynamics import (METHODS, Objective, Settings, Tracker, hermite_interpolate,
-                             min_hessian_eigenvalue, simulate)
-from ncfkit.events import EventSettings
+from ncfkit.dynamics import (
+    METHODS,
+    Objective,
+    Settings,
+    Tracker,
+    hermite_interpolate,
+    min_hessian_eigenvalue,
+    simulate,
+)
 from ncfkit.escape import governing_point, run_escape, zero_preserving_subset
+from ncfkit.events import EventSettings
 from ncfkit.losses import make_loss
 from ncfkit.models import Diagonal, make_architecture, random_direction
 from ncfkit.theory import EXAMPLE1, example1_psi
+from utils import assert_close
 
 F64 = torch.float64
 
@@ -80,7 +87,7 @@ def test_batched_rows_equal_separate_runs(tiny_square_net):
     obj, w0 = tiny_square_net
     lr = 0.002
     batch = simulate(obj, torch.stack([0.1 * w0, 0.05 * w0]), Settings(max_time=3.0, lr=lr))
-    for d, run in zip((0.1, 0.05), batch.runs):
+    for d, run in zip((0.1, 0.05), batch.runs, strict=False):
         assert run.status == "passed saddle"
         final = run.snapshots["final"]
         alone = simulate(obj, (d * w0)[None], Settings(max_time=final.step * lr, lr=lr,
@@ -166,7 +173,7 @@ def test_example1_slope_fit_within_2_percent(example1):
     assert ref.p_star_loss == pytest.approx(1.0, abs=1e-9)
     assert ref.p_star_min_hessian_eig == pytest.approx(-4.0, abs=1e-6)
     dist = [r.path_distance for r in rep.runs]
-    assert all(a > b for a, b in zip(dist, dist[1:]))
+    assert all(a > b for a, b in zip(dist, dist[1:], strict=False))
     assert fit.path.slope > fit.path_exponent_theory  # the theorem's rate is a bound
 
 

@@ -10,9 +10,7 @@ from scipy.optimize import brentq, minimize_scalar
 from ncfkit import theory
 from ncfkit.events import EventDetector, EventSettings, Phase, Recorder, detect_events
 from ncfkit.theory import EXAMPLE1, example1_grad_norm, example1_loss, example1_psi
-
 from utils import assert_close
-
 
 # --------------------------------------------------------------------------- predictions
 
@@ -244,7 +242,7 @@ def test_ncf_flow_blowup_of_cubic_diagonal_model(w0):
 
     arch, X, yt = _diag(3)
     w0 = np.array(w0) / np.linalg.norm(w0)
-    expected = min(1 / (3 * a * b) for a, b in zip(yt.tolist(), w0) if a * b > 0)
+    expected = min(1 / (3 * a * b) for a, b in zip(yt.tolist(), w0, strict=False) if a * b > 0)
     flow = theory.ncf_flow_escape(arch, X, yt, torch.tensor(w0, dtype=torch.float64))
     assert flow.blowup_time == pytest.approx(expected, rel=1e-6)
     assert flow.escape_time(0.1) == pytest.approx(10 * expected, rel=1e-6)

@@ -35,9 +35,16 @@ import numpy as np
 import torch
 
 from . import theory
+from .dynamics import (
+    Objective,
+    RunResult,
+    Settings,
+    Simulation,
+    hermite_interpolate,
+    min_hessian_eigenvalue,
+    simulate,
+)
 from .events import PHASE_NAMES
-from .dynamics import Objective, RunResult, Settings, Simulation, hermite_interpolate, \
-    min_hessian_eigenvalue, simulate
 from .kkt import Certificate, certify, normalized_ascent
 from .models import MLP
 
@@ -319,7 +326,7 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
     ncf = point.cert.ncf if point is not None else None
     mask = point.wz_mask if point is not None else None
     runs = []
-    for d, r in zip(deltas, sim.runs):
+    for d, r in zip(deltas, sim.runs, strict=False):
         lam, kind = (None, None)
         if r.status != "interrupted" or r.saddle is not None:
             lam, kind = _saddle_info(objective, r, w0)
@@ -366,12 +373,12 @@ def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: floa
     spars = usable("sparsity_ratio_escape")
     ok = ncf > 0 and Delta > 0
     return Fits(
-        escape=theory.fit_escape_times(*zip(*esc), L_h) if esc else None,
+        escape=theory.fit_escape_times(*zip(*esc, strict=False), L_h) if esc else None,
         regressor="ln(1/delta)" if L_h == 2 else f"delta^(2-L_h) = delta^{2 - L_h:g}",
         predicted_slope=theory.escape_slope(ncf, L_h),
-        path=theory.fit_power_law(*zip(*path)) if path else None,
+        path=theory.fit_power_law(*zip(*path, strict=False)) if path else None,
         path_exponent_theory=theory.path_distance_exponent(Delta, ncf, L_h) if ok else None,
-        sparsity=theory.fit_power_law(*zip(*spars)) if spars else None,
+        sparsity=theory.fit_power_law(*zip(*spars, strict=False)) if spars else None,
         sparsity_exponent_theory=theory.sparsity_exponent(Delta, ncf, L_h) if ok else None,
         predicted_slope_gd=None if gd_lr is None else theory.escape_slope_gd(ncf, L_h, gd_lr))
 

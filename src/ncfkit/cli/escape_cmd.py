@@ -11,7 +11,14 @@ import time
 import click
 
 from ..dynamics import METHODS
-from .options import build_problem, emit_json, guarded, model_options, output_options, stderr_console
+from .options import (
+    build_problem,
+    emit_json,
+    guarded,
+    model_options,
+    output_options,
+    stderr_console,
+)
 
 INIT_HELP = ("random: a unit direction drawn from --seed; kkt: along the KKT point w* "
              "(from --kkt, or computed); FILE: the direction of a weight .npz (W1 … WL, or w).")
@@ -201,7 +208,7 @@ def _summary_lines(report, problem):
                      f"w_z = {int(p.wz_mask.sum())} of {problem.arch.num_params} weights")
     elif p is not None:
         lines.append(f"governing KKT point ({p.source}): w* = "
-                     f"{[round(float(x), 6) for x in p.w_star[:8]]}; w_z = {int(p.wz_mask.sum())} coordinates")
+                     f"{[round(float(x), 6) + 0.0 for x in p.w_star[:8]]}; w_z = {int(p.wz_mask.sum())} coordinates")
     f = report.fits
     if f.escape is not None:
         extra = f" (GD with this step: {f.predicted_slope_gd:.6g})" if f.predicted_slope_gd else ""
