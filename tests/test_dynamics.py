@@ -198,9 +198,10 @@ def test_reference_run_aligned_at_escape_is_the_closed_form_p(example1):
 
 def test_records_stay_bounded_on_a_long_run(example1):
     run = _example1_run(example1, 1e-3, 1e-3, until="max-time", max_time=6.0, capacity=32,
-                        state_capacity=16, events=EventSettings(stationary_rtol=0.0))
+                        state_capacity=16, state_memory=10 * 16 * 2,  # 10 states of (w, ∇𝓛)
+                        events=EventSettings(stationary_rtol=0.0))
     assert run.steps == 6000
-    assert len(run.records["time"]) <= 32 and len(run.trajectory["time"]) <= 16
+    assert len(run.records["time"]) <= 32 and len(run.trajectory["time"]) <= 10
     assert run.records["time"][-1] == pytest.approx(6.0)
     assert np.all(np.diff(run.records["time"]) > 0)
     assert run.escape is not None and run.saddle is not None  # events are not thinned away

@@ -73,7 +73,9 @@ class Settings:
         until: ``"saddle"`` stops a run once it has passed its first saddle;
             ``"max-time"`` runs every row to ``max_time``.
         capacity: rows of each run's scalar record.
-        state_capacity: trajectory samples kept per run (0: none).
+        state_capacity: trajectory samples kept per run (0: none); fewer when
+            2·k·8·state_capacity bytes would exceed ``state_memory``.
+        state_memory: bytes per run for the trajectory sample (w and ∇𝓛 at each).
         events: thresholds of the event detector.
     """
 
@@ -85,6 +87,7 @@ class Settings:
     until: str = "saddle"
     capacity: int = 2048
     state_capacity: int = 256
+    state_memory: int = 32 << 20
     events: EventSettings = field(default_factory=EventSettings)
 
     def __post_init__(self):
@@ -226,13 +229,15 @@ class Tracker:
         s = self.settings
         vals = self._values(w, loss, grad)
         k = w.shape[-1]
+        n_states = min(s.state_capacity, s.state_memory // (16 * k))
+        n_states = n_states if n_states >= 8 else 0  # too big a network for a useful sample
         for r in range(self.B):
             loss0 = float(vals[r, 0])
             self.detectors.append(EventDetector(loss0, s.events))
             self.records.append(Recorder(RECORD_FIELDS, s.capacity, scale=loss0))
-            self.states.append(Recorder(("time", "loss", "grad_norm", "w_norm"), s.state_capacity,
+            self.states.append(Recorder(("time", "loss", "grad_norm", "w_norm"), n_states,
                                         scale=loss0, log_time=0.05, loss_step=5e-3, log_ratio=0.1,
-                                        state_dim=2 * k) if s.state_capacity else None)
+                                        state_dim=2 * k) if n_states else None)
         self._last = (0, 0.0, w.detach().clone(), vals, grad.detach().clone())
         for r in range(self.B):
             self._offer(r, 0, 0.0, vals[r], w[r], grad[r], force=True)
