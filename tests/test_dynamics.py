@@ -290,3 +290,22 @@ def test_square_net_along_w_star_escapes_on_the_theorem_10_line(tiny_square_net)
         assert r.predicted_escape_time_w0 == pytest.approx(r.predicted_escape_time, rel=1e-9)
         assert 0.9 < r.escape_time / r.predicted_escape_time < 1
         assert r.sparsity_ratio_escape < 1e-8  # w_z starts at (numerically) 0 and stays there
+
+
+def test_random_start_escapes_on_the_ncf_flow_line(tiny_square_net):
+    """L_h = 3 from δ·w0, w0 random: the escape times follow δ^{-1}·T_b(w0), T_b the
+    blow-up time of the NCF flow from w0 (theory.ncf_flow_escape), not 1/(3𝒩(w*))."""
+    obj, w0 = tiny_square_net
+    yt = obj.loss.ytilde(obj.y)
+    pt = governing_point(obj.arch, obj.X, yt, w0)
+    deltas = [0.04, 0.02]
+    T = max(pt.flow.escape_time(d) for d in deltas)
+    rep = run_escape(obj, w0, deltas, Settings(max_time=1.05 * T, lr=2e-3, until="max-time"),
+                     point=pt, delta_ref=None)
+    fit = rep.fits
+    assert fit.predicted_slope_w0 == pytest.approx(pt.flow.blowup_time)
+    assert fit.predicted_slope_w0 > 1.5 * fit.predicted_slope  # w0 is far from w*
+    assert fit.escape.slope == pytest.approx(fit.predicted_slope_w0, rel=0.01)
+    # T_esc = δ^{-1}·T_b + O(1): the same offset for both δ (the 1% drop precedes blow-up)
+    offsets = [r.escape_time - r.predicted_escape_time_w0 for r in rep.runs]
+    assert offsets[0] == pytest.approx(offsets[1], abs=0.02) and abs(offsets[0]) < 0.1 * rep.runs[1].escape_time

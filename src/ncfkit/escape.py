@@ -197,6 +197,7 @@ class Fits:
     sparsity: theory.LineFit | None
     sparsity_exponent_theory: float | None
     predicted_slope_gd: float | None = None  # L_h = 2 and GD: η/ln(1 + 2𝒩η)
+    predicted_slope_w0: float | None = None  # from the NCF flow from w0 (T_b for L_h > 2)
 
     def to_dict(self) -> dict:
         out: dict = {}
@@ -209,6 +210,8 @@ class Fits:
                           "r2": self.escape.r2, "n": self.escape.n, "regressor": self.regressor}
             if self.predicted_slope_gd is not None:
                 out["fit"]["predicted_slope_gd"] = self.predicted_slope_gd
+            if self.predicted_slope_w0 is not None:
+                out["fit"]["predicted_slope_w0"] = self.predicted_slope_w0
         if self.path is not None:
             out["path_exponent"] = {"empirical": self.path.slope, "theory": self.path_exponent_theory,
                                     "r2": self.path.r2, "n": self.path.n}
@@ -380,7 +383,16 @@ def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: floa
         path_exponent_theory=theory.path_distance_exponent(Delta, ncf, L_h) if ok else None,
         sparsity=theory.fit_power_law(*zip(*spars, strict=False)) if spars else None,
         sparsity_exponent_theory=theory.sparsity_exponent(Delta, ncf, L_h) if ok else None,
-        predicted_slope_gd=None if gd_lr is None else theory.escape_slope_gd(ncf, L_h, gd_lr))
+        predicted_slope_gd=None if gd_lr is None else theory.escape_slope_gd(ncf, L_h, gd_lr),
+        predicted_slope_w0=_flow_slope(point.flow))
+
+
+def _flow_slope(flow: theory.NcfFlowEscape | None) -> float | None:
+    """dT_esc/dx(δ) for a start along w0: 1/(2𝒩) (L_h = 2: w0 only shifts the intercept)
+    or the blow-up time T_b of the NCF flow from w0 (L_h > 2)."""
+    if flow is None or not flow.ncf > 0:
+        return None
+    return 1.0 / (2.0 * flow.ncf) if flow.L_h == 2 else flow.blowup_time
 
 
 # --------------------------------------------------------------------------- serialisation

@@ -211,9 +211,11 @@ def _summary_lines(report, problem):
                      f"{[round(float(x), 6) + 0.0 for x in p.w_star[:8]]}; w_z = {int(p.wz_mask.sum())} coordinates")
     f = report.fits
     if f.escape is not None:
-        extra = f" (GD with this step: {f.predicted_slope_gd:.6g})" if f.predicted_slope_gd else ""
+        extra = f"; GD with this step: {f.predicted_slope_gd:.6g}" if f.predicted_slope_gd else ""
+        if f.predicted_slope_w0 is not None and report.homogeneity != 2:
+            extra += f"; NCF flow from w0: {f.predicted_slope_w0:.6g}"
         lines.append(f"escape-time fit against {f.regressor}: slope {f.escape.slope:.6g}, "
-                     f"predicted {f.predicted_slope:.6g}{extra}, r² = {f.escape.r2:.6f}")
+                     f"predicted {f.predicted_slope:.6g} (along w*){extra}, r² = {f.escape.r2:.6f}")
     if f.path is not None:
         lines.append(f"path distance ~ δ^{f.path.slope:.3f} (Theorem bound exponent "
                      f"{_fmt(f.path_exponent_theory)})")
