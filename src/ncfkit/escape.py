@@ -479,6 +479,9 @@ def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> di
                        "zero_preserving_size": int(point.wz_mask.sum()),
                        "w_star": c.w.detach().cpu().numpy(),
                        "wz_mask": point.wz_mask.cpu().numpy().astype(np.uint8)}
+        if point.flow is not None:
+            tree["kkt"]["ncf_flow_blowup_time"] = point.flow.blowup_time
+            tree["kkt"]["ncf_flow_log_amplitude"] = point.flow.log_amplitude
         if c.active_per_layer is not None:
             tree["kkt"]["active_per_layer"] = np.asarray(c.active_per_layer, dtype=np.int64)
             tree["kkt"]["active_neurons"] = json.dumps([list(a) for a in c.active_neurons])
@@ -520,11 +523,13 @@ RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
                    max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...
 /kkt               attrs: ncf, delta (Δ), lam, residual, kind, second_order, source,
                    ascent_converged, ascent_steps, zero_preserving_size,
+                   ncf_flow_blowup_time (L_h > 2) / ncf_flow_log_amplitude (L_h = 2),
                    active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
                    norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
 /predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent
-/fit               attrs: slope, predicted_slope, relative_error, intercept, r2, n,
-                   regressor[, predicted_slope_gd]      (with >= 2 escaped δ)
+/fit               attrs: slope, predicted_slope (along w*), relative_error, intercept,
+                   r2, n, regressor[, predicted_slope_gd (L_h = 2, GD),
+                   predicted_slope_w0 (NCF flow from w0)]      (with >= 2 escaped δ)
 /path_exponent     attrs: empirical, theory, r2, n
 /sparsity_exponent attrs: empirical, theory, r2, n, at
 /runs/<i>          one per --delta, in the order given; attrs RUN_KEYS (NaN where unknown)
