@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
+from .flow import gradient_flow
 from .ncf import loss_hvp, loss_value_and_grad
 
 __all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResult",
@@ -44,7 +45,7 @@ __all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResul
            "min_hessian_eigenvalue", "HessianExtremes", "hermite_interpolate", "STOP_REASONS"]
 
 #: Why a run stopped.
-STOP_REASONS = ("passed saddle", "stationary", "max time", "diverged", "interrupted")
+STOP_REASONS = ("passed saddle", "stationary", "max time", "diverged", "interrupted", "failed")
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,9 @@ class Simulation:
 
     @property
     def status(self) -> str:
-        """``interrupted`` or ``diverged`` if any run was, else ``complete``."""
-        for s in ("interrupted", "diverged"):
+        """``interrupted``, ``diverged`` or ``failed`` (the integrator could not meet its
+        tolerance) if any run was, else ``complete``."""
+        for s in ("interrupted", "diverged", "failed"):
             if any(r.status == s for r in self.runs):
                 return s
         return "complete"
@@ -346,8 +348,9 @@ class Tracker:
                        for r, det in enumerate(self.detectors))
         return Progress(t, self.settings.max_time, step, phases, tuple(self._last_loss), len(self.active))
 
-    def finish(self, status: str = "max time") -> None:
-        """Stop every row still active (``max time`` or ``interrupted``), at the last checkpoint."""
+    def finish(self, status: str = "max time", message: str | None = None) -> None:
+        """Stop every row still active (``max time``, ``interrupted`` or ``failed``), at
+        the last checkpoint; ``message`` overrides the default wording."""
         step, t, w_last, v_last, g_last = self._last
         for i, r in enumerate(self.active):
             if self.status[r] is not None:  # stopped by a checkpoint cut short by Ctrl-C
@@ -355,8 +358,8 @@ class Tracker:
             rec = self.records[r]
             if not len(rec) or rec.arrays()["step"][-1] != step:  # the last sample stays
                 self._offer(r, step, t, v_last[i], w_last[i], g_last[i], force=True)
-            msg = (f"reached --max-time {self.settings.max_time:g}" if status == "max time"
-                   else f"interrupted at t = {t:.6g} (step {step})")
+            msg = message or (f"reached --max-time {self.settings.max_time:g}" if status == "max time"
+                              else f"interrupted at t = {t:.6g} (step {step})")
             self._stop(r, status, msg, step, t)
             self._snap(r, "final", step, t, v_last[i], w_last[i])
         self.active = self.active[:0]
@@ -436,6 +439,7 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
 #: Dynamics methods by name (the CLI's ``--method`` choices come from here).
 METHODS: dict[str, Callable[[Objective, torch.Tensor, Settings, Tracker], None]] = {
     "gd": gradient_descent,
+    "flow": gradient_flow,
 }
 
 

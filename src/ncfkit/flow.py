@@ -19,7 +19,7 @@ import torch
 
 from .errors import RunError
 
-__all__ = ["DormandPrince", "StepSizeUnderflow"]
+__all__ = ["DormandPrince", "StepSizeUnderflow", "gradient_flow"]
 
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
 _A = (
@@ -66,7 +66,7 @@ class DormandPrince:
             self.atol = (rtol * 1e-3 * y0.norm(dim=-1, keepdim=True) / y0.shape[-1] ** 0.5).clamp_min(1e-300)
         self.t = float(t0)
         self.f, self.aux = rhs(y0)
-        self.t_prev, self.y_prev, self.aux_prev = self.t, self.y, self.aux
+        self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, self.y, self.f, self.aux
         self.h = h0 if h0 is not None else self._initial_step()
         self.n_accepted = self.n_rejected = self.n_evals = 0
 
@@ -111,7 +111,7 @@ class DormandPrince:
                 continue
             factor = 0.9 * err ** -0.2 if err > 0 else 5.0
             if err <= 1.0:
-                self.t_prev, self.y_prev, self.aux_prev = self.t, y, self.aux
+                self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, y, f, self.aux
                 self.t += h
                 self.y, self.f, self.aux = y_new, ks[6], aux
                 self.h = h * min(5.0, max(0.2, factor))
@@ -119,3 +119,82 @@ class DormandPrince:
                 return
             self.h = h * min(1.0, max(0.2, factor))
             self.n_rejected += 1
+
+
+def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
+    """``--method flow``: integrate ẇ = −∇𝓛(w) for every row of ``w0`` (B, k) with
+    :class:`DormandPrince` at ``settings.rtol``, following the method contract of
+    :mod:`ncfkit.dynamics` (``step`` counts accepted steps).
+
+    A checkpoint follows every accepted step. When a row's loss crosses its escape level
+    inside a step, the crossing time is located by bisection on the cubic Hermite
+    interpolant of the step (the integrator's dense output, 3rd order) and an extra
+    checkpoint is landed there. When a checkpoint reports more change than the record
+    resolution, the next step is capped accordingly. A step size that underflows ends the
+    rows still running with status ``failed`` and says at what time.
+    """
+
+    def rhs(w):
+        loss, grad = objective.value_and_grad(w)
+        return -grad, loss
+
+    stepper = DormandPrince(rhs, w0.clone(), rtol=settings.rtol)
+    tracker.start(stepper.y, stepper.aux, -stepper.f)
+    step = 0
+    while tracker.active.size and stepper.t < settings.max_time * (1 - 1e-12):
+        stepper.h_max = settings.max_time - stepper.t
+        try:
+            stepper.step()
+        except StepSizeUnderflow as e:
+            tracker.finish("failed", message=str(e))
+            return
+        step += 1
+        losses = torch.stack([stepper.aux_prev, stepper.aux]).cpu().numpy()
+        times = (stepper.t_prev, stepper.t)
+        cut = tracker.scan(step - 1, losses, lambda s: times[min(max(s - (step - 1), 0), 1)])
+        if cut is not None:
+            t_c, w_c = _locate_crossing(objective, stepper, tracker.escape_levels())
+            loss_c, grad_c = objective.value_and_grad(w_c)
+            verdict = tracker.checkpoint(step, t_c, w_c, loss_c, grad_c)
+            _drop_rows(stepper, verdict.keep)
+            if not tracker.active.size:
+                break
+        verdict = tracker.checkpoint(step, stepper.t, stepper.y, stepper.aux, -stepper.f)
+        _drop_rows(stepper, verdict.keep)
+        if verdict.change > 1.0:
+            stepper.h = min(stepper.h, (stepper.t - stepper.t_prev) / verdict.change)
+    if tracker.active.size:
+        tracker.finish("max time")
+
+
+def _hermite(stepper: DormandPrince, s: float) -> torch.Tensor:
+    """w at t_prev + s·h from the end points and their derivatives (cubic Hermite)."""
+    h = stepper.t - stepper.t_prev
+    f_prev = stepper.f_prev
+    h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
+    h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
+    return h00 * stepper.y_prev + h10 * h * f_prev + h01 * stepper.y + h11 * h * stepper.f
+
+
+def _locate_crossing(objective, stepper: DormandPrince, levels, iters: int = 40):
+    """First time in the last step at which some row's loss falls below its level:
+    bisection on the Hermite interpolant (the earliest crossing over the rows)."""
+    levels_t = torch.as_tensor(levels, dtype=stepper.y.dtype, device=stepper.y.device)
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        loss, _ = objective.value_and_grad(_hermite(stepper, mid))
+        if bool((loss < levels_t).any()):
+            hi = mid
+        else:
+            lo = mid
+    return stepper.t_prev + hi * (stepper.t - stepper.t_prev), _hermite(stepper, hi)
+
+
+def _drop_rows(stepper: DormandPrince, keep: torch.Tensor) -> None:
+    if bool(keep.all()):
+        return
+    for name in ("y", "f", "aux", "y_prev", "f_prev", "aux_prev"):
+        setattr(stepper, name, getattr(stepper, name)[keep])
+    if isinstance(stepper.atol, torch.Tensor) and stepper.atol.dim() and stepper.atol.shape[0] == keep.shape[0]:
+        stepper.atol = stepper.atol[keep]

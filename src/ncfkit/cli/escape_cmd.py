@@ -254,7 +254,10 @@ def _summary_lines(report, problem):
               help="Gradient-flow time limit [default: 3 × the longest escape time predicted "
                    "by the NCF flow from w0].")
 @click.option("--method", type=click.Choice(list(METHODS)), default="gd", show_default=True,
-              help="Dynamics method.")
+              help="gd: gradient descent with step --lr; flow: the gradient flow itself, by an "
+                   "adaptive Dormand–Prince 5(4) integrator with tolerance --rtol.")
+@click.option("--rtol", type=float, default=1e-8, show_default=True,
+              help="Relative tolerance of --method flow (local error per step).")
 @click.option("--eps", type=float, default=0.01, show_default=True,
               help="Escape: the first time the loss < (1 − eps)·loss(0).")
 @click.option("--until", type=click.Choice(["saddle", "max-time"]), default="saddle", show_default=True,
@@ -268,7 +271,7 @@ def _summary_lines(report, problem):
 @output_options
 @guarded
 def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device, deltas,
-            init, kkt_file, point, lr, max_time, method, eps, until, delta_ref, restarts,
+            init, kkt_file, point, lr, max_time, method, rtol, eps, until, delta_ref, restarts,
             max_steps, tol, as_json, out, force):
     """Train from δ·w0 with gradient descent for every --delta, detect the escape from the
     origin and the first saddle, and compare with the theory: escape time (Theorems 4,
@@ -286,6 +289,8 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
     from ..io import check_output_path, now_iso, provenance, write_h5
 
     _check_settings(deltas, lr, eps, max_time, point, delta_ref)
+    if not (rtol > 0 and rtol < 1):
+        raise InputError(f"--rtol must be in (0, 1) (got {rtol:g})")
     if out:
         check_output_path(out, force, (".h5", ".hdf5"))
     problem = build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device)
@@ -299,9 +304,9 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
         if max_time is None:
             raise InputError("--max-time is needed: no escape time is predicted here "
                              "(non-homogeneous activation, or a governing KKT point with 𝒩 ≤ 0)")
-    settings = Settings(max_time=max_time, lr=lr, until=until, events=EventSettings(eps=eps))
+    settings = Settings(max_time=max_time, lr=lr, rtol=rtol, until=until, events=EventSettings(eps=eps))
     ref = None if delta_ref == "none" else (delta_ref if delta_ref == "auto" else float(delta_ref))
-    prov = provenance(problem.data, **problem.settings, init=init, method=method, lr=lr, eps=eps,
+    prov = provenance(problem.data, **problem.settings, init=init, method=method, lr=lr, rtol=rtol, eps=eps,
                       max_time=max_time, until=until, deltas=list(deltas), delta_ref=str(delta_ref),
                       kkt_file=kkt_file, point=point)
     bar, observer = _progress(console, len(deltas), max_time)
@@ -313,7 +318,7 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
     console.print(_table(report, problem, how))
     for line in _summary_lines(report, problem):
         console.print(line)
-    diverged = [r for r in report.runs if r.status == "diverged"]
+    diverged = [r for r in report.runs if r.status in ("diverged", "failed")]
     message = "; ".join(f"δ = {r.delta:g}: {r.message}" for r in diverged)
     if report.reference is not None and report.reference.result.status == "diverged":
         message = "; ".join(filter(None, [message, f"reference run: {report.reference.result.message}"]))
@@ -326,5 +331,8 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
         emit_json(report_json(report))
     if report.simulation.interrupted is not None:
         raise report.simulation.interrupted
+    if report.status == "failed":
+        raise RunError(f"{message}; try a larger --rtol or --method gd"
+                       + ("; records so far kept in " + out if out else ""))
     if report.status == "diverged":
         raise RunError(f"{message}; try a smaller --lr" + ("; records so far kept in " + out if out else ""))
