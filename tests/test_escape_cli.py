@@ -115,6 +115,10 @@ def test_collect_csv_and_json(example1_run, files):
     assert obj["rows"][0]["ncf"] == pytest.approx(8.0)
     bad = _run("collect", files / "ex1.npz")
     assert bad.exit_code == 2 and "error:" in bad.stderr and "Traceback" not in bad.output
+    forged = files / "forged.h5"
+    write_h5(forged, "escape", {"runs": {"first": {"delta": 1.0}}}, force=True)
+    bad = _run("collect", forged)
+    assert bad.exit_code == 2 and "malformed runs" in bad.stderr
 
 
 def test_mlp_names_active_neurons_and_writes_layers(files, tmp_path):
@@ -182,6 +186,8 @@ def test_kkt_file_provenance_mismatch_is_exit_2(files, tmp_path, change, match):
     (("--delta", "1e-3", "--lr", "inf"), "lr"), (("--delta", "1e-3", "--lr", "nan"), "lr"),
     (("--delta", "1e-3", "--eps", "1.5"), "eps"), (("--delta", "1e-3", "--max-time", "-1"), "max-time"),
     (("--delta", "1e-3", "--delta-ref", "zero"), "delta-ref"),
+    (("--delta", "1e-3", "--restarts", "0"), "restarts"), (("--delta", "1e-3", "--max-steps", "0"), "max-steps"),
+    (("--delta", "1e-3", "--tol", "-1"), "tol"),
     (("--delta", "1e-3", "--init", "missing.npz"), "does not exist"),
 ], ids=lambda v: "-".join(v) if isinstance(v, tuple) else None)
 def test_bad_numbers_are_exit_2(files, args, match):

@@ -43,6 +43,9 @@ def rows_of(path: str) -> list[dict]:
     runs = tree.get("runs", {})
     if not isinstance(runs, dict) or not runs:
         raise InputError(f"{path}: the escape file holds no runs")
+    bad = [k for k, v in runs.items() if not (str(k).isdigit() and isinstance(v, dict))]
+    if bad:
+        raise InputError(f"{path}: malformed runs group (entry {bad[0]!r} is not a run 0, 1, …)")
     active = kkt.get("active_per_layer")
     base = {
         "file": str(path), "file_status": tree.get("status"), "homogeneity": tree.get("homogeneity"),

@@ -30,8 +30,14 @@ def _fmt(v, spec: str = ".4g") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
-def _check_settings(deltas, lr, eps, max_time, point, delta_ref):
+def _check_settings(deltas, lr, eps, max_time, point, delta_ref, restarts, max_steps, tol):
     from ..errors import InputError
+
+    for name, value in (("--restarts", restarts), ("--max-steps", max_steps)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1 (got {value})")
+    if not (math.isfinite(tol) and tol > 0):
+        raise InputError(f"--tol {tol:g}: must be finite and > 0")
 
     if not deltas:
         raise InputError("give at least one --delta")
@@ -288,7 +294,7 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
     from ..events import EventSettings
     from ..io import check_output_path, now_iso, provenance, write_h5
 
-    _check_settings(deltas, lr, eps, max_time, point, delta_ref)
+    _check_settings(deltas, lr, eps, max_time, point, delta_ref, restarts, max_steps, tol)
     if not (rtol > 0 and rtol < 1):
         raise InputError(f"--rtol must be in (0, 1) (got {rtol:g})")
     if out:
