@@ -38,7 +38,8 @@ class Loss:
 
     def dvalue(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """∂𝓛/∂pred, shape (..., n)."""
-        return self._dell(pred, y) * self._scale(y.shape[-1])
+        d = self._dell(pred, y)
+        return d if self.reduction == "sum" else d * self._scale(y.shape[-1])
 
     def ytilde(self, y: torch.Tensor) -> torch.Tensor:
         """ỹ = −∂𝓛/∂pred at pred = 0 (the reduction included)."""

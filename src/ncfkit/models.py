@@ -11,6 +11,7 @@ Every function takes ``w`` of shape (..., k): leading axes are a batch (restarts
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -83,13 +84,20 @@ class MLP:
             return None
         return float(sum(self.act.p**l for l in range(self.depth)))
 
-    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
-        """Views W_1, …, W_L of shape (..., k_l, k_{l-1})."""
+    @functools.cached_property
+    def _blocks(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(start, stop, rows, cols) of each W_l in the flat vector (computed once)."""
         out, start = [], 0
         for rows, cols in self.shapes:
-            out.append(w[..., start : start + rows * cols].unflatten(-1, (rows, cols)))
+            out.append((start, start + rows * cols, rows, cols))
             start += rows * cols
-        return out
+        return tuple(out)
+
+    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """Views W_1, …, W_L of shape (..., k_l, k_{l-1})."""
+        lead = w.shape[:-1]
+        return [w[..., a:b].view(*lead, r, c) if w.is_contiguous() else w[..., a:b].reshape(*lead, r, c)
+                for a, b, r, c in self._blocks]
 
     def join(self, Ws: list[torch.Tensor]) -> torch.Tensor:
         """Inverse of :meth:`split`."""
@@ -97,12 +105,14 @@ class MLP:
 
     def _forward_cache(self, X: torch.Tensor, w: torch.Tensor):
         Ws = self.split(w)
-        hs, zs = [X.T], []
+        XT = X.T
+        hs, zs = [XT], []
+        act = self.act
         for l, W in enumerate(Ws[:-1]):
             # Layer 1 shares X across the batch: one (…·k_1, d) @ (d, n) GEMM, not a bmm.
-            z = (W.reshape(-1, self.d) @ X.T).reshape(*W.shape[:-1], -1) if l == 0 else W @ hs[-1]
+            z = (W.reshape(-1, self.d) @ XT).view(*W.shape[:-1], -1) if l == 0 else W @ hs[-1]
             zs.append(z)
-            hs.append(self.act(z))
+            hs.append(act(z))
         out = (Ws[-1] @ hs[-1]).squeeze(-2)
         return Ws, hs, zs, out
 
@@ -113,16 +123,14 @@ class MLP:
         """(H(X; w), ∇_w[gᵀH]) with ``g = g_of_out(H)``; one forward, one backward pass."""
         Ws, hs, zs, out = self._forward_cache(X, w)
         g = g_of_out(out)
-        grads = [None] * self.depth
+        depth = len(Ws)
+        grads = [None] * depth
         back = g.unsqueeze(-2)  # (..., 1, n): ∂/∂ of the layer-L pre-activation
-        for l in range(self.depth - 1, -1, -1):
-            if l == 0:
-                grads[0] = (back.reshape(-1, back.shape[-1]) @ X).reshape(*back.shape[:-1], self.d)
-            else:
-                grads[l] = back @ hs[l].transpose(-1, -2)
-            if l > 0:
-                back = (Ws[l].transpose(-1, -2) @ back) * self.act.derivative(zs[l - 1])
-        return out, self.join(grads)
+        for l in range(depth - 1, 0, -1):
+            grads[l] = back @ hs[l].transpose(-1, -2)
+            back = (Ws[l].transpose(-1, -2) @ back) * self.act.derivative(zs[l - 1])
+        grads[0] = (back.reshape(-1, back.shape[-1]) @ X).view(*back.shape[:-1], self.d)
+        return out, torch.cat([G.flatten(-2) for G in grads], dim=-1)
 
     def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
