@@ -346,6 +346,22 @@ def _wz_mask(tree: dict) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
+def _predicted_from_w0(tree: dict, delta):
+    """Leading-order escape time of ψ(·, δw0) from the NCF flow started at w0 itself
+    (:class:`ncfkit.theory.NcfFlowEscape`): δ^{2−L_h}·T_b, or (ln(1/δ) − ln A)/(2𝒩) for
+    L_h = 2; None when the file does not carry it."""
+    kkt = tree.get("kkt") or {}
+    L_h, ncf = _homogeneity(tree), _opt_float(kkt.get("ncf"))
+    T_b = _opt_float(kkt.get("ncf_flow_blowup_time"))
+    log_A = _opt_float(kkt.get("ncf_flow_log_amplitude"))
+    delta = np.asarray(delta, dtype=float)
+    if L_h is not None and L_h > 2 and T_b is not None:
+        return delta ** (2.0 - L_h) * T_b
+    if L_h == 2 and log_A is not None and ncf is not None and ncf > 0:
+        return (np.log(1.0 / delta) - log_A) / (2.0 * ncf)
+    return None
+
+
 def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> Figure:
     """The figure of an ``escape`` run: :func:`_diagonal_figure` for the 2-D diagonal
     model, else loss curve, escape-time fit (several δ) and |W_l| snapshots."""
@@ -372,11 +388,22 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
                  fontsize=10)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.4 * len(names)])
     axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
-    _loss_panel(axes[0], runs, chosen)
+    _loss_panel(axes[0], runs, chosen, _predicted_escape(tree, shown))
     if many:
         _escape_fit_panel(axes[1], tree, runs)
     _snapshot_grid(bottom, shown, names, shapes, _wz_mask(tree), scale)
     return fig
+
+
+def _predicted_escape(tree: dict, run: _Run) -> tuple[float, str] | None:
+    """The theory's escape time for ``run``: from the NCF flow started at w0 when the file
+    has it, else the leading-order time along w* (Theorems 4/10)."""
+    t = _predicted_from_w0(tree, run.delta)
+    if t is not None:
+        return float(t), "NCF flow from w0"
+    if run.predicted_escape_time is not None:
+        return run.predicted_escape_time, "along w*"
+    return None
 
 
 def _event_window(run: _Run) -> tuple[float, float] | None:
@@ -417,15 +444,25 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
         ax.set_xlim(*window)
 
 
-def _loss_panel(ax, runs: list[_Run], chosen: int) -> None:
-    """Loss against time, events of every run marked (labelled for ``chosen``), and a zoom
-    on the escape drop of ``chosen`` when it is a sliver of the time axis."""
+def _loss_panel(ax, runs: list[_Run], chosen: int,
+                predicted: tuple[float, str] | None = None) -> None:
+    """Loss against time, events of every run marked (labelled for ``chosen``), the
+    predicted escape time of ``chosen`` (time, what predicts it) as a dotted line, and a
+    zoom on the escape drop of ``chosen`` when it is a sliver of the time axis."""
     _plot_losses(ax, runs, chosen)
+    if predicted is not None and math.isfinite(predicted[0]) and predicted[0] > 0:
+        t, what = predicted
+        if t <= runs[chosen].time.max():
+            ax.axvline(t, color="#9467bd", ls=":", lw=1.4,
+                       label=f"predicted escape ({what}): t = {t:.4g}")
+        else:
+            ax.plot([], [], ":", color="#9467bd", lw=1.4,
+                    label=f"predicted escape ({what}): t = {t:.4g}, after the run's end")
     ax.set_xlabel("gradient-flow time t", fontsize=8)
     ax.set_ylabel("training loss", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_title(f"loss; weights below: δ = {runs[chosen].delta:g}", fontsize=9)
-    if len(runs) > 1:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, frameon=False, loc="upper right")
     window = _event_window(runs[chosen])
     if window is not None:
@@ -433,6 +470,10 @@ def _loss_panel(ax, runs: list[_Run], chosen: int) -> None:
         _plot_losses(inset, [runs[chosen]], 0, window, annotate=False)
         inset.set_title("zoom: escape → saddle", fontsize=7, pad=2)
         inset.tick_params(labelsize=6, length=2)
+        inset.ticklabel_format(axis="x", useOffset=False, style="plain")
+        from matplotlib.ticker import MaxNLocator
+
+        inset.xaxis.set_major_locator(MaxNLocator(4))
         ax.indicate_inset_zoom(inset, edgecolor="gray", alpha=0.6)
 
 
@@ -458,7 +499,12 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
     if ncf is not None and ncf > 0:
         slope = theory.escape_slope(ncf, L_h)
         ax.plot(xs, slope * xs, "--", color="#d62728", lw=1,
-                label=f"theory: slope {slope:.4g}")
+                label=f"theory along w*: slope {slope:.4g}")
+    grid = np.sort(deltas)
+    t_w0 = _predicted_from_w0(tree, grid)
+    if t_w0 is not None:
+        ax.plot(theory.escape_regressor(grid, L_h), t_w0, ":", color="#9467bd", lw=1.4,
+                label="theory, NCF flow from w0")
     ax.set_xlabel("ln(1/δ)" if L_h == 2 else f"δ^(2−L_h) = δ^{2 - L_h:g}", fontsize=8)
     ax.set_ylabel("escape time", fontsize=8)
     ax.set_title("escape time (Thm 4)" if L_h == 2 else "escape time (Thm 10)", fontsize=9)
@@ -545,7 +591,8 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncols=3,
                frameon=False)
     ax.set_title("trajectories over the loss contour (paper Figure 2)", fontsize=9)
-    _loss_panel(ax_loss, runs, int(np.argmin([r.delta for r in runs])))
+    smallest = int(np.argmin([r.delta for r in runs]))
+    _loss_panel(ax_loss, runs, smallest, _predicted_escape(tree, runs[smallest]))
     ax_loss.set_title("loss of each run; events marked for the smallest δ", fontsize=9)
     fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
                  fontsize=10)
