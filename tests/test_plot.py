@@ -289,8 +289,23 @@ def test_sweep_has_the_escape_time_fit_with_the_theory_slope(files):
     fig = plot.figure_for(_tree(files / "sweep.h5"))
     fit_ax = next(ax for ax in fig.get_axes() if ax.get_xlabel() == "ln(1/δ)")
     labels = [line.get_label() for line in fit_ax.get_lines()]
-    assert "theory: slope 1" in labels  # 1/(2𝒩) with 𝒩 = 0.5
+    assert "theory along w*: slope 1" in labels  # 1/(2𝒩) with 𝒩 = 0.5
     assert any(lab.startswith("fit: slope 10") for lab in labels)  # t_esc = 10·ln(1/δ)
+
+
+def test_prediction_from_w0_is_drawn_when_the_file_has_it(files):
+    """L_h = 2: T(δ) = (ln(1/δ) − ln A)/(2𝒩) on the fit panel and as a line on the loss."""
+    tree = _tree(files / "sweep.h5")
+    tree["kkt"]["ncf_flow_log_amplitude"] = -1.0
+    fig = plot.figure_for(tree)
+    fit_ax = next(ax for ax in fig.get_axes() if ax.get_xlabel() == "ln(1/δ)")
+    line = next(li for li in fit_ax.get_lines() if li.get_label() == "theory, NCF flow from w0")
+    x, y = line.get_data()
+    assert np.allclose(y, (np.asarray(x) + 1.0) / (2 * 0.5))
+    loss_ax = fig.get_axes()[0]
+    t = (math.log(1000) + 1.0) / (2 * 0.5)  # chosen run: the smallest δ = 0.001
+    assert any(lab.startswith(f"predicted escape (NCF flow from w0): t = {t:.4g}")
+               for lab in loss_ax.get_legend_handles_labels()[1])
 
 
 def test_deep_run_without_saddle_shows_final_and_regressor(files):
