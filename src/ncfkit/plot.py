@@ -445,24 +445,24 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
 
 
 def _loss_panel(ax, runs: list[_Run], chosen: int,
-                predicted: tuple[float, str] | None = None) -> None:
+                predicted: tuple[float, str] | None = None, heading: str | None = None) -> None:
     """Loss against time, events of every run marked (labelled for ``chosen``), the
     predicted escape time of ``chosen`` (time, what predicts it) as a dotted line, and a
     zoom on the escape drop of ``chosen`` when it is a sliver of the time axis."""
     _plot_losses(ax, runs, chosen)
+    title = heading or f"loss; weights below: δ = {runs[chosen].delta:g}"
     if predicted is not None and math.isfinite(predicted[0]) and predicted[0] > 0:
         t, what = predicted
+        title += f"\ndotted: predicted escape ({what}), t = {t:.4g}"
         if t <= runs[chosen].time.max():
-            ax.axvline(t, color="#9467bd", ls=":", lw=1.4,
-                       label=f"predicted escape ({what}): t = {t:.4g}")
+            ax.axvline(t, color="#9467bd", ls=":", lw=1.4)
         else:
-            ax.plot([], [], ":", color="#9467bd", lw=1.4,
-                    label=f"predicted escape ({what}): t = {t:.4g}, after the run's end")
+            title += ", after the run's end"
     ax.set_xlabel("gradient-flow time t", fontsize=8)
     ax.set_ylabel("training loss", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title(f"loss; weights below: δ = {runs[chosen].delta:g}", fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
+    ax.set_title(title, fontsize=9)
+    if len(runs) > 1:
         ax.legend(fontsize=7, frameon=False, loc="upper right")
     window = _event_window(runs[chosen])
     if window is not None:
@@ -592,8 +592,8 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
                frameon=False)
     ax.set_title("trajectories over the loss contour (paper Figure 2)", fontsize=9)
     smallest = int(np.argmin([r.delta for r in runs]))
-    _loss_panel(ax_loss, runs, smallest, _predicted_escape(tree, runs[smallest]))
-    ax_loss.set_title("loss of each run; events marked for the smallest δ", fontsize=9)
+    _loss_panel(ax_loss, runs, smallest, _predicted_escape(tree, runs[smallest]),
+                heading=f"loss; events labelled for δ = {runs[smallest].delta:g}")
     fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
                  fontsize=10)
     return fig
