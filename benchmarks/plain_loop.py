@@ -69,26 +69,28 @@ def main() -> None:
     net = build(X.shape[1], [int(k) for k in args.hidden.split(",")], args.act, init, args.delta, dtype)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr)
     loss_fn = nn.MSELoss()
-    losses, grad_norms, iterates = [], [], []
+    losses, iterates = [], []
     for _ in range(args.steps):
         opt.zero_grad()
         loss = loss_fn(net(X), y)
         loss.backward()
         losses.append(loss.item())
-        grad_norms.append(torch.sqrt(sum((p.grad ** 2).sum() for p in net.parameters())).item())
         iterates.append([p.detach().clone() for p in net.parameters()])
         opt.step()
     wall = time.perf_counter() - t0
 
-    losses_a, grads_a = np.asarray(losses), np.asarray(grad_norms)
+    losses_a = np.asarray(losses)
     below = np.nonzero(losses_a < 0.99 * losses_a[0])[0]
     escape = int(below[0]) if below.size else None
     saddle = None
     if escape is not None:
-        # first plateau after the escape drop: the minimum gradient norm before the loss
-        # falls below 99% of its value there (the same rule ncfkit applies automatically)
-        after = grads_a[escape:]
-        saddle = escape + int(np.argmin(after))
+        # by eye's stand-in, after the loop: the slowest loss change after the escape drop
+        # (iterates are all in memory, as in the usual notebook)
+        rate = np.abs(np.diff(losses_a[escape:]))
+        drop = np.nonzero(rate > 1e-3 * rate.max())[0]
+        start = int(drop[-1]) if drop.size else 0
+        settled = np.nonzero(rate[: start + 1] < 1e-3 * rate.max())[0]
+        saddle = escape + int(settled[0]) if settled.size else None
     if args.save_final:
         np.savez(args.save_final, **{f"W{l + 1}": p.detach().numpy() for l, p in enumerate(net.parameters())})
     print(json.dumps({
