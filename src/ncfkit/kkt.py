@@ -153,14 +153,20 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
         return np.array([-np.inf]), "dense"
     if k <= DENSE_MAX:
         H = ncf_hessian(arch, X, ytilde, w).detach().cpu().double().numpy()
-        H = (H + H.T) / 2
+        H += H.T
+        H *= 0.5
         wn = w.detach().cpu().double().numpy()
-        # Orthonormal basis of w⊥ from a Householder reflection that maps w to e_1.
-        v = wn.copy()
-        v[0] += np.copysign(1.0, wn[0]) * np.linalg.norm(wn)
-        v /= np.linalg.norm(v)
-        Q = (np.eye(k) - 2 * np.outer(v, v))[:, 1:]
-        eigs = np.linalg.eigvalsh(Q.T @ H @ Q)
+        wn /= np.linalg.norm(wn)
+        # P H P − c·w wᵀ with P = I − w wᵀ, formed in place: w is its eigenvector with
+        # eigenvalue −c, below the whole spectrum, and the other k − 1 eigenvalues are
+        # those of ∇²𝒩 restricted to w⊥ (no k × (k−1) basis is built: bounded memory).
+        Hw = H @ wn
+        whw = float(wn @ Hw)
+        c = 1.0 + 2.0 * float(np.abs(H).sum(axis=1).max())  # > spectral radius
+        H -= np.outer(wn, Hw)
+        H -= np.outer(Hw, wn)
+        H += (whw - c) * np.outer(wn, wn)
+        eigs = np.linalg.eigvalsh(H)[1:]
         return eigs[::-1][:num], "dense"
     from scipy.sparse.linalg import LinearOperator, eigsh
 

@@ -2,7 +2,7 @@
 
 The gradient uses each architecture's closed-form backward pass (``Architecture.vjp``);
 Hessian-vector products differentiate that gradient forward (``torch.func.jvp``), and the
-dense Hessian stacks them in chunks (``torch.func.vmap`` over ``jvp``), so its memory
+dense Hessian stacks reverse-mode rows in chunks (:func:`dense_jacobian`), so its memory
 stays bounded for thousands of parameters. All functions accept a batch of
 parameter vectors ``u`` of shape (..., k).
 
@@ -12,7 +12,7 @@ For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩
 from __future__ import annotations
 
 import torch
-from torch.func import jvp, vmap
+from torch.func import jvp
 
 from .losses import Loss
 from .models import Architecture
@@ -43,12 +43,22 @@ def ncf_hvp(arch, X, ytilde, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Jacobian J[i, j] = ∂f_i/∂w_j (k, k) of ``f: (k,) -> (k,)`` at ``w``, computed
-    ``chunk`` columns at a time in forward mode; for f = ∇g it is the Hessian of g."""
+    """Jacobian J[i, j] = ∂f_i/∂w_j (k, k) of ``f: (..., k) -> (..., k)`` (batched over
+    leading axes, as every ncfkit gradient is) at ``w``; for f = ∇g it is the Hessian of g.
+
+    Rows are vector-Jacobian products e_iᵀJ by plain reverse-mode autograd, ``chunk`` rows
+    per backward pass through a batch of copies of ``w``: bounded memory, and none of
+    ``torch.func``'s machinery (which alone cost ~120 MB here).
+    """
     k = w.numel()
     eye = torch.eye(k, dtype=w.dtype, device=w.device)
-    column = vmap(lambda v: jvp(f, (w,), (v,))[1])
-    return torch.cat([column(eye[i : i + chunk]) for i in range(0, k, chunk)]).T
+    rows = []
+    with torch.enable_grad():
+        for i in range(0, k, chunk):
+            V = eye[i : i + chunk]
+            W = w.detach().expand(V.shape[0], -1).clone().requires_grad_(True)
+            rows.append(torch.autograd.grad((f(W) * V).sum(), W)[0])
+    return torch.cat(rows)
 
 
 def ncf_hessian(arch, X, ytilde, u: torch.Tensor) -> torch.Tensor:
