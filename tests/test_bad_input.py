@@ -32,14 +32,6 @@ Y = rng.standard_normal(6)
 FAST = ["--hidden", "3", "--act", "square", "--restarts", "2", "--max-steps", "50"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Files:
     """Makes the files one case needs inside its own folder; each returns its path."""
 

@@ -27,14 +27,6 @@ RUN_KEYS = {"delta", "escaped", "escape_time", "predicted_escape_time", "saddle_
             "sparsity_ratio_saddle"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _run(*args):
     return CliRunner().invoke(cli, [str(a) for a in args])
 

@@ -35,15 +35,6 @@ HIDDEN = {2: (5,), 3: (5, 4), 4: (5, 4, 3)}
 ZERO = {2: ((1, 3),), 3: ((1, 3), (2,)), 4: ((1, 3), (2,), (0,))}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The matrices are tiny; on a shared 2-core machine intra-op threads only add waits.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n=12, d=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=DTYPE)

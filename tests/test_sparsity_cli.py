@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from ncfkit.cli.main import cli
@@ -23,14 +22,6 @@ from ncfkit.io import load_data, provenance, read_h5, write_h5, write_weights
 
 D, K = 4, 6  # input dimension, hidden width of the 2-layer square fixture
 ACTIVE = 2  # the fixture's one active neuron
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(*args):
