@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.func import hessian
 
 import ncfkit.kkt as kkt_module
@@ -28,7 +27,7 @@ from ncfkit.io import load_data
 from ncfkit.kkt import certify, find_kkt_points, normalized_ascent
 from ncfkit.losses import make_loss
 from ncfkit.models import MLP, Diagonal, random_direction
-from utils import assert_close, orthonormal_complement, rel_error, seeded
+from utils import assert_close, orthonormal_complement, ref_mlp_forward, ref_sigma, rel_error, seeded
 
 DTYPE = torch.float64
 CLOSED_FORM_RTOL = 1e-6  # the issue's bar
@@ -62,20 +61,8 @@ def _ref_ncf(arch, X, ytilde):
     """𝒩(w) = ỹᵀH(X; w) written without ncfkit (nn.Linear layout, layers cut by hand)."""
     if isinstance(arch, Diagonal):
         return lambda w: ytilde @ (X @ w**arch.depth)
-    p, alpha = arch.act.p, arch.act.alpha
-    widths = [arch.d, *arch.hidden, 1]
-
-    def f(w):
-        h, start = X, 0
-        for l in range(len(widths) - 1):
-            rows, cols = widths[l + 1], widths[l]
-            h = F.linear(h, w[start : start + rows * cols].reshape(rows, cols))
-            start += rows * cols
-            if l < len(widths) - 2:
-                h = (((1 + alpha) * h + abs(1 - alpha) * h.abs()) / 2) ** p
-        return ytilde @ h[:, 0]
-
-    return f
+    sigma = ref_sigma(arch.act.p, arch.act.alpha)
+    return lambda w: ytilde @ ref_mlp_forward(X, w, [arch.d, *arch.hidden, 1], sigma)
 
 
 def _ref_certificate(arch, X, ytilde, w, L_h):

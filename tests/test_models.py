@@ -28,7 +28,8 @@ from ncfkit.models import (
     parse_hidden,
     random_direction,
 )
-from utils import assert_close, fd_grad, seeded
+from utils import assert_close, fd_grad, ref_mlp_forward, seeded
+from utils import ref_sigma as poly_sigma
 
 DTYPE = torch.float64
 
@@ -49,9 +50,7 @@ def ref_sigma(name: str):
         return torch.tanh
     if name == "gelu":
         return F.gelu
-    p, alpha = P_ALPHA[name]
-    # max(x, αx) = ((1+α)x + |1−α|·|x|)/2: no torch.maximum/where, unlike the library.
-    return lambda x: (((1 + alpha) * x + abs(1 - alpha) * x.abs()) / 2) ** p
+    return poly_sigma(*P_ALPHA[name])
 
 
 def ref_shapes(d, hidden):
@@ -60,17 +59,8 @@ def ref_shapes(d, hidden):
 
 
 def ref_forward(X, w, d, hidden, act):
-    """H(X; w) for one w (k,): nn.Linear layout, layer 1 first, row-major."""
-    sigma, h, start = ref_sigma(act), X, 0
-    shapes = ref_shapes(d, hidden)
-    for l, (rows, cols) in enumerate(shapes):
-        W = w[start : start + rows * cols].reshape(rows, cols)
-        start += rows * cols
-        h = F.linear(h, W)
-        if l < len(shapes) - 1:
-            h = sigma(h)
-    assert start == w.numel()
-    return h[:, 0]
+    """H(X; w) for one w (k,) by the independent reference loop of tests/utils.py."""
+    return ref_mlp_forward(X, w, [d, *hidden, 1], ref_sigma(act))
 
 
 def _problem(d=4, hidden=(5,), n=9, seed=0, batch=()):

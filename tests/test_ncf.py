@@ -13,7 +13,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.func import hessian
 
 from ncfkit.activations import parse_activation
@@ -31,7 +30,7 @@ from ncfkit.ncf import (
     ncf_hvp,
     ncf_value_and_grad,
 )
-from utils import assert_close, fd_grad, fd_hvp, seeded
+from utils import assert_close, fd_grad, fd_hvp, ref_mlp_forward, ref_sigma, seeded
 
 DTYPE = torch.float64
 P_ALPHA = {"linear": (1, 1.0), "relu": (1, 0.0), "leaky:0.1": (1, 0.1), "square": (2, -1.0),
@@ -45,15 +44,7 @@ D, N = 4, 10
 
 def ref_forward(X, w, hidden, act):
     """H(X; w) for one w (k,), layers cut from w by hand (nn.Linear layout)."""
-    p, alpha = P_ALPHA[act]
-    h, start, widths = X, 0, [X.shape[1], *hidden, 1]
-    for l in range(len(widths) - 1):
-        rows, cols = widths[l + 1], widths[l]
-        h = F.linear(h, w[start : start + rows * cols].reshape(rows, cols))
-        start += rows * cols
-        if l < len(widths) - 2:
-            h = (((1 + alpha) * h + abs(1 - alpha) * h.abs()) / 2) ** p
-    return h[:, 0]
+    return ref_mlp_forward(X, w, [X.shape[1], *hidden, 1], ref_sigma(*P_ALPHA[act]))
 
 
 def _setup(act, hidden, seed=0):

@@ -6,8 +6,9 @@
 - :func:`fd_grad`, :func:`fd_jvp` and :func:`fd_hvp` are central finite differences, the
   reference every closed-form or autograd derivative is checked against.
 - :func:`seeded` gives a fresh float64 generator, so every fixture says its seed.
-
-Everything here is generic: it knows nothing of networks or the NCF.
+- :func:`ref_sigma` and :func:`ref_mlp_forward` are the independent reference network:
+  a plain ``F.linear`` loop over weights cut from ``w`` by hand, σ written without the
+  library's ``torch.maximum``/``where``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 __all__ = ["as_numpy", "assert_close", "rel_error", "fd_grad", "fd_jvp", "fd_hvp", "seeded",
-           "orthonormal_complement"]
+           "orthonormal_complement", "ref_sigma", "ref_mlp_forward"]
 
 DTYPE = torch.float64
 
@@ -108,3 +109,25 @@ def orthonormal_complement(w: np.ndarray) -> np.ndarray:
     w = np.asarray(w, dtype=np.float64).reshape(1, -1)
     _, _, vt = np.linalg.svd(w)
     return vt[1:].T
+
+
+def ref_sigma(p: float, alpha: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """σ(x) = max(x, αx)^p as ((1+α)x + |1−α|·|x|)/2)^p (not the library's formula)."""
+    return lambda x: (((1 + alpha) * x + abs(1 - alpha) * x.abs()) / 2) ** p
+
+
+def ref_mlp_forward(X: torch.Tensor, w: torch.Tensor, widths: list[int],
+                    sigma: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """H(X; w) for one w (k,) of a bias-free MLP with ``widths`` = (d, k_1, …, 1):
+    nn.Linear layout, layer 1 first, row-major."""
+    import torch.nn.functional as F
+
+    h, start = X, 0
+    for l in range(len(widths) - 1):
+        rows, cols = widths[l + 1], widths[l]
+        h = F.linear(h, w[start : start + rows * cols].reshape(rows, cols))
+        start += rows * cols
+        if l < len(widths) - 2:
+            h = sigma(h)
+    assert start == w.numel(), "w has more entries than the network"
+    return h[:, 0]
