@@ -245,13 +245,20 @@ class KKTResult:
     stalled: tuple[int, ...] = field(default=())  # starts that stalled above tol
 
 
-def _same_point(arch, X, a: Certificate, b: Certificate, out_a, out_b, rtol: float) -> bool:
-    """Equal up to symmetry: same 𝒩, same network outputs on the data (invariant under
-    permutations, sign flips and the rescalings of Lemma 17), same active-neuron counts."""
-    scale = max(abs(a.ncf), abs(b.ncf), 1e-300)
-    if abs(a.ncf - b.ncf) > rtol * scale:
-        return False
-    if a.active_per_layer != b.active_per_layer:
+def _signature(arch, X, ytilde, w, active_tol: float):
+    """(𝒩, active neurons per layer, H(X; w)) of the unit vector along ``w``: what merging
+    compares. All three are invariant under permutations and sign flips of hidden neurons
+    and the rescalings of Lemma 17."""
+    w = w / w.norm()
+    out = arch.forward(X, w)
+    active = tuple(neuron_activity(arch, w, active_tol).active_per_layer) if isinstance(arch, MLP) else None
+    return float(out @ ytilde), active, out
+
+
+def _same_point(a, b, rtol: float) -> bool:
+    """Equal up to symmetry: same 𝒩, same active-neuron counts, same outputs on the data."""
+    (ncf_a, act_a, out_a), (ncf_b, act_b, out_b) = a, b
+    if abs(ncf_a - ncf_b) > rtol * max(abs(ncf_a), abs(ncf_b), 1e-300) or act_a != act_b:
         return False
     oscale = max(float(out_a.norm()), float(out_b.norm()), 1e-300)
     return float((out_a - out_b).norm()) <= 1e3 * rtol * oscale
@@ -271,30 +278,19 @@ def find_kkt_points(
     asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
     conv = torch.nonzero(asc.converged).flatten().tolist()
     stalled = torch.nonzero(asc.stalled).flatten().tolist()
-    groups: list[tuple[Certificate, torch.Tensor, list[int]]] = []
+    groups: list[tuple[tuple, list[int]]] = []  # (signature of the first member, members)
     # Converged starts first, so a stalled start joins a converged point when it matches.
     for r in sorted(conv, key=lambda i: -float(asc.ncf[i])) + sorted(stalled, key=lambda i: -float(asc.ncf[i])):
-        out = arch.forward(X, asc.u[r])
-        for cert, ref_out, members in groups:
-            if cert is not None and _same_point(arch, X, cert, cert_light(arch, X, ytilde, asc.u[r], active_tol),
-                                                ref_out, out, merge_rtol):
+        sig = _signature(arch, X, ytilde, asc.u[r], active_tol)
+        for ref, members in groups:
+            if _same_point(ref, sig, merge_rtol):
                 members.append(r)
                 break
         else:
-            groups.append((certify(arch, X, ytilde, asc.u[r], active_tol=active_tol), out, [r]))
-    points = [KKTPoint(cert, len(m), len(m) / restarts, tuple(m), bool(asc.converged[m[0]]))
-              for cert, _, m in groups]
+            groups.append((sig, [r]))
+    points = [KKTPoint(certify(arch, X, ytilde, asc.u[m[0]], active_tol=active_tol), len(m),
+                       len(m) / restarts, tuple(m), bool(asc.converged[m[0]])) for _, m in groups]
     points.sort(key=lambda p: -p.cert.ncf)
     unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i] | asc.stalled[i]))
     return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
                      int(asc.steps.max()), unconverged, tuple(stalled))
-
-
-def cert_light(arch, X, ytilde, w, active_tol) -> Certificate:
-    """The cheap part of a certificate (𝒩 and activity) used for merging."""
-    w = w / w.norm()
-    val = float(ncf(arch, X, ytilde, w))
-    act = None
-    if isinstance(arch, MLP):
-        act = tuple(neuron_activity(arch, w, active_tol).active_per_layer)
-    return Certificate(w, val, 0.0, 0.0, 0.0, (), 0.0, None, "", False, "", act, None)
