@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
+from .fastgd import ENGINES, make_stepper, resolve_engine
 from .flow import gradient_flow
 from .ncf import loss_hvp, loss_value_and_grad
 
@@ -78,6 +79,8 @@ class Settings:
             2·k·8·state_capacity bytes would exceed ``state_memory``.
         state_memory: bytes per run for the trajectory sample (w and ∇𝓛 at each).
         events: thresholds of the event detector.
+        engine: how ``gd`` computes its steps (:mod:`ncfkit.fastgd`): ``auto``,
+            ``compiled`` or ``torch``.
     """
 
     max_time: float
@@ -90,6 +93,7 @@ class Settings:
     state_capacity: int = 256
     state_memory: int = 32 << 20
     events: EventSettings = field(default_factory=EventSettings)
+    engine: str = "auto"
 
     def __post_init__(self):
         if not (math.isfinite(self.max_time) and self.max_time > 0):
@@ -100,6 +104,8 @@ class Settings:
             raise ValueError(f"until must be 'saddle' or 'max-time' (got {self.until!r})")
         if self.block < 1:
             raise ValueError("block must be >= 1")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,7 @@ class Simulation:
     settings: Settings
     wall_time: float
     interrupted: KeyboardInterrupt | None = None  # what stopped the runs early, if anything
+    engine: str | None = None  # gd: the engine that ran the steps (compiled / torch)
 
     @property
     def status(self) -> str:
@@ -391,16 +398,19 @@ class Tracker:
 
 
 def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings, tracker: Tracker) -> None:
-    """Plain GD w ← w − η∇𝓛(w) on every row of ``w0`` (B, k), t = step·η.
+    """Plain GD w ← w − η∇𝓛(w) on every row of ``w0`` (B, k), t = step·η, with the steps
+    computed by ``settings.engine`` (:func:`ncfkit.fastgd.make_stepper`).
 
-    Steps run in blocks of K (1 ≤ K ≤ ``settings.block``) with the losses kept on the
-    device; after a block one host transfer inspects them (:meth:`Tracker.scan`). When a
-    row crossed its escape level inside the block, the block is re-run from its start up
-    to that step (same iterates), so the escape snapshot is exact. K halves when a
-    checkpoint saw more change than the record resolution, and doubles when it saw
-    little, so events and records are resolved without a host sync every step.
+    Steps run in blocks of K (1 ≤ K ≤ ``settings.block``) by the engine (the compiled
+    kernel, or torch with the losses kept on the device); after a block one look at the
+    per-step losses (:meth:`Tracker.scan`) decides. When a row crossed its escape level
+    inside the block, the block is re-run from its start up to that step (same iterates),
+    so the escape snapshot is exact. K halves when a checkpoint saw more change than the
+    record resolution, and doubles when it saw little, so events and records are resolved
+    without a host sync every step.
     """
     lr = settings.lr
+    stepper = make_stepper(objective, lr, settings.engine)
     n_steps = int(math.floor(settings.max_time / lr + 1e-9))
     w = w0.clone()
     L, g = objective.value_and_grad(w)
@@ -410,17 +420,10 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
         # early samples log-spaced: K ≤ 1 + step/32 keeps ≥ 32 checkpoints per e-fold
         K = max(1, min(K, settings.block, n_steps - step, 1 + step // 32))
         w_start, L_start, g_start = w, L, g
-        losses = []  # 𝓛 of iterates step … step+K−1, stacked and read once per block
-        for _ in range(K):
-            losses.append(L)
-            w = torch.add(w, g, alpha=-lr)
-            L, g = objective.value_and_grad(w)
-        cut = tracker.scan(step, torch.stack(losses).cpu().numpy(), lambda s: s * lr)
+        w, L, g, losses = stepper(w, L, g, K)  # losses of iterates step … step+K−1
+        cut = tracker.scan(step, losses, lambda s: s * lr)
         if cut is not None:  # land the checkpoint on the escape step
-            w, L, g = w_start, L_start, g_start
-            for _ in range(cut):
-                w = torch.add(w, g, alpha=-lr)
-                L, g = objective.value_and_grad(w)
+            w, L, g, _ = stepper(w_start, L_start, g_start, cut)
             step += cut
         else:
             step += K
@@ -466,6 +469,7 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
 
     Raises:
         KeyError: unknown method.
+        ValueError: ``settings.engine`` is ``compiled`` where it cannot run.
     """
     if method not in METHODS:
         raise KeyError(f"unknown dynamics method {method!r}; expected one of {', '.join(METHODS)}")
@@ -474,6 +478,7 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
     tracker = Tracker(objective, w0.shape[0], settings, w_star=w_star, wz_mask=wz_mask,
                       observer=observer)
     start = _time.perf_counter()
+    engine = resolve_engine(objective, settings.engine) if method == "gd" else None
     interrupted = None
     try:
         METHODS[method](objective, w0, settings, tracker)
@@ -482,7 +487,8 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
             raise
         tracker.finish("interrupted")
         interrupted = e
-    return Simulation(tracker.results(), method, settings, _time.perf_counter() - start, interrupted)
+    return Simulation(tracker.results(), method, settings, _time.perf_counter() - start, interrupted,
+                      engine)
 
 
 # --------------------------------------------------------------------------- analysis

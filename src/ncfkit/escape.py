@@ -434,6 +434,7 @@ def report_json(report: EscapeReport) -> dict:
            "kkt": kkt_json(report.point),
            "runs": [r.to_dict() for r in report.runs],
            "status": report.status, "method": report.simulation.method,
+           "engine": report.simulation.engine,
            "lr": report.simulation.settings.lr, "eps": report.simulation.settings.events.eps,
            "max_time": report.simulation.settings.max_time,
            "wall_time": report.simulation.wall_time}
@@ -469,7 +470,8 @@ def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> di
     """The run.h5 layout (kind ``escape``), documented in :data:`RUN_H5_LAYOUT`."""
     sim = report.simulation
     tree: dict = {"status": report.status, "message": message, "homogeneity": _nan(report.homogeneity),
-                  "num_params": report.num_params, "method": sim.method, "provenance": provenance}
+                  "num_params": report.num_params, "method": sim.method,
+                  "engine": sim.engine or "", "provenance": provenance}
     point = report.point
     if point is not None:
         c = point.cert
@@ -517,7 +519,8 @@ def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> di
 RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
 
 /                  attrs: status (complete | diverged | interrupted), message, homogeneity
-                   (NaN: not homogeneous), num_params, method, ncfkit_version
+                   (NaN: not homogeneous), num_params, method, engine (gd: compiled |
+                   torch; "" for flow), ncfkit_version
 /provenance        attrs: data_file, data_sha256, n, d, architecture (JSON of
                    arch.to_dict()), loss, reduction, seed, dtype, device, init, lr, eps,
                    max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...

@@ -11,6 +11,7 @@ import time
 import click
 
 from ..dynamics import METHODS
+from ..fastgd import ENGINES
 from .options import (
     build_problem,
     emit_json,
@@ -264,6 +265,10 @@ def _summary_lines(report, problem):
                    "adaptive Dormand–Prince 5(4) integrator with tolerance --rtol.")
 @click.option("--rtol", type=float, default=1e-8, show_default=True,
               help="Relative tolerance of --method flow (local error per step).")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
+              help="How --method gd computes its steps: compiled (a C kernel, CPU, float32/64, "
+                   "the feed-forward and diagonal models), torch (any device), or auto (compiled "
+                   "where it applies). Both give the same iterates up to round-off.")
 @click.option("--eps", type=float, default=0.01, show_default=True,
               help="Escape: the first time the loss < (1 − eps)·loss(0).")
 @click.option("--until", type=click.Choice(["saddle", "max-time"]), default="saddle", show_default=True,
@@ -277,7 +282,7 @@ def _summary_lines(report, problem):
 @output_options
 @guarded
 def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device, deltas,
-            init, kkt_file, point, lr, max_time, method, rtol, eps, until, delta_ref, restarts,
+            init, kkt_file, point, lr, max_time, method, rtol, engine, eps, until, delta_ref, restarts,
             max_steps, tol, as_json, out, force):
     """Train from δ·w0 with gradient descent for every --delta, detect the escape from the
     origin and the first saddle, and compare with the theory: escape time (Theorems 4,
@@ -310,13 +315,21 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
         if max_time is None:
             raise InputError("--max-time is needed: no escape time is predicted here "
                              "(non-homogeneous activation, or a governing KKT point with 𝒩 ≤ 0)")
-    settings = Settings(max_time=max_time, lr=lr, rtol=rtol, until=until, events=EventSettings(eps=eps))
+    settings = Settings(max_time=max_time, lr=lr, rtol=rtol, until=until, events=EventSettings(eps=eps),
+                        engine=engine)
     ref = None if delta_ref == "none" else (delta_ref if delta_ref == "auto" else float(delta_ref))
-    prov = provenance(problem.data, **problem.settings, init=init, method=method, lr=lr, rtol=rtol, eps=eps,
+    prov = provenance(problem.data, **problem.settings, init=init, method=method, lr=lr, rtol=rtol,
+                      engine=engine, eps=eps,
                       max_time=max_time, until=until, deltas=list(deltas), delta_ref=str(delta_ref),
                       kkt_file=kkt_file, point=point)
     bar, observer = _progress(console, len(deltas), max_time)
     objective = Objective(problem.arch, problem.X, problem.y, problem.loss)
+    if method == "gd" and engine == "compiled":
+        from ..fastgd import compiled_unsupported
+
+        why = compiled_unsupported(objective)
+        if why is not None:
+            raise InputError(f"--engine compiled: {why}; use --engine auto or torch")
     with bar:
         report = run_escape(objective, w0, deltas, settings, method=method, point=gp,
                             delta_ref=ref, observer=observer)

@@ -1,0 +1,154 @@
+"""GD engines: the stretch of K plain gradient-descent steps w ← w − η∇𝓛(w) that
+:func:`ncfkit.dynamics.gradient_descent` runs between two checkpoints.
+
+Two engines compute the same iterates (up to floating-point summation order):
+
+- ``compiled``: ``ncfkit._gdkernel``, a small C kernel built with the package
+  (``setup.py``; optional, skipped without a C compiler). It writes the closed-form
+  forward/backward pass of :class:`ncfkit.models.MLP` / :class:`~ncfkit.models.Diagonal`
+  with the square or logistic loss as loops over the samples, allocates nothing per
+  step and runs K steps per call, so a step costs its arithmetic and no per-operation
+  overhead (eager torch spends ~10x longer dispatching the same ~10 small ops). CPU
+  tensors of float32/float64 only.
+- ``torch``: the same step with :func:`ncfkit.ncf.loss_value_and_grad` (any device,
+  any architecture ncfkit has); the reference the compiled engine is tested against.
+
+``auto`` takes ``compiled`` where it applies and ``torch`` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .models import MLP, Diagonal
+
+__all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "compiled_available",
+           "compiled_unsupported"]
+
+ENGINES = ("auto", "compiled", "torch")
+
+#: ``stepper(w, L, g, K) -> (w_K, 𝓛(w_K), ∇𝓛(w_K), losses)`` from w_0 = w (B, k) with
+#: its known loss L and gradient g (none of them modified); ``losses`` (K, B) float64
+#: holds 𝓛 of the iterates w_0 … w_{K−1}.
+Stepper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]
+
+try:  # built by setup.py; absent when the package was installed without a C compiler
+    from . import _gdkernel
+except ImportError:  # pragma: no cover - depends on the build
+    _gdkernel = None
+
+_ACT_CODES = {"square": 0, "linear": 1, "relu": 2, "tanh": 4, "gelu": 5}
+_LOSS_CODES = {"square": 0, "logistic": 1}
+
+
+def compiled_available() -> bool:
+    """Whether the C kernel was built and imports."""
+    return _gdkernel is not None
+
+
+def compiled_unsupported(objective) -> str | None:
+    """Why the compiled engine cannot run ``objective`` (None: it can)."""
+    if _gdkernel is None:
+        return "the compiled GD kernel was not built (no C compiler at install time?)"
+    X = objective.X
+    if X.device.type != "cpu":
+        return f"the compiled engine runs on the CPU only (data on {X.device})"
+    if X.dtype not in (torch.float32, torch.float64):
+        return f"the compiled engine needs float32 or float64 (got {X.dtype})"
+    loss = objective.loss
+    if loss.name not in _LOSS_CODES:
+        return f"the compiled engine has no {loss.name!r} loss"
+    arch = objective.arch
+    if isinstance(arch, Diagonal):
+        return None
+    if not isinstance(arch, MLP):
+        return f"the compiled engine has no {type(arch).__name__} architecture"
+    if arch.depth > 62:
+        return "the compiled engine handles at most 62 layers"
+    act = arch.act
+    if not act.homogeneous and act.name not in _ACT_CODES:
+        return f"the compiled engine has no {act.name!r} activation"
+    return None
+
+
+def _act_code(act) -> tuple[int, float, float]:
+    """(code, p, α) of the C kernel for one activation (its fast paths as in
+    :meth:`ncfkit.activations.Activation.__call__`)."""
+    if not act.homogeneous:
+        return _ACT_CODES[act.name], 0.0, 0.0
+    if act.alpha == -1.0 and act.p == 2:
+        return 0, 2.0, -1.0
+    if act.alpha == 1.0 and act.p == 1:
+        return 1, 1.0, 1.0
+    if act.alpha == 0.0 and act.p == 1:
+        return 2, 1.0, 0.0
+    return 3, float(act.p), float(act.alpha)
+
+
+def _compiled_stepper(objective, lr: float) -> Stepper:
+    arch, X, y, loss = objective.arch, objective.X, objective.y, objective.loss
+    np_dtype = np.float64 if X.dtype == torch.float64 else np.float32
+    XT = np.ascontiguousarray(X.detach().numpy().T, dtype=np_dtype)
+    yv = np.ascontiguousarray(y.detach().numpy(), dtype=np_dtype)
+    if isinstance(arch, Diagonal):
+        widths = np.array([arch.d, arch.depth], dtype=np.int64)
+        kind, (act, p, alpha) = 1, (0, 0.0, 0.0)
+    else:
+        widths = np.array(arch.widths, dtype=np.int64)
+        kind, (act, p, alpha) = 0, _act_code(arch.act)
+    code = _LOSS_CODES[loss.name]
+    scale = 1.0 / yv.shape[0] if loss.reduction == "mean" else 1.0
+
+    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
+        out = w.detach().to(dtype=X.dtype).contiguous().clone()
+        grad = torch.empty_like(out)
+        losses = np.empty((K + 1, out.shape[0]), dtype=np_dtype)
+        _gdkernel.gd_block(XT, yv, out.numpy(), grad.numpy(), losses, widths, out.shape[0], K, lr,
+                           kind, act, p, alpha, code, scale)
+        return out, torch.from_numpy(losses[K].copy()), grad, losses[:K].astype(np.float64)
+
+    return step
+
+
+def _torch_stepper(objective, lr: float) -> Stepper:
+    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
+        losses = []  # kept on the device, read once per block
+        for _ in range(K):
+            losses.append(L)
+            w = torch.add(w, g, alpha=-lr)
+            L, g = objective.value_and_grad(w)
+        arr = torch.stack(losses).detach().cpu().double().numpy() if losses else \
+            np.empty((0, w.shape[0]))
+        return w, L, g, arr
+
+    return step
+
+
+def resolve_engine(objective, engine: str = "auto") -> str:
+    """The engine that ``engine`` means for ``objective``: ``auto`` becomes ``compiled``
+    where the kernel applies, else ``torch``.
+
+    Raises:
+        ValueError: unknown engine, or ``compiled`` asked for where it cannot run (the
+            message says why).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown GD engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return "torch"
+    why = compiled_unsupported(objective)
+    if engine == "compiled" and why is not None:
+        raise ValueError(f"the compiled GD engine cannot run this: {why}")
+    return "compiled" if why is None else "torch"
+
+
+def make_stepper(objective, lr: float, engine: str = "auto") -> Stepper:
+    """The GD stepper of ``engine`` (see :func:`resolve_engine`) for ``objective`` and
+    step ``lr``."""
+    if resolve_engine(objective, engine) == "compiled":
+        return _compiled_stepper(objective, lr)
+    return _torch_stepper(objective, lr)
