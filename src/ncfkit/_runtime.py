@@ -43,3 +43,21 @@ def default_threads() -> None:
         torch.set_num_threads(max(1, int(wanted)) if wanted else 1)
     except ValueError:
         torch.set_num_threads(1)
+
+
+def row_workers() -> int:
+    """Threads for independent rows of the compiled GD engine (one run each, no shared
+    state, blocking waits: nothing spins): ``NCFKIT_THREADS`` or ``OMP_NUM_THREADS``
+    when set, else the CPUs this process may use."""
+    import os
+
+    wanted = os.environ.get("NCFKIT_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    try:
+        if wanted:
+            return max(1, int(wanted))
+    except ValueError:
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

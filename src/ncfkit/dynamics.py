@@ -39,7 +39,7 @@ import torch
 from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
 from .fastgd import ENGINES, make_stepper, resolve_engine
 from .flow import gradient_flow
-from .ncf import loss_hvp, loss_value_and_grad
+from .ncf import loss_hessian, loss_hvp, loss_value_and_grad
 
 __all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResult",
            "Simulation", "Tracker", "gradient_descent", "METHODS", "simulate",
@@ -197,6 +197,8 @@ class Tracker:
         self.B = batch
         self.w_star = None if w_star is None else w_star / w_star.norm()
         self.wz_mask = None if wz_mask is None or not bool(wz_mask.any()) else wz_mask
+        self._w_star_np = None if self.w_star is None else self.w_star.detach().cpu().double().numpy()
+        self._wz_np = None if self.wz_mask is None else self.wz_mask.detach().cpu().numpy().astype(bool)
         self.observer = observer
         self.active = np.arange(batch)  # rows of the original batch still running
         self.detectors: list[EventDetector] = []
@@ -215,13 +217,20 @@ class Tracker:
 
     # ------------------------------------------------------------------ helpers
     def _values(self, w: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
-        """(B_active, 5): loss, ‖∇𝓛‖, ‖w‖, cos(w, w*), ‖w_z‖/‖w‖ — one host transfer."""
-        wn = w.norm(dim=-1)
-        cols = [loss, grad.norm(dim=-1), wn]
-        nan = torch.full_like(wn, float("nan"))
-        cols.append(w @ self.w_star / wn if self.w_star is not None else nan)
-        cols.append(w[:, self.wz_mask].norm(dim=-1) / wn if self.wz_mask is not None else nan)
-        return torch.stack(cols, dim=1).detach().cpu().numpy()
+        """(B_active, 5): loss, ‖∇𝓛‖, ‖w‖, cos(w, w*), ‖w_z‖/‖w‖, in numpy on the host
+        (a free view of CPU tensors; numpy's small ops cost a fraction of torch's)."""
+        W = w.detach().cpu().double().numpy()
+        wn = np.linalg.norm(W, axis=-1)
+        out = np.full((W.shape[0], 5), np.nan)
+        out[:, 0] = loss.detach().cpu().double().numpy()
+        out[:, 1] = np.linalg.norm(grad.detach().cpu().double().numpy(), axis=-1)
+        out[:, 2] = wn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self._w_star_np is not None:
+                out[:, 3] = W @ self._w_star_np / wn
+            if self._wz_np is not None:
+                out[:, 4] = np.linalg.norm(W[:, self._wz_np], axis=-1) / wn
+        return out
 
     def _snap(self, row: int, name: str, step: int, t: float, v: np.ndarray, w_row: torch.Tensor) -> None:
         self.snapshots[row][name] = Snapshot(t, step, float(v[0]), float(v[1]),
@@ -329,7 +338,10 @@ class Tracker:
                 keep[i] = False
         self.active = self.active[keep]
         keep_t = torch.as_tensor(keep, device=w.device)
-        self._last = (step, t, w[keep_t].detach().clone(), vals[keep], grad[keep_t].detach().clone())
+        if bool(keep.all()):  # the method never writes into w or grad in place
+            self._last = (step, t, w.detach(), vals, grad.detach())
+        else:
+            self._last = (step, t, w[keep_t].detach(), vals[keep], grad[keep_t].detach())
         if self.observer is not None:
             self.observer(self.progress(t, step))
         return Verdict(keep_t, change)
@@ -519,16 +531,12 @@ class HessianExtremes:
 def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int = 3000,
                            chunk: int = 64) -> HessianExtremes:
     """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,): dense for
-    k ≤ ``dense_max`` (the columns ∇²𝓛 e_j as Hessian-vector products, ``chunk`` at a
-    time, so memory stays ~chunk × one backward pass), else Lanczos (scipy ``eigsh``)."""
+    k ≤ ``dense_max`` (rows of ∇²𝓛 by reverse mode, ``chunk`` at a time, so memory
+    stays ~chunk × one backward pass), else Lanczos (scipy ``eigsh``)."""
     o = objective
     k = w.numel()
     if k <= dense_max:
-        from torch.func import vmap
-
-        eye = torch.eye(k, dtype=w.dtype, device=w.device)
-        H = vmap(lambda v: loss_hvp(o.arch, o.X, o.y, o.loss, w, v), chunk_size=chunk)(eye)
-        H = H.detach().cpu().double().numpy()
+        H = loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk).detach().cpu().double().numpy()
         eigs = np.linalg.eigvalsh((H + H.T) / 2)
         return HessianExtremes(float(eigs[0]), float(eigs[-1]), "dense")
     from scipy.sparse.linalg import LinearOperator, eigsh

@@ -8,8 +8,9 @@ Two engines compute the same iterates (up to floating-point summation order):
   forward/backward pass of :class:`ncfkit.models.MLP` / :class:`~ncfkit.models.Diagonal`
   with the square or logistic loss as loops over the samples, allocates nothing per
   step and runs K steps per call, so a step costs its arithmetic and no per-operation
-  overhead (eager torch spends ~10x longer dispatching the same ~10 small ops). CPU
-  tensors of float32/float64 only.
+  overhead (eager torch spends ~10x longer dispatching the same ~10 small ops). Rows
+  (several δ, the reference run) are independent and run on parallel threads
+  (:func:`ncfkit._runtime.row_workers`). CPU tensors of float32/float64 only.
 - ``torch``: the same step with :func:`ncfkit.ncf.loss_value_and_grad` (any device,
   any architecture ncfkit has); the reference the compiled engine is tested against.
 
@@ -19,10 +20,12 @@ Two engines compute the same iterates (up to floating-point summation order):
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from ._runtime import row_workers
 from .models import MLP, Diagonal
 
 __all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "compiled_available",
@@ -103,15 +106,39 @@ def _compiled_stepper(objective, lr: float) -> Stepper:
     code = _LOSS_CODES[loss.name]
     scale = 1.0 / yv.shape[0] if loss.reduction == "mean" else 1.0
 
-    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
-        out = w.detach().to(dtype=X.dtype).contiguous().clone()
-        grad = torch.empty_like(out)
+    def run(out: torch.Tensor, grad: torch.Tensor, K: int) -> np.ndarray:
         losses = np.empty((K + 1, out.shape[0]), dtype=np_dtype)
         _gdkernel.gd_block(XT, yv, out.numpy(), grad.numpy(), losses, widths, out.shape[0], K, lr,
                            kind, act, p, alpha, code, scale)
+        return losses
+
+    workers = row_workers()
+
+    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
+        out = w.detach().to(dtype=X.dtype).contiguous().clone()
+        grad = torch.empty_like(out)
+        B = out.shape[0]
+        n_par = min(workers, B)
+        if n_par > 1 and K >= 4:  # rows are independent: one slice of rows per thread
+            cuts = np.linspace(0, B, n_par + 1).astype(int)
+            parts = [(out[a:b], grad[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+            losses = np.concatenate(list(_pool(n_par).map(lambda pg: run(*pg, K), parts)), axis=1)
+        else:
+            losses = run(out, grad, K)
         return out, torch.from_numpy(losses[K].copy()), grad, losses[:K].astype(np.float64)
 
     return step
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ≥ n threads (the kernel releases the GIL)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < n:
+        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ncfkit-gd")
+    return _POOL
 
 
 def _torch_stepper(objective, lr: float) -> Stepper:

@@ -1,9 +1,11 @@
 """The neural correlation function 𝒩(u) = ỹᵀ H(X; u) (eq. 3) and its derivatives.
 
 The gradient uses each architecture's closed-form backward pass (``Architecture.vjp``);
-Hessian-vector products differentiate that gradient forward (``torch.func.jvp``), and the
-dense Hessian stacks reverse-mode rows in chunks (:func:`dense_jacobian`), so its memory
-stays bounded for thousands of parameters. All functions accept a batch of
+Hessian-vector products differentiate ⟨that gradient, v⟩ once more by reverse-mode
+autograd (:func:`vjp`: the Hessian is symmetric, so vᵀ∇²f = ∇²f v), and the dense Hessian
+stacks such rows in chunks (:func:`dense_jacobian`), so its memory stays bounded for
+thousands of parameters. Plain autograd only: the first ``torch.func`` transform of a
+process imports torch._dynamo, ~3 s of every command's start-up. All functions accept a batch of
 parameter vectors ``u`` of shape (..., k).
 
 For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩(u).
@@ -12,12 +14,10 @@ For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩
 from __future__ import annotations
 
 import torch
-from torch.func import jvp
-
 from .losses import Loss
 from .models import Architecture
 
-__all__ = ["ncf", "ncf_grad", "ncf_value_and_grad", "ncf_hvp", "ncf_hessian",
+__all__ = ["ncf", "ncf_grad", "ncf_value_and_grad", "ncf_hvp", "ncf_hessian", "vjp", "dense_jacobian",
            "loss_value", "loss_value_and_grad", "loss_hvp", "loss_hessian"]
 
 
@@ -37,28 +37,37 @@ def ncf_value_and_grad(arch, X, ytilde, u):
     return out @ ytilde, grad
 
 
+def vjp(f, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """vᵀ J_f(w) for ``f: (..., k) -> (..., k)`` (batched over leading axes, as every
+    ncfkit gradient is), batched over the leading axes of ``v`` (``w`` is broadcast to
+    them), by plain reverse-mode autograd. For f = ∇g it is the Hessian-vector product
+    ∇²g(w) v (the Hessian is symmetric). An f that does not depend on w gives zeros."""
+    lead = torch.broadcast_shapes(w.shape, v.shape)
+    with torch.enable_grad():
+        W = w.detach().expand(lead).clone().requires_grad_(True)
+        out = f(W)
+        if not out.requires_grad:  # f constant in w (e.g. the NCF gradient of a linear net)
+            return torch.zeros(lead, dtype=w.dtype, device=w.device)
+        (g,) = torch.autograd.grad((out * v).sum(), W, allow_unused=True)
+    return torch.zeros(lead, dtype=w.dtype, device=w.device) if g is None else g
+
+
 def ncf_hvp(arch, X, ytilde, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """∇²𝒩(u) v (forward-over-closed-form-reverse)."""
-    return jvp(lambda x: ncf_grad(arch, X, ytilde, x), (u,), (v,))[1]
+    """∇²𝒩(u) v."""
+    return vjp(lambda x: ncf_grad(arch, X, ytilde, x), u, v)
 
 
 def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Jacobian J[i, j] = ∂f_i/∂w_j (k, k) of ``f: (..., k) -> (..., k)`` (batched over
     leading axes, as every ncfkit gradient is) at ``w``; for f = ∇g it is the Hessian of g.
 
-    Rows are vector-Jacobian products e_iᵀJ by plain reverse-mode autograd, ``chunk`` rows
-    per backward pass through a batch of copies of ``w``: bounded memory, and none of
-    ``torch.func``'s machinery (which alone cost ~120 MB here).
+    Rows are vector-Jacobian products e_iᵀJ (:func:`vjp`), ``chunk`` rows per backward
+    pass through a batch of copies of ``w``: bounded memory, and none of ``torch.func``'s
+    machinery (which alone cost ~120 MB here).
     """
     k = w.numel()
     eye = torch.eye(k, dtype=w.dtype, device=w.device)
-    rows = []
-    with torch.enable_grad():
-        for i in range(0, k, chunk):
-            V = eye[i : i + chunk]
-            W = w.detach().expand(V.shape[0], -1).clone().requires_grad_(True)
-            rows.append(torch.autograd.grad((f(W) * V).sum(), W)[0])
-    return torch.cat(rows)
+    return torch.cat([vjp(f, w, eye[i : i + chunk]) for i in range(0, k, chunk)])
 
 
 def ncf_hessian(arch, X, ytilde, u: torch.Tensor) -> torch.Tensor:
@@ -83,9 +92,9 @@ def _loss_grad(arch, X, y, loss, w):
 
 def loss_hvp(arch, X, y, loss: Loss, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """∇²𝓛(w) v."""
-    return jvp(lambda x: _loss_grad(arch, X, y, loss, x), (w,), (v,))[1]
+    return vjp(lambda x: _loss_grad(arch, X, y, loss, x), w, v)
 
 
-def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor) -> torch.Tensor:
+def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """Dense ∇²𝓛(w) of one point (k,), shape (k, k)."""
-    return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w)
+    return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w, chunk)
