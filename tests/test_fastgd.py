@@ -595,12 +595,10 @@ def test_kernel_wrong_arity_is_type_error():
         fastgd._gdkernel.gd_block(1, 2, 3)
 
 
-# Known kernel bugs, kept as strict xfails (an XPASS after a fix says: drop the mark).
-# The memory-safety ones run in a child process, since they corrupt the heap.
+# Bugs the kernel once had (found by these tests, now fixed). The memory-safety ones run
+# in a child process: a regression would corrupt the heap.
 
 
-@pytest.mark.xfail(strict=True, reason="gd_block checks only the item size, not the buffer "
-                   "format: int64 arrays are read and written as float64 bit patterns")
 def test_kernel_rejects_integer_buffers():
     a = _bad(**{k: v.astype(np.int64) for k, v in _kernel_args().items()
                 if k in ("XT", "y", "w", "g", "losses")})
@@ -608,8 +606,6 @@ def test_kernel_rejects_integer_buffers():
         _call(a)
 
 
-@pytest.mark.xfail(strict=True, reason="more than 64 widths: gd_block_f64 returns 0 and the "
-                   "wrapper reports MemoryError, not a ValueError about the depth")
 def test_kernel_rejects_too_many_layers():
     widths = np.ones(66, dtype=np.int64)
     widths[0] = 3
@@ -642,15 +638,10 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="gd_block validates an unknown arch code (not 0/1) as "
-                   "the diagonal model but runs it as an MLP: writes past w and g (heap "
-                   "corruption)")
 def test_kernel_rejects_unknown_arch_code_in_child():
     _assert_child_value_error("arch")
 
 
-@pytest.mark.xfail(strict=True, reason="gd_block accepts negative widths; plane pointers then "
-                   "step backwards out of the work buffer (heap corruption)")
 def test_kernel_rejects_negative_widths_in_child():
     _assert_child_value_error("negative")
 

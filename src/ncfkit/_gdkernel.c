@@ -1,6 +1,7 @@
 /* Compiled gradient-descent blocks for the CPU: the fast path of ncfkit.dynamics' GD.
  *
- * One call advances B rows of flat weights w (B, k) by K steps of w <- w - lr * grad L(w),
+ * One call advances B rows of flat weights w (B, k) by K steps of w <- w - lr * grad L(w)
+ * (K = 0: just L and grad L, the fast gradient of ncfkit.fastgd.value_and_grad_fn),
  * for the feed-forward nets of ncfkit.models.MLP (no biases, sigma = max(x, a x)^p, tanh,
  * gelu) and Example 1's diagonal model, with the square or logistic loss. The maths is
  * the closed-form forward/backward pass of models.MLP.forward_and_vjp, written as loops:
@@ -20,7 +21,8 @@
  *   widths  (L+1,)   int64 k_0 = d, k_1, ..., k_L = 1   (arch 1: (d, D))
  *   arch    0: mlp, 1: diag (H = sum_c w_c^D x_c)
  *   act     0 square, 1 linear, 2 relu, 3 max(x, alpha x)^p, 4 tanh, 5 gelu
- *   loss    0 square (p - y)^2, 1 logistic log(1 + exp(-p y)); times `scale` (1 or 1/n)
+ *   loss    0 square (p - y)^2, 1 logistic log(1 + exp(-p y)), 2 correlation p y (then
+ *           "L" is the NCF y^T H(X; w) of eq. 3, with y = ytilde); times `scale` (1 or 1/n)
  *
  * Every kernel is compiled twice (double, float) from the one body below.
  * Returns the number of steps taken (K); rows whose loss turned non-finite keep going,
@@ -46,7 +48,7 @@
 #endif
 
 enum { ACT_SQUARE, ACT_LINEAR, ACT_RELU, ACT_POWER, ACT_TANH, ACT_GELU };
-enum { LOSS_SQUARE, LOSS_LOGISTIC };
+enum { LOSS_SQUARE, LOSS_LOGISTIC, LOSS_CORRELATION };
 enum { ARCH_MLP, ARCH_DIAG };
 
 #define REAL double
@@ -103,22 +105,46 @@ static PyObject *py_gd_block(PyObject *Py_UNUSED(self), PyObject *args) {
     PyObject *result = NULL;
     for (; got < 6; got++)
         if (get_buffer(objs[got], &bufs[got], writable[got], names[got]) < 0) goto done;
-    if (bufs[5].itemsize != 8) {
+    const char *wfmt = bufs[5].format ? bufs[5].format : "B";
+    if (bufs[5].itemsize != 8 || !(strcmp(wfmt, "q") == 0 || strcmp(wfmt, "l") == 0 ||
+                                   strcmp(wfmt, "<q") == 0 || strcmp(wfmt, "=q") == 0)) {
         PyErr_SetString(PyExc_ValueError, "gd_block: widths must be int64");
         goto done;
     }
     const int64_t *widths = (const int64_t *)bufs[5].buf;
     Py_ssize_t nw = bufs[5].len / 8;
     Py_ssize_t item = bufs[2].itemsize;
-    for (int i = 0; i < 5; i++)
-        if (bufs[i].itemsize != item || (item != 8 && item != 4)) {
-            PyErr_SetString(PyExc_ValueError, "gd_block: XT, y, w, g, losses must share one float dtype");
+    const char *want = item == 8 ? "d" : "f";
+    for (int i = 0; i < 5; i++) {
+        const char *f = bufs[i].format ? bufs[i].format : "B";
+        if (*f == '<' || *f == '=' || *f == '@') f++;
+        if (bufs[i].itemsize != item || (item != 8 && item != 4) || strcmp(f, want) != 0) {
+            PyErr_SetString(PyExc_ValueError,
+                            "gd_block: XT, y, w, g, losses must share one float dtype (float32 or float64)");
             goto done;
         }
-    if (nw < 2 || B < 1 || K < 0) {
+    }
+    if (arch != ARCH_MLP && arch != ARCH_DIAG) {
+        PyErr_SetString(PyExc_ValueError, "gd_block: arch must be 0 (mlp) or 1 (diag)");
+        goto done;
+    }
+    if (act < ACT_SQUARE || act > ACT_GELU || loss < LOSS_SQUARE || loss > LOSS_CORRELATION) {
+        PyErr_SetString(PyExc_ValueError, "gd_block: unknown activation or loss code");
+        goto done;
+    }
+    if (nw < 2 || B < 1 || K < 0 || (arch == ARCH_DIAG && nw != 2)) {
         PyErr_SetString(PyExc_ValueError, "gd_block: bad sizes");
         goto done;
     }
+    if (nw > 64) {
+        PyErr_SetString(PyExc_ValueError, "gd_block: at most 63 layers");
+        goto done;
+    }
+    for (Py_ssize_t l = 0; l < nw; l++)
+        if (widths[l] < 1 || widths[l] > ((int64_t)1 << 31)) {
+            PyErr_SetString(PyExc_ValueError, "gd_block: every width must be a positive int");
+            goto done;
+        }
     Py_ssize_t n = bufs[1].len / item, k = 0, d = widths[0];
     if (arch == ARCH_MLP) {
         for (Py_ssize_t l = 0; l + 1 < nw; l++) k += widths[l] * widths[l + 1];

@@ -141,6 +141,9 @@ static inline REAL SFX(value_and_grad)(const REAL *XT, const REAL *y, const REAL
             REAL e = o - yi;
             total += e * e;
             r[i] = 2 * e * scale;
+        } else if (loss == LOSS_CORRELATION) {
+            total += o * yi;
+            r[i] = yi * scale;
         } else {
             REAL t = -o * yi;
             total += t > 20 ? t : LOG1P(EXP(t));

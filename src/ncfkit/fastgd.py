@@ -1,18 +1,21 @@
-"""GD engines: the stretch of K plain gradient-descent steps w ← w − η∇𝓛(w) that
-:func:`ncfkit.dynamics.gradient_descent` runs between two checkpoints.
+"""Fast gradients and GD engines: ∇𝓛 and ∇𝒩 of the feed-forward and diagonal models
+from a compiled kernel, and the stretch of K plain gradient-descent steps
+w ← w − η∇𝓛(w) that :func:`ncfkit.dynamics.gradient_descent` runs between checkpoints.
 
-Two engines compute the same iterates (up to floating-point summation order):
+Two engines compute the same numbers (up to floating-point summation order):
 
 - ``compiled``: ``ncfkit._gdkernel``, a small C kernel built with the package
   (``setup.py``; optional, skipped without a C compiler). It writes the closed-form
   forward/backward pass of :class:`ncfkit.models.MLP` / :class:`~ncfkit.models.Diagonal`
-  with the square or logistic loss as loops over the samples, allocates nothing per
-  step and runs K steps per call, so a step costs its arithmetic and no per-operation
-  overhead (eager torch spends ~10x longer dispatching the same ~10 small ops). Rows
-  (several δ, the reference run) are independent and run on parallel threads
-  (:func:`ncfkit._runtime.row_workers`). CPU tensors of float32/float64 only.
-- ``torch``: the same step with :func:`ncfkit.ncf.loss_value_and_grad` (any device,
-  any architecture ncfkit has); the reference the compiled engine is tested against.
+  with the square, logistic or correlation (𝒩 = ỹᵀH, eq. 3) loss as loops over the
+  samples, allocates nothing per step and runs K steps per call, so a step costs its
+  arithmetic and no per-operation overhead (eager torch spends ~10x longer dispatching
+  the same ~10 small ops). Rows (several δ, the reference run, KKT restarts) are
+  independent and run on parallel threads (:func:`ncfkit._runtime.row_workers`). CPU
+  tensors of float32/float64 without autograd only.
+- ``torch``: :func:`ncfkit.ncf.loss_value_and_grad` / :func:`~ncfkit.ncf.ncf_value_and_grad`
+  (any device, any architecture ncfkit has, differentiable); the reference the compiled
+  engine is tested against.
 
 ``auto`` takes ``compiled`` where it applies and ``torch`` elsewhere.
 """
@@ -27,9 +30,10 @@ import torch
 
 from ._runtime import row_workers
 from .models import MLP, Diagonal
+from .ncf import loss_value_and_grad, ncf_value_and_grad
 
-__all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "compiled_available",
-           "compiled_unsupported"]
+__all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "value_and_grad_fn",
+           "ncf_value_and_grad_fn", "compiled_available", "compiled_unsupported"]
 
 ENGINES = ("auto", "compiled", "torch")
 
@@ -45,7 +49,8 @@ except ImportError:  # pragma: no cover - depends on the build
     _gdkernel = None
 
 _ACT_CODES = {"square": 0, "linear": 1, "relu": 2, "tanh": 4, "gelu": 5}
-_LOSS_CODES = {"square": 0, "logistic": 1}
+_LOSS_CODES = {"square": 0, "logistic": 1, "correlation": 2}
+_PARALLEL_WORK = 1 << 21  # multiply-adds per call above which rows go to threads
 
 
 def compiled_available() -> bool:
@@ -53,19 +58,19 @@ def compiled_available() -> bool:
     return _gdkernel is not None
 
 
-def compiled_unsupported(objective) -> str | None:
-    """Why the compiled engine cannot run ``objective`` (None: it can)."""
+def compiled_unsupported(objective=None, *, arch=None, X=None, loss_name=None) -> str | None:
+    """Why the compiled engine cannot compute ``objective``'s gradients (or those of
+    ``arch`` on data ``X`` with loss ``loss_name``); None: it can."""
+    if objective is not None:
+        arch, X, loss_name = objective.arch, objective.X, objective.loss.name
     if _gdkernel is None:
         return "the compiled GD kernel was not built (no C compiler at install time?)"
-    X = objective.X
     if X.device.type != "cpu":
         return f"the compiled engine runs on the CPU only (data on {X.device})"
     if X.dtype not in (torch.float32, torch.float64):
         return f"the compiled engine needs float32 or float64 (got {X.dtype})"
-    loss = objective.loss
-    if loss.name not in _LOSS_CODES:
-        return f"the compiled engine has no {loss.name!r} loss"
-    arch = objective.arch
+    if loss_name not in _LOSS_CODES:
+        return f"the compiled engine has no {loss_name!r} loss"
     if isinstance(arch, Diagonal):
         return None
     if not isinstance(arch, MLP):
@@ -92,39 +97,59 @@ def _act_code(act) -> tuple[int, float, float]:
     return 3, float(act.p), float(act.alpha)
 
 
-def _compiled_stepper(objective, lr: float) -> Stepper:
-    arch, X, y, loss = objective.arch, objective.X, objective.y, objective.loss
-    np_dtype = np.float64 if X.dtype == torch.float64 else np.float32
-    XT = np.ascontiguousarray(X.detach().numpy().T, dtype=np_dtype)
-    yv = np.ascontiguousarray(y.detach().numpy(), dtype=np_dtype)
-    if isinstance(arch, Diagonal):
-        widths = np.array([arch.d, arch.depth], dtype=np.int64)
-        kind, (act, p, alpha) = 1, (0, 0.0, 0.0)
-    else:
-        widths = np.array(arch.widths, dtype=np.int64)
-        kind, (act, p, alpha) = 0, _act_code(arch.act)
-    code = _LOSS_CODES[loss.name]
-    scale = 1.0 / yv.shape[0] if loss.reduction == "mean" else 1.0
+class _Kernel:
+    """One network on one data set, ready for ``_gdkernel.gd_block``."""
 
-    def run(out: torch.Tensor, grad: torch.Tensor, K: int) -> np.ndarray:
-        losses = np.empty((K + 1, out.shape[0]), dtype=np_dtype)
-        _gdkernel.gd_block(XT, yv, out.numpy(), grad.numpy(), losses, widths, out.shape[0], K, lr,
-                           kind, act, p, alpha, code, scale)
+    def __init__(self, arch, X: torch.Tensor, y: torch.Tensor, loss_name: str, scale: float):
+        self.dtype = X.dtype
+        self.np_dtype = np.float64 if X.dtype == torch.float64 else np.float32
+        self.XT = np.ascontiguousarray(X.detach().numpy().T, dtype=self.np_dtype)
+        self.y = np.ascontiguousarray(y.detach().numpy(), dtype=self.np_dtype)
+        if isinstance(arch, Diagonal):
+            self.widths = np.array([arch.d, arch.depth], dtype=np.int64)
+            self.kind, (self.act, self.p, self.alpha) = 1, (0, 0.0, 0.0)
+        else:
+            self.widths = np.array(arch.widths, dtype=np.int64)
+            self.kind, (self.act, self.p, self.alpha) = 0, _act_code(arch.act)
+        self.loss = _LOSS_CODES[loss_name]
+        self.scale = scale
+        self.work = X.shape[0] * arch.num_params  # multiply-adds of one gradient, roughly
+        self.workers = row_workers()
+
+    def _run(self, out: torch.Tensor, grad: torch.Tensor, K: int, lr: float) -> np.ndarray:
+        losses = np.empty((K + 1, out.shape[0]), dtype=self.np_dtype)
+        _gdkernel.gd_block(self.XT, self.y, out.numpy(), grad.numpy(), losses, self.widths,
+                           out.shape[0], K, lr, self.kind, self.act, self.p, self.alpha,
+                           self.loss, self.scale)
         return losses
 
-    workers = row_workers()
-
-    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
-        out = w.detach().to(dtype=X.dtype).contiguous().clone()
+    def __call__(self, w: torch.Tensor, K: int, lr: float = 0.0):
+        """(w_K, grad at w_K, losses (K+1, B)) after K steps from w (B, k), w untouched."""
+        out = w.detach().to(dtype=self.dtype).contiguous().clone()
         grad = torch.empty_like(out)
         B = out.shape[0]
-        n_par = min(workers, B)
-        if n_par > 1 and K >= 4:  # rows are independent: one slice of rows per thread
+        n_par = min(self.workers, B)
+        if n_par > 1 and (K + 1) * B * self.work >= _PARALLEL_WORK:  # one slice of rows per thread
             cuts = np.linspace(0, B, n_par + 1).astype(int)
             parts = [(out[a:b], grad[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-            losses = np.concatenate(list(_pool(n_par).map(lambda pg: run(*pg, K), parts)), axis=1)
+            losses = np.concatenate(list(_pool(n_par).map(lambda pg: self._run(*pg, K, lr), parts)),
+                                    axis=1)
         else:
-            losses = run(out, grad, K)
+            losses = self._run(out, grad, K, lr)
+        return out, grad, losses
+
+
+def _kernel(objective) -> _Kernel:
+    loss = objective.loss
+    scale = 1.0 / objective.y.shape[-1] if loss.reduction == "mean" else 1.0
+    return _Kernel(objective.arch, objective.X, objective.y, loss.name, scale)
+
+
+def _compiled_stepper(objective, lr: float) -> Stepper:
+    kernel = _kernel(objective)
+
+    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
+        out, grad, losses = kernel(w, K, lr)
         return out, torch.from_numpy(losses[K].copy()), grad, losses[:K].astype(np.float64)
 
     return step
@@ -142,12 +167,14 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def _torch_stepper(objective, lr: float) -> Stepper:
+    o = objective
+
     def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
         losses = []  # kept on the device, read once per block
         for _ in range(K):
             losses.append(L)
             w = torch.add(w, g, alpha=-lr)
-            L, g = objective.value_and_grad(w)
+            L, g = loss_value_and_grad(o.arch, o.X, o.y, o.loss, w)
         arr = torch.stack(losses).detach().cpu().double().numpy() if losses else \
             np.empty((0, w.shape[0]))
         return w, L, g, arr
@@ -179,3 +206,49 @@ def make_stepper(objective, lr: float, engine: str = "auto") -> Stepper:
     if resolve_engine(objective, engine) == "compiled":
         return _compiled_stepper(objective, lr)
     return _torch_stepper(objective, lr)
+
+
+def _unbatched(f):
+    """Let a (B, k) -> ((B,), (B, k)) function take a single point (k,) too."""
+    def g(w: torch.Tensor):
+        if w.ndim == 1:
+            L, grad = f(w.unsqueeze(0))
+            return L[0], grad[0]
+        return f(w)
+    return g
+
+
+def value_and_grad_fn(objective, engine: str = "auto"):
+    """``f(w) -> (𝓛(w), ∇𝓛(w))`` for w (k,) or (B, k), computed by ``engine`` (see
+    :func:`resolve_engine`); the compiled one takes no autograd (use ``torch`` to
+    differentiate through it)."""
+    if resolve_engine(objective, engine) == "torch":
+        return objective.value_and_grad
+    kernel = _kernel(objective)
+
+    def f(w: torch.Tensor):
+        _, grad, losses = kernel(w, 0)
+        return torch.from_numpy(losses[0].copy()), grad
+
+    return _unbatched(f)
+
+
+def ncf_value_and_grad_fn(arch, X: torch.Tensor, ytilde: torch.Tensor, engine: str = "auto"):
+    """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): the compiled kernel with
+    the correlation loss where it applies (``auto``), else
+    :func:`ncfkit.ncf.ncf_value_and_grad`."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    why = "not asked for" if engine == "torch" else \
+        compiled_unsupported(arch=arch, X=X, loss_name="correlation")
+    if engine == "compiled" and why is not None:
+        raise ValueError(f"the compiled engine cannot run this: {why}")
+    if why is not None:
+        return lambda u: ncf_value_and_grad(arch, X, ytilde, u)
+    kernel = _Kernel(arch, X, ytilde, "correlation", 1.0)
+
+    def f(u: torch.Tensor):
+        _, grad, vals = kernel(u, 0)
+        return torch.from_numpy(vals[0].copy()), grad
+
+    return _unbatched(f)

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from .errors import RunError
+from .fastgd import value_and_grad_fn
 
 __all__ = ["DormandPrince", "StepSizeUnderflow", "gradient_flow"]
 
@@ -131,11 +132,13 @@ def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
     interpolant of the step (the integrator's dense output, 3rd order) and an extra
     checkpoint is landed there. When a checkpoint reports more change than the record
     resolution, the next step is capped accordingly. A step size that underflows ends the
-    rows still running with status ``failed`` and says at what time.
+    rows still running with status ``failed`` and says at what time. ∇𝓛 comes from
+    ``settings.engine`` (:func:`ncfkit.fastgd.value_and_grad_fn`).
     """
+    value_and_grad = value_and_grad_fn(objective, settings.engine)
 
     def rhs(w):
-        loss, grad = objective.value_and_grad(w)
+        loss, grad = value_and_grad(w)
         return -grad, loss
 
     stepper = DormandPrince(rhs, w0.clone(), rtol=settings.rtol)
@@ -153,8 +156,8 @@ def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
         times = (stepper.t_prev, stepper.t)
         cut = tracker.scan(step - 1, losses, lambda s: times[min(max(s - (step - 1), 0), 1)])
         if cut is not None:
-            t_c, w_c = _locate_crossing(objective, stepper, tracker.escape_levels())
-            loss_c, grad_c = objective.value_and_grad(w_c)
+            t_c, w_c = _locate_crossing(value_and_grad, stepper, tracker.escape_levels())
+            loss_c, grad_c = value_and_grad(w_c)
             verdict = tracker.checkpoint(step, t_c, w_c, loss_c, grad_c)
             _drop_rows(stepper, verdict.keep)
             if not tracker.active.size:
@@ -176,14 +179,14 @@ def _hermite(stepper: DormandPrince, s: float) -> torch.Tensor:
     return h00 * stepper.y_prev + h10 * h * f_prev + h01 * stepper.y + h11 * h * stepper.f
 
 
-def _locate_crossing(objective, stepper: DormandPrince, levels, iters: int = 40):
+def _locate_crossing(value_and_grad, stepper: DormandPrince, levels, iters: int = 40):
     """First time in the last step at which some row's loss falls below its level:
     bisection on the Hermite interpolant (the earliest crossing over the rows)."""
     levels_t = torch.as_tensor(levels, dtype=stepper.y.dtype, device=stepper.y.device)
     lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        loss, _ = objective.value_and_grad(_hermite(stepper, mid))
+        loss, _ = value_and_grad(_hermite(stepper, mid))
         if bool((loss < levels_t).any()):
             hi = mid
         else:

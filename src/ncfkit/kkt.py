@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .models import MLP, Architecture
+from .fastgd import ncf_value_and_grad_fn
 from .ncf import ncf, ncf_hessian, ncf_hvp, ncf_value_and_grad
 from .sparsity import balance_error, neuron_activity
 
@@ -52,7 +53,7 @@ def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: 
 def normalized_ascent(
     arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u0: torch.Tensor,
     max_steps: int = 20000, tol: float = 1e-9, patience: int = 300,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, engine: str = "auto",
 ) -> AscentResult:
     """Projected gradient ascent of 𝒩 on the unit sphere from every row of ``u0``.
 
@@ -66,11 +67,15 @@ def normalized_ascent(
     For non-differentiable activations (ReLU, leaky ReLU) the residual can stall at a
     kink, where the one-sided gradient is no ascent direction; a start whose 𝒩 has not
     grown by more than round-off for ``patience`` steps stops as *stalled*.
+
+    𝒩 and ∇𝒩 come from :func:`ncfkit.fastgd.ncf_value_and_grad_fn` (``engine``: the
+    compiled kernel where it applies, else torch).
     """
     L_h = float(arch.homogeneity)
     u = u0 / u0.norm(dim=-1, keepdim=True)
     R = u.shape[0]
-    val, grad = ncf_value_and_grad(arch, X, ytilde, u)
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine)
+    val, grad = value_and_grad(u)
     g0 = grad.norm(dim=-1).median().clamp_min(torch.finfo(u.dtype).tiny)
     eta = 1.0 / (L_h * g0) * torch.ones(R, dtype=u.dtype, device=u.device)
     eps = torch.finfo(u.dtype).eps
@@ -106,7 +111,7 @@ def normalized_ascent(
                 break
         trial = u + eta.unsqueeze(-1) * tangent
         trial = trial / trial.norm(dim=-1, keepdim=True)
-        t_val, t_grad = ncf_value_and_grad(arch, X, ytilde, trial)
+        t_val, t_grad = value_and_grad(trial)
         # Accept a clear increase of 𝒩; once changes of 𝒩 drown in round-off (they are
         # O(residual²)), accept a step that keeps 𝒩 within round-off and does not
         # increase the tangent gradient.

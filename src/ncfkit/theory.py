@@ -267,13 +267,14 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
         arch, X, ytilde: the network, data and ỹ of the NCF 𝒩(u) = ỹᵀH(X; u).
         w0: the initial direction (k,), any norm.
     """
-    from .ncf import ncf_value_and_grad
+    from .fastgd import ncf_value_and_grad_fn
 
     L_h = float(arch.homogeneity)
     theta = w0 / w0.norm()
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde)  # compiled where it applies
 
     def rhs(th):
-        val, grad = ncf_value_and_grad(arch, X, ytilde, th)
+        val, grad = value_and_grad(th)
         val = float(val)
         tangent = grad - (th @ grad) * th  # = ∇𝒩 − L_h𝒩θ by Euler's identity
         return tangent, val
