@@ -87,7 +87,7 @@ class Settings:
     lr: float = 1e-3
     rtol: float = 1e-8
     atol: float = 1e-12
-    block: int = 256
+    block: int = 4096
     until: str = "saddle"
     capacity: int = 2048
     state_capacity: int = 256
