@@ -1,6 +1,8 @@
-"""Build the optional compiled GD kernel (ncfkit._gdkernel); everything else is in
-pyproject.toml. Without a C compiler the build is skipped and ncfkit falls back to its
-torch GD engine (``ncfkit info --engines`` says which one runs)."""
+"""Build the optional compiled gradient/GD kernel (ncfkit._gdkernel, see
+src/ncfkit/fastgd.py); everything else is in pyproject.toml. Without a C compiler the
+build is skipped and ncfkit falls back to its torch engine (``ncfkit escape --json``
+reports the ``engine`` that ran). After editing the C source of an editable install,
+run ``pip install -e .`` again to rebuild it."""
 
 import sys
 

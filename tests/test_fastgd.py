@@ -652,3 +652,4 @@ def _assert_child_value_error(case: str) -> None:
                          capture_output=True, text=True, timeout=60, env=env)
     assert res.returncode == 0 and res.stdout.startswith("ValueError"), (
         f"rc {res.returncode}; stdout {res.stdout!r}; stderr {res.stderr[-300:]!r}")
+
