@@ -82,6 +82,17 @@ class DormandPrince:
         h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
         return min(100 * h0, h1, self.h_max)
 
+    def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Butcher matrix (7, 7) and error weights (7,) in ``like``'s dtype/device."""
+        key = (like.dtype, like.device)
+        if getattr(self, "_tables_key", None) != key:
+            A = torch.zeros(7, 7, dtype=like.dtype, device=like.device)
+            for i, row in enumerate(_A):
+                A[i, : len(row)] = torch.tensor(row, dtype=like.dtype)
+            self._tables_cache = (A, torch.tensor(_E, dtype=like.dtype, device=like.device))
+            self._tables_key = key
+        return self._tables_cache
+
     @staticmethod
     def _rms(x: torch.Tensor) -> torch.Tensor:
         return x.pow(2).mean(dim=-1).sqrt()
@@ -95,15 +106,18 @@ class DormandPrince:
                 raise StepSizeUnderflow(
                     f"the integrator cannot meet rtol={self.rtol:g}: the step size underflowed "
                     f"at t = {self.t:.6g}")
-            ks = [f]
+            # the stages k_0 … k_6 as one (7, B·k) matrix: every stage combination and the
+            # error estimate is a single matrix product, not a Python sum of tensors
+            ks = y.new_empty((7, y.numel()))
+            ks[0] = f.reshape(-1)
+            A, E = self._tables(y)
             for i in range(1, 7):
-                yi = y + h * sum(a * k for a, k in zip(_A[i], ks) if a != 0.0)
-                if i == 6:
-                    y_new = yi
+                yi = torch.add(y, (A[i, :i] @ ks[:i]).view_as(y), alpha=h)
                 k, aux = self.rhs(yi)
-                ks.append(k)
+                ks[i] = k.reshape(-1)
+            y_new = yi  # the 7th stage point is the 5th-order solution (FSAL)
             self.n_evals += 6
-            err_vec = h * sum(e * k for e, k in zip(_E, ks) if e != 0.0)
+            err_vec = (h * (E @ ks)).view_as(y)
             scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
             err = float(self._rms(err_vec / scale).max())
             if err != err:  # NaN: the step blew up; shrink hard
@@ -114,7 +128,7 @@ class DormandPrince:
             if err <= 1.0:
                 self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, y, f, self.aux
                 self.t += h
-                self.y, self.f, self.aux = y_new, ks[6], aux
+                self.y, self.f, self.aux = y_new, ks[6].view_as(y), aux
                 self.h = h * min(5.0, max(0.2, factor))
                 self.n_accepted += 1
                 return
