@@ -21,7 +21,7 @@ from ncfkit.dynamics import (
 from ncfkit.escape import governing_point, run_escape, zero_preserving_subset
 from ncfkit.events import EventSettings
 from ncfkit.losses import make_loss
-from ncfkit.models import Diagonal, make_architecture, random_direction
+from ncfkit.models import Diagonal, make_architecture
 from ncfkit.theory import EXAMPLE1, example1_psi
 from utils import assert_close
 
@@ -33,17 +33,6 @@ def example1():
     X = torch.eye(2, dtype=F64)
     y = torch.tensor([4.0, 1.0], dtype=F64)
     return Objective(Diagonal(2, 2), X, y, make_loss("square", "sum"))
-
-
-@pytest.fixture(scope="module")
-def tiny_square_net():
-    """2-layer square net (L_h = 3) on 10 seeded Gaussian points: escape within ~300 steps."""
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(10, 3, generator=g, dtype=F64)
-    y = torch.randn(10, generator=g, dtype=F64)
-    arch = make_architecture("mlp", 3, "4", "square")
-    w0 = random_direction(arch.num_params, g, dtype=F64)
-    return Objective(arch, X, y, make_loss("square", "sum")), w0
 
 
 def _plain_gd(X, y, shapes, w, lr, steps):

@@ -379,17 +379,6 @@ def test_kernel_not_built(monkeypatch, small_objective):
 # --------------------------------------------------------------------------- 4. simulate
 
 
-@pytest.fixture(scope="module")
-def tiny_square_net():
-    """As in test_dynamics: a 2-layer square net (L_h = 3) on 10 seeded Gaussian points."""
-    g = torch.Generator().manual_seed(1)
-    X = torch.randn(10, 3, generator=g, dtype=F64)
-    y = torch.randn(10, generator=g, dtype=F64)
-    arch = make_architecture("mlp", 3, "4", "square")
-    w0 = random_direction(arch.num_params, g, dtype=F64)
-    return Objective(arch, X, y, make_loss("square", "sum")), w0
-
-
 def _same_runs(a, b, rtol):
     assert a.engine == "compiled" and b.engine == "torch"
     assert len(a.runs) == len(b.runs)

@@ -132,7 +132,7 @@ class _Kernel:
         if n_par > 1 and (K + 1) * B * self.work >= _PARALLEL_WORK:  # one slice of rows per thread
             cuts = np.linspace(0, B, n_par + 1).astype(int)
             parts = [(out[a:b], grad[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
-            losses = np.concatenate(list(_pool(n_par).map(lambda pg: self._run(*pg, K, lr), parts)),
+            losses = np.concatenate(list(_pool().map(lambda pg: self._run(*pg, K, lr), parts)),
                                     axis=1)
         else:
             losses = self._run(out, grad, K, lr)
@@ -158,11 +158,11 @@ def _compiled_stepper(objective, lr: float) -> Stepper:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ≥ n threads (the kernel releases the GIL)."""
+def _pool() -> ThreadPoolExecutor:
+    """The process-wide pool of :func:`row_workers` threads (the kernel releases the GIL)."""
     global _POOL
-    if _POOL is None or _POOL._max_workers < n:
-        _POOL = ThreadPoolExecutor(max_workers=n, thread_name_prefix="ncfkit-gd")
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=row_workers(), thread_name_prefix="ncfkit-gd")
     return _POOL
 
 
@@ -182,6 +182,19 @@ def _torch_stepper(objective, lr: float) -> Stepper:
     return step
 
 
+def _choose(engine: str, why_not_compiled) -> str:
+    """``engine`` resolved: ``why_not_compiled()`` gives the reason the kernel cannot
+    run (None: it can), asked only when the engine is not ``torch``."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown GD engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return "torch"
+    why = why_not_compiled()
+    if engine == "compiled" and why is not None:
+        raise ValueError(f"the compiled GD engine cannot run this: {why}")
+    return "compiled" if why is None else "torch"
+
+
 def resolve_engine(objective, engine: str = "auto") -> str:
     """The engine that ``engine`` means for ``objective``: ``auto`` becomes ``compiled``
     where the kernel applies, else ``torch``.
@@ -190,14 +203,7 @@ def resolve_engine(objective, engine: str = "auto") -> str:
         ValueError: unknown engine, or ``compiled`` asked for where it cannot run (the
             message says why).
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown GD engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    if engine == "torch":
-        return "torch"
-    why = compiled_unsupported(objective)
-    if engine == "compiled" and why is not None:
-        raise ValueError(f"the compiled GD engine cannot run this: {why}")
-    return "compiled" if why is None else "torch"
+    return _choose(engine, lambda: compiled_unsupported(objective))
 
 
 def make_stepper(objective, lr: float, engine: str = "auto") -> Stepper:
@@ -237,13 +243,7 @@ def ncf_value_and_grad_fn(arch, X: torch.Tensor, ytilde: torch.Tensor, engine: s
     """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): the compiled kernel with
     the correlation loss where it applies (``auto``), else
     :func:`ncfkit.ncf.ncf_value_and_grad`."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    why = "not asked for" if engine == "torch" else \
-        compiled_unsupported(arch=arch, X=X, loss_name="correlation")
-    if engine == "compiled" and why is not None:
-        raise ValueError(f"the compiled engine cannot run this: {why}")
-    if why is not None:
+    if _choose(engine, lambda: compiled_unsupported(arch=arch, X=X, loss_name="correlation")) == "torch":
         return lambda u: ncf_value_and_grad(arch, X, ytilde, u)
     kernel = _Kernel(arch, X, ytilde, "correlation", 1.0)
 

@@ -57,6 +57,11 @@ class DormandPrince:
             raise ValueError("rtol must be > 0")
         self.rhs, self.rtol, self.h_max = rhs, rtol, h_max
         self.y = y0
+        # the Butcher matrix (7, 7) and error weights (7,), in y's dtype and device
+        self._A = torch.zeros(7, 7, dtype=y0.dtype, device=y0.device)
+        for i, row in enumerate(_A):
+            self._A[i, : len(row)] = torch.tensor(row, dtype=y0.dtype)
+        self._E = torch.tensor(_E, dtype=y0.dtype, device=y0.device)
         # atol per trajectory: default a tiny fraction of each initial size, so the error
         # control stays relative even for δ = 1e-6.
         if isinstance(atol, torch.Tensor):
@@ -82,17 +87,6 @@ class DormandPrince:
         h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** (1 / 5)
         return min(100 * h0, h1, self.h_max)
 
-    def _tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Butcher matrix (7, 7) and error weights (7,) in ``like``'s dtype/device."""
-        key = (like.dtype, like.device)
-        if getattr(self, "_tables_key", None) != key:
-            A = torch.zeros(7, 7, dtype=like.dtype, device=like.device)
-            for i, row in enumerate(_A):
-                A[i, : len(row)] = torch.tensor(row, dtype=like.dtype)
-            self._tables_cache = (A, torch.tensor(_E, dtype=like.dtype, device=like.device))
-            self._tables_key = key
-        return self._tables_cache
-
     @staticmethod
     def _rms(x: torch.Tensor) -> torch.Tensor:
         return x.pow(2).mean(dim=-1).sqrt()
@@ -110,7 +104,7 @@ class DormandPrince:
             # error estimate is a single matrix product, not a Python sum of tensors
             ks = y.new_empty((7, y.numel()))
             ks[0] = f.reshape(-1)
-            A, E = self._tables(y)
+            A, E = self._A, self._E
             for i in range(1, 7):
                 yi = torch.add(y, (A[i, :i] @ ks[:i]).view_as(y), alpha=h)
                 k, aux = self.rhs(yi)
