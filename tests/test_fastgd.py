@@ -642,3 +642,16 @@ def _assert_child_value_error(case: str) -> None:
     assert res.returncode == 0 and res.stdout.startswith("ValueError"), (
         f"rc {res.returncode}; stdout {res.stdout!r}; stderr {res.stderr[-300:]!r}")
 
+
+
+def test_cli_flow_reports_its_engine_and_both_agree(ex1_files):
+    """--method flow takes ∇𝓛 from --engine too; both engines give the same events."""
+    out = {}
+    for engine in ("torch", "compiled"):
+        res = _run(*_escape_args(ex1_files, engine, "--method", "flow"))
+        assert res.exit_code == 0, res.output
+        out[engine] = json.loads(res.stdout)
+        assert out[engine]["engine"] == engine and out[engine]["method"] == "flow"
+    a, b = out["compiled"]["runs"][0], out["torch"]["runs"][0]
+    assert a["escape_time"] == pytest.approx(b["escape_time"], rel=1e-9)
+    assert a["saddle_time"] == pytest.approx(b["saddle_time"], rel=1e-9)

@@ -273,3 +273,47 @@ def test_logistic_rejects_labels_other_than_plus_minus_one():
     with pytest.raises(InputError, match=r"labels in \{-1, \+1\}; found 0"):
         loss.check_labels(torch.tensor([1.0, 0.0, -1.0]))
     make_loss("square").check_labels(torch.tensor([0.3, 7.0]))  # any real label
+
+
+# --------------------------------------------------------------------------- closed-form R-operator
+
+
+ALL_ACTS = ["linear", "relu", "leaky:0.1", "square", "sqrelu", "poly:3", "poly:3:0.2",
+            "poly:2.5", "tanh", "gelu"]
+
+
+@pytest.mark.parametrize("hidden", HIDDEN.values(), ids=HIDDEN.keys())
+@pytest.mark.parametrize("act", ALL_ACTS)
+def test_closed_form_hessians_match_autograd_of_the_gradient(act, hidden):
+    """``arch.hvp`` (forward-over-reverse written out) against reverse-mode autograd of the
+    closed-form gradient, for 𝒩 and both losses, away from kinks (random points)."""
+    from ncfkit.ncf import _loss_grad, dense_jacobian
+
+    arch, X, ytilde, u = _setup(act, hidden, seed=21)
+    H = ncf_hessian(arch, X, ytilde, u)
+    ref = dense_jacobian(lambda x: ncf_grad(arch, X, ytilde, x), u)
+    assert_close(H, ref, rtol=1e-11, atol=1e-13 * max(float(ref.abs().max()), 1.0), what="∇²𝒩")
+    y = torch.randn(N, generator=seeded(22), dtype=DTYPE)
+    for name, labels in (("square", y), ("logistic", torch.sign(y))):
+        for reduction in ("sum", "mean"):
+            loss = make_loss(name, reduction)
+            H = loss_hessian(arch, X, labels, loss, u)
+            ref = dense_jacobian(lambda x: _loss_grad(arch, X, labels, loss, x), u)
+            assert_close(H, ref, rtol=1e-11, atol=1e-13 * max(float(ref.abs().max()), 1.0),
+                         what=f"∇²𝓛 {name} {reduction}")
+
+
+@pytest.mark.parametrize("D_", [1, 2, 3, 4])
+def test_closed_form_hessians_of_the_diagonal_model(D_):
+    from ncfkit.ncf import _loss_grad, dense_jacobian
+
+    g = seeded(23)
+    arch = Diagonal(D, D_)
+    X = torch.randn(N, D, generator=g, dtype=DTYPE)
+    y = torch.randn(N, generator=g, dtype=DTYPE)
+    w = torch.randn(D, generator=g, dtype=DTYPE)
+    ref = dense_jacobian(lambda x: ncf_grad(arch, X, y, x), w)
+    assert_close(ncf_hessian(arch, X, y, w), ref, rtol=1e-12, atol=1e-14, what="∇²𝒩 diag")
+    loss = make_loss("square", "mean")
+    ref = dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w)
+    assert_close(loss_hessian(arch, X, y, loss, w), ref, rtol=1e-12, atol=1e-14, what="∇²𝓛 diag")

@@ -90,6 +90,22 @@ class Activation:
             return slope
         return self.p * self._base(x) ** (self.p - 1) * slope
 
+    def second_derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """σ''(x) (for Hessians in closed form); 0 at the kink of ReLU-like σ with p = 1,
+        as autograd of :meth:`derivative` gives."""
+        if self.name == "tanh":
+            t = torch.tanh(x)
+            return -2 * t * (1 - t * t)
+        if self.name == "gelu":
+            pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+            return pdf * (2 - x * x)
+        if self.alpha == -1.0 and self.p == 2:
+            return torch.full_like(x, 2.0)
+        if self.p == 1:
+            return torch.zeros_like(x)
+        slope = torch.where(x > self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
+        return self.p * (self.p - 1) * self._base(x) ** (self.p - 2) * slope * slope
+
     def describe(self) -> str:
         if not self.homogeneous:
             return self.name

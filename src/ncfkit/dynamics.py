@@ -79,8 +79,8 @@ class Settings:
             2·k·8·state_capacity bytes would exceed ``state_memory``.
         state_memory: bytes per run for the trajectory sample (w and ∇𝓛 at each).
         events: thresholds of the event detector.
-        engine: how ``gd`` computes its steps (:mod:`ncfkit.fastgd`): ``auto``,
-            ``compiled`` or ``torch``.
+        engine: how ∇𝓛 is computed, by ``gd`` and ``flow`` alike (:mod:`ncfkit.fastgd`):
+            ``auto``, ``compiled`` or ``torch``.
     """
 
     max_time: float
@@ -113,7 +113,7 @@ class Verdict:
     """What a checkpoint tells the method: which active rows go on, and how much the
     records changed since the previous checkpoint (1 ≈ the record's resolution)."""
 
-    keep: torch.Tensor
+    keep: np.ndarray  # bool, one per active row
     change: float
 
 
@@ -171,7 +171,7 @@ class Simulation:
     settings: Settings
     wall_time: float
     interrupted: KeyboardInterrupt | None = None  # what stopped the runs early, if anything
-    engine: str | None = None  # gd: the engine that ran the steps (compiled / torch)
+    engine: str | None = None  # what computed ∇𝓛 (compiled / torch)
 
     @property
     def status(self) -> str:
@@ -181,6 +181,14 @@ class Simulation:
             if any(r.status == s for r in self.runs):
                 return s
         return "complete"
+
+
+def _host(x) -> np.ndarray:
+    """A method's array (numpy, or a tensor on any device) as a numpy array on the host
+    (a free view of CPU tensors)."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
 
 
 RECORD_FIELDS = ("step", "time", "loss", "grad_norm", "w_norm", "cos_w_star", "wz_ratio", "phase")
@@ -216,14 +224,14 @@ class Tracker:
         self._last_loss = [float("nan")] * batch
 
     # ------------------------------------------------------------------ helpers
-    def _values(self, w: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> np.ndarray:
+    def _values(self, W: np.ndarray, loss: np.ndarray, grad: np.ndarray) -> np.ndarray:
         """(B_active, 5): loss, ‖∇𝓛‖, ‖w‖, cos(w, w*), ‖w_z‖/‖w‖, in numpy on the host
-        (a free view of CPU tensors; numpy's small ops cost a fraction of torch's)."""
-        W = w.detach().cpu().double().numpy()
+        (numpy's small ops cost a fraction of torch's)."""
+        W, grad = W.astype(np.float64, copy=False), grad.astype(np.float64, copy=False)
         wn = np.linalg.norm(W, axis=-1)
         out = np.full((W.shape[0], 5), np.nan)
-        out[:, 0] = loss.detach().cpu().double().numpy()
-        out[:, 1] = np.linalg.norm(grad.detach().cpu().double().numpy(), axis=-1)
+        out[:, 0] = loss
+        out[:, 1] = np.linalg.norm(grad, axis=-1)
         out[:, 2] = wn
         with np.errstate(divide="ignore", invalid="ignore"):
             if self._w_star_np is not None:
@@ -232,9 +240,8 @@ class Tracker:
                 out[:, 4] = np.linalg.norm(W[:, self._wz_np], axis=-1) / wn
         return out
 
-    def _snap(self, row: int, name: str, step: int, t: float, v: np.ndarray, w_row: torch.Tensor) -> None:
-        self.snapshots[row][name] = Snapshot(t, step, float(v[0]), float(v[1]),
-                                             w_row.detach().cpu().numpy().copy())
+    def _snap(self, row: int, name: str, step: int, t: float, v: np.ndarray, w_row: np.ndarray) -> None:
+        self.snapshots[row][name] = Snapshot(t, step, float(v[0]), float(v[1]), w_row.copy())
 
     def escape_levels(self) -> np.ndarray:
         """Per active row: the loss level whose first crossing is the escape event
@@ -243,8 +250,9 @@ class Tracker:
                          else -np.inf for r in self.active])
 
     # ------------------------------------------------------------------ protocol
-    def start(self, w: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor) -> None:
+    def start(self, w, loss, grad) -> None:
         s = self.settings
+        w, loss, grad = _host(w), _host(loss), _host(grad)
         vals = self._values(w, loss, grad)
         k = w.shape[-1]
         n_states = min(s.state_capacity, s.state_memory // (16 * k))
@@ -256,7 +264,7 @@ class Tracker:
             self.states.append(Recorder(("time", "loss", "grad_norm", "w_norm"), n_states,
                                         scale=loss0, log_time=0.05, loss_step=5e-3, log_ratio=0.1,
                                         state_dim=2 * k) if n_states else None)
-        self._last = (0, 0.0, w.detach().clone(), vals, grad.detach().clone())
+        self._last = (0, 0.0, w.copy(), vals, grad.copy())
         for r in range(self.B):
             self._offer(r, 0, 0.0, vals[r], w[r], grad[r], force=True)
             self._snap(r, "init", 0, 0.0, vals[r], w[r])
@@ -269,7 +277,7 @@ class Tracker:
         self._last_loss[r] = float(v[0])
         if self.states[r] is not None:
             self.states[r].offer(values, force=force,
-                                 state=lambda: torch.cat([w_row, g_row]).detach().cpu().numpy())
+                                 state=lambda: np.concatenate([w_row, g_row]))
 
     def scan(self, step0: int, losses: np.ndarray, t_of_step: Callable[[int], float]) -> int | None:
         """Inspect per-step losses ``losses`` (m, B_active) of iterates step0 … step0+m−1.
@@ -298,10 +306,12 @@ class Tracker:
                 self._pending_divergence[r] = (step0 + j, t_of_step(step0 + j), why)
         return cut if cut < m else None
 
-    def checkpoint(self, step: int, t: float, w: torch.Tensor, loss: torch.Tensor,
-                   grad: torch.Tensor) -> Verdict:
-        """Record a sample of every active row; decide which rows go on."""
+    def checkpoint(self, step: int, t: float, w, loss, grad) -> Verdict:
+        """Record a sample of every active row (``w`` (B_active, k), ``loss``, ``grad``:
+        numpy arrays or tensors, never written in place afterwards by the method);
+        decide which rows go on."""
         s = self.settings
+        w, loss, grad = _host(w), _host(loss), _host(grad)
         vals = self._values(w, loss, grad)
         _, _, w_prev, v_prev, _ = self._last
         keep = np.ones(len(self.active), dtype=bool)
@@ -337,14 +347,13 @@ class Tracker:
                 self._snap(r, "final", step, t, v, w[i])
                 keep[i] = False
         self.active = self.active[keep]
-        keep_t = torch.as_tensor(keep, device=w.device)
         if bool(keep.all()):  # the method never writes into w or grad in place
-            self._last = (step, t, w.detach(), vals, grad.detach())
+            self._last = (step, t, w, vals, grad)
         else:
-            self._last = (step, t, w[keep_t].detach(), vals[keep], grad[keep_t].detach())
+            self._last = (step, t, w[keep], vals[keep], grad[keep])
         if self.observer is not None:
             self.observer(self.progress(t, step))
-        return Verdict(keep_t, change)
+        return Verdict(keep, change)
 
     @staticmethod
     def _change(a: np.ndarray, b: np.ndarray, loss0: float) -> float:
@@ -441,7 +450,7 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
             step += K
         verdict = tracker.checkpoint(step, step * lr, w, L, g)
         if not bool(verdict.keep.all()):
-            keep = verdict.keep
+            keep = torch.as_tensor(verdict.keep, device=w.device)
             w, L, g = w[keep], L[keep], g[keep]
         if verdict.change > 1.0:
             K = max(1, K // 2)
@@ -490,7 +499,7 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
     tracker = Tracker(objective, w0.shape[0], settings, w_star=w_star, wz_mask=wz_mask,
                       observer=observer)
     start = _time.perf_counter()
-    engine = resolve_engine(objective, settings.engine) if method == "gd" else None
+    engine = resolve_engine(objective, settings.engine)
     interrupted = None
     try:
         METHODS[method](objective, w0, settings, tracker)

@@ -106,7 +106,8 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     then polished to ``tol`` by the normalized ascent and certified. If the flow does not
     settle within ``max_steps`` the ascent starts from w0 itself."""
     flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
-    start = flow.direction if flow.converged else w0 / w0.norm()
+    start = torch.as_tensor(flow.direction, dtype=w0.dtype, device=w0.device) if flow.converged \
+        else w0 / w0.norm()
     asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.converged,
@@ -519,8 +520,8 @@ def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> di
 RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
 
 /                  attrs: status (complete | diverged | interrupted), message, homogeneity
-                   (NaN: not homogeneous), num_params, method, engine (gd: compiled |
-                   torch; "" for flow), ncfkit_version
+                   (NaN: not homogeneous), num_params, method, engine (what computed
+                   ∇𝓛: compiled | torch), ncfkit_version
 /provenance        attrs: data_file, data_sha256, n, d, architecture (JSON of
                    arch.to_dict()), loss, reduction, seed, dtype, device, init, lr, eps,
                    max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...

@@ -116,17 +116,21 @@ class _Kernel:
         self.work = X.shape[0] * arch.num_params  # multiply-adds of one gradient, roughly
         self.workers = row_workers()
 
-    def _run(self, out: torch.Tensor, grad: torch.Tensor, K: int, lr: float) -> np.ndarray:
+    def _run(self, out: np.ndarray, grad: np.ndarray, K: int, lr: float) -> np.ndarray:
         losses = np.empty((K + 1, out.shape[0]), dtype=self.np_dtype)
-        _gdkernel.gd_block(self.XT, self.y, out.numpy(), grad.numpy(), losses, self.widths,
-                           out.shape[0], K, lr, self.kind, self.act, self.p, self.alpha,
-                           self.loss, self.scale)
+        _gdkernel.gd_block(self.XT, self.y, out, grad, losses, self.widths, out.shape[0], K, lr,
+                           self.kind, self.act, self.p, self.alpha, self.loss, self.scale)
         return losses
 
-    def __call__(self, w: torch.Tensor, K: int, lr: float = 0.0):
-        """(w_K, grad at w_K, losses (K+1, B)) after K steps from w (B, k), w untouched."""
-        out = w.detach().to(dtype=self.dtype).contiguous().clone()
-        grad = torch.empty_like(out)
+    def run(self, w: np.ndarray, K: int, lr: float = 0.0):
+        """(w_K, grad at w_K, losses (K+1, B)) after K steps from w (B, k), all numpy;
+        w is untouched (K = 0 reads it in place: the gradient and loss at w)."""
+        w = np.asarray(w)
+        if K == 0 and w.dtype == self.np_dtype and w.flags.c_contiguous and w.flags.writeable:
+            out = w  # the kernel does not write w when it takes no step
+        else:
+            out = np.array(w, dtype=self.np_dtype, order="C")
+        grad = np.empty_like(out)
         B = out.shape[0]
         n_par = min(self.workers, B)
         if n_par > 1 and (K + 1) * B * self.work >= _PARALLEL_WORK:  # one slice of rows per thread
@@ -137,6 +141,11 @@ class _Kernel:
         else:
             losses = self._run(out, grad, K, lr)
         return out, grad, losses
+
+    def __call__(self, w: torch.Tensor, K: int, lr: float = 0.0):
+        """:meth:`run` on torch tensors (CPU; the results share memory with numpy)."""
+        out, grad, losses = self.run(w.detach().to(dtype=self.dtype).contiguous().numpy(), K, lr)
+        return torch.from_numpy(out), torch.from_numpy(grad), losses
 
 
 def _kernel(objective) -> _Kernel:
@@ -216,39 +225,54 @@ def make_stepper(objective, lr: float, engine: str = "auto") -> Stepper:
 
 def _unbatched(f):
     """Let a (B, k) -> ((B,), (B, k)) function take a single point (k,) too."""
-    def g(w: torch.Tensor):
+    def g(w):
         if w.ndim == 1:
-            L, grad = f(w.unsqueeze(0))
+            L, grad = f(w[None])
             return L[0], grad[0]
         return f(w)
     return g
 
 
-def value_and_grad_fn(objective, engine: str = "auto"):
+def _on_host(f, like: torch.Tensor):
+    """A torch (B, k) -> ((B,), (B, k)) function taking and returning numpy arrays (one
+    transfer each way to ``like``'s device and dtype)."""
+    def g(w: np.ndarray):
+        L, grad = f(torch.as_tensor(w, dtype=like.dtype, device=like.device))
+        return L.detach().cpu().numpy(), grad.detach().cpu().numpy()
+    return g
+
+
+def _from_kernel(kernel: _Kernel, host: bool):
+    """(value, gradient) at w from the kernel without a step, as numpy or torch."""
+    if host:
+        def f(w: np.ndarray):
+            _, grad, vals = kernel.run(w, 0)
+            return vals[0], grad
+    else:
+        def f(w: torch.Tensor):
+            _, grad, vals = kernel(w, 0)
+            return torch.from_numpy(vals[0].copy()), grad
+    return _unbatched(f)
+
+
+def value_and_grad_fn(objective, engine: str = "auto", *, host: bool = False):
     """``f(w) -> (𝓛(w), ∇𝓛(w))`` for w (k,) or (B, k), computed by ``engine`` (see
     :func:`resolve_engine`); the compiled one takes no autograd (use ``torch`` to
-    differentiate through it)."""
+    differentiate through it). ``host=True``: f takes and returns numpy arrays, for the
+    integrators that keep their state on the host (:mod:`ncfkit.flow`): the kernel
+    straight, or torch on the data's device with one transfer each way."""
     if resolve_engine(objective, engine) == "torch":
-        return objective.value_and_grad
-    kernel = _kernel(objective)
-
-    def f(w: torch.Tensor):
-        _, grad, losses = kernel(w, 0)
-        return torch.from_numpy(losses[0].copy()), grad
-
-    return _unbatched(f)
+        f = objective.value_and_grad
+        return _unbatched(_on_host(f, objective.X)) if host else f
+    return _from_kernel(_kernel(objective), host)
 
 
-def ncf_value_and_grad_fn(arch, X: torch.Tensor, ytilde: torch.Tensor, engine: str = "auto"):
+def ncf_value_and_grad_fn(arch, X: torch.Tensor, ytilde: torch.Tensor, engine: str = "auto", *,
+                          host: bool = False):
     """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): the compiled kernel with
     the correlation loss where it applies (``auto``), else
-    :func:`ncfkit.ncf.ncf_value_and_grad`."""
+    :func:`ncfkit.ncf.ncf_value_and_grad`; ``host`` as in :func:`value_and_grad_fn`."""
     if _choose(engine, lambda: compiled_unsupported(arch=arch, X=X, loss_name="correlation")) == "torch":
-        return lambda u: ncf_value_and_grad(arch, X, ytilde, u)
-    kernel = _Kernel(arch, X, ytilde, "correlation", 1.0)
-
-    def f(u: torch.Tensor):
-        _, grad, vals = kernel(u, 0)
-        return torch.from_numpy(vals[0].copy()), grad
-
-    return _unbatched(f)
+        f = _unbatched(lambda u: ncf_value_and_grad(arch, X, ytilde, u))
+        return _unbatched(_on_host(f, X)) if host else f
+    return _from_kernel(_Kernel(arch, X, ytilde, "correlation", 1.0), host)

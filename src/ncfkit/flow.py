@@ -1,11 +1,17 @@
 """Adaptive integration of the gradient flow ẇ = −∇𝓛(w) (the object of Theorems 4-18).
 
 :class:`DormandPrince` is the embedded Runge–Kutta 5(4) pair of Dormand & Prince (1980)
-with first-same-as-last reuse, written in torch so it runs on any device and advances a
-batch of trajectories (several δ) with one shared step size. The local error estimate
-of each trajectory is measured in its own RMS norm, scaled by ``atol + rtol·|w|``, and
-the step is accepted when the worst trajectory's error is ≤ 1. Near the origin the
-flow is slow and nearly linear, so the steps grow large; at escape they shrink.
+with first-same-as-last reuse. It advances a batch of trajectories (several δ) with one
+shared step size. The local error estimate of each trajectory is measured in its own RMS
+norm, scaled by ``atol + rtol·|w|``, and the step is accepted when the worst
+trajectory's error is ≤ 1. Near the origin the flow is slow and nearly linear, so the
+steps grow large; at escape they shrink.
+
+The state lives on the host in numpy: a step is ~30 small vector operations, which cost
+numpy a few µs each and eager torch ~10 µs each, more than the gradient itself for the
+networks of the paper. ∇𝓛 comes from the compiled kernel, or from torch on the data's
+device with one transfer each way (:func:`ncfkit.fastgd.value_and_grad_fn` with
+``host=True``).
 
 Textbook names: ``t``, ``y``, ``h``; ``rhs(y) -> (ẏ, aux)`` where ``aux`` (for example
 the loss) is carried along so callers get it at every accepted point for free.
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
+import numpy as np
 
 from .errors import RunError
 from .fastgd import value_and_grad_fn
@@ -49,27 +55,30 @@ class DormandPrince:
     """
 
     def __init__(
-        self, rhs: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], y0: torch.Tensor,
-        t0: float = 0.0, rtol: float = 1e-8, atol: float | torch.Tensor = 0.0,
+        self, rhs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], y0: np.ndarray,
+        t0: float = 0.0, rtol: float = 1e-8, atol: float | np.ndarray = 0.0,
         h0: float | None = None, h_max: float = float("inf"),
     ) -> None:
         if not rtol > 0:
             raise ValueError("rtol must be > 0")
         self.rhs, self.rtol, self.h_max = rhs, rtol, h_max
+        y0 = np.asarray(y0)
         self.y = y0
-        # the Butcher matrix (7, 7) and error weights (7,), in y's dtype and device
-        self._A = torch.zeros(7, 7, dtype=y0.dtype, device=y0.device)
+        # the Butcher matrix (7, 7) and error weights (7,), in y's dtype
+        self._A = np.zeros((7, 7), dtype=y0.dtype)
         for i, row in enumerate(_A):
-            self._A[i, : len(row)] = torch.tensor(row, dtype=y0.dtype)
-        self._E = torch.tensor(_E, dtype=y0.dtype, device=y0.device)
+            self._A[i, : len(row)] = row
+        self._E = np.asarray(_E, dtype=y0.dtype)
+        self._eps = float(np.finfo(y0.dtype).eps)
         # atol per trajectory: default a tiny fraction of each initial size, so the error
         # control stays relative even for δ = 1e-6.
-        if isinstance(atol, torch.Tensor):
-            self.atol = atol.reshape(-1, 1) if atol.dim() else atol
+        if isinstance(atol, np.ndarray):
+            self.atol = atol.reshape(-1, 1) if atol.ndim else atol
         elif atol > 0:
             self.atol = atol
         else:
-            self.atol = (rtol * 1e-3 * y0.norm(dim=-1, keepdim=True) / y0.shape[-1] ** 0.5).clamp_min(1e-300)
+            norm = np.linalg.norm(y0, axis=-1, keepdims=True)
+            self.atol = np.maximum(rtol * 1e-3 * norm / y0.shape[-1] ** 0.5, 1e-300)
         self.t = float(t0)
         self.f, self.aux = rhs(y0)
         self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, self.y, self.f, self.aux
@@ -78,7 +87,7 @@ class DormandPrince:
 
     def _initial_step(self) -> float:
         """Hairer–Wanner's starting-step heuristic (Solving ODEs I, II.4)."""
-        scale = self.atol + self.rtol * self.y.abs()
+        scale = self.atol + self.rtol * np.abs(self.y)
         d0 = float(self._rms(self.y / scale).max())
         d1 = float(self._rms(self.f / scale).max())
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
@@ -88,31 +97,31 @@ class DormandPrince:
         return min(100 * h0, h1, self.h_max)
 
     @staticmethod
-    def _rms(x: torch.Tensor) -> torch.Tensor:
-        return x.pow(2).mean(dim=-1).sqrt()
+    def _rms(x: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.mean(x * x, axis=-1))
 
     def step(self) -> None:
         """Advance by one accepted step (rejecting and shrinking as often as needed)."""
         y, f = self.y, self.f
         while True:
             h = min(self.h, self.h_max)
-            if h <= 16 * torch.finfo(y.dtype).eps * max(abs(self.t), 1.0):
+            if h <= 16 * self._eps * max(abs(self.t), 1.0):
                 raise StepSizeUnderflow(
                     f"the integrator cannot meet rtol={self.rtol:g}: the step size underflowed "
                     f"at t = {self.t:.6g}")
             # the stages k_0 … k_6 as one (7, B·k) matrix: every stage combination and the
             # error estimate is a single matrix product, not a Python sum of tensors
-            ks = y.new_empty((7, y.numel()))
+            ks = np.empty((7, y.size), dtype=y.dtype)
             ks[0] = f.reshape(-1)
             A, E = self._A, self._E
             for i in range(1, 7):
-                yi = torch.add(y, (A[i, :i] @ ks[:i]).view_as(y), alpha=h)
+                yi = y + h * (A[i, :i] @ ks[:i]).reshape(y.shape)
                 k, aux = self.rhs(yi)
                 ks[i] = k.reshape(-1)
             y_new = yi  # the 7th stage point is the 5th-order solution (FSAL)
             self.n_evals += 6
-            err_vec = (h * (E @ ks)).view_as(y)
-            scale = self.atol + self.rtol * torch.maximum(y.abs(), y_new.abs())
+            err_vec = (h * (E @ ks)).reshape(y.shape)
+            scale = self.atol + self.rtol * np.maximum(np.abs(y), np.abs(y_new))
             err = float(self._rms(err_vec / scale).max())
             if err != err:  # NaN: the step blew up; shrink hard
                 self.h = h * 0.1
@@ -122,7 +131,7 @@ class DormandPrince:
             if err <= 1.0:
                 self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, y, f, self.aux
                 self.t += h
-                self.y, self.f, self.aux = y_new, ks[6].view_as(y), aux
+                self.y, self.f, self.aux = y_new, ks[6].reshape(y.shape), aux
                 self.h = h * min(5.0, max(0.2, factor))
                 self.n_accepted += 1
                 return
@@ -130,7 +139,7 @@ class DormandPrince:
             self.n_rejected += 1
 
 
-def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
+def gradient_flow(objective, w0, settings, tracker) -> None:
     """``--method flow``: integrate ẇ = −∇𝓛(w) for every row of ``w0`` (B, k) with
     :class:`DormandPrince` at ``settings.rtol``, following the method contract of
     :mod:`ncfkit.dynamics` (``step`` counts accepted steps).
@@ -141,15 +150,17 @@ def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
     checkpoint is landed there. When a checkpoint reports more change than the record
     resolution, the next step is capped accordingly. A step size that underflows ends the
     rows still running with status ``failed`` and says at what time. ∇𝓛 comes from
-    ``settings.engine`` (:func:`ncfkit.fastgd.value_and_grad_fn`).
+    ``settings.engine`` (:func:`ncfkit.fastgd.value_and_grad_fn`); the state is numpy
+    in the data's dtype.
     """
-    value_and_grad = value_and_grad_fn(objective, settings.engine)
+    value_and_grad = value_and_grad_fn(objective, settings.engine, host=True)
 
     def rhs(w):
         loss, grad = value_and_grad(w)
         return -grad, loss
 
-    stepper = DormandPrince(rhs, w0.clone(), rtol=settings.rtol)
+    y0 = np.array(w0.detach().cpu() if hasattr(w0, "detach") else w0)
+    stepper = DormandPrince(rhs, y0, rtol=settings.rtol)
     tracker.start(stepper.y, stepper.aux, -stepper.f)
     step = 0
     while tracker.active.size and stepper.t < settings.max_time * (1 - 1e-12):
@@ -160,7 +171,7 @@ def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
             tracker.finish("failed", message=str(e))
             return
         step += 1
-        losses = torch.stack([stepper.aux_prev, stepper.aux]).cpu().numpy()
+        losses = np.stack([stepper.aux_prev, stepper.aux]).astype(np.float64)
         times = (stepper.t_prev, stepper.t)
         cut = tracker.scan(step - 1, losses, lambda s: times[min(max(s - (step - 1), 0), 1)])
         if cut is not None:
@@ -178,34 +189,32 @@ def gradient_flow(objective, w0: torch.Tensor, settings, tracker) -> None:
         tracker.finish("max time")
 
 
-def _hermite(stepper: DormandPrince, s: float) -> torch.Tensor:
+def _hermite(stepper: DormandPrince, s: float) -> np.ndarray:
     """w at t_prev + s·h from the end points and their derivatives (cubic Hermite)."""
     h = stepper.t - stepper.t_prev
-    f_prev = stepper.f_prev
     h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
     h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
-    return h00 * stepper.y_prev + h10 * h * f_prev + h01 * stepper.y + h11 * h * stepper.f
+    return h00 * stepper.y_prev + (h10 * h) * stepper.f_prev + h01 * stepper.y + (h11 * h) * stepper.f
 
 
 def _locate_crossing(value_and_grad, stepper: DormandPrince, levels, iters: int = 40):
     """First time in the last step at which some row's loss falls below its level:
     bisection on the Hermite interpolant (the earliest crossing over the rows)."""
-    levels_t = torch.as_tensor(levels, dtype=stepper.y.dtype, device=stepper.y.device)
     lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
         loss, _ = value_and_grad(_hermite(stepper, mid))
-        if bool((loss < levels_t).any()):
+        if bool((loss < levels).any()):
             hi = mid
         else:
             lo = mid
     return stepper.t_prev + hi * (stepper.t - stepper.t_prev), _hermite(stepper, hi)
 
 
-def _drop_rows(stepper: DormandPrince, keep: torch.Tensor) -> None:
+def _drop_rows(stepper: DormandPrince, keep: np.ndarray) -> None:
     if bool(keep.all()):
         return
     for name in ("y", "f", "aux", "y_prev", "f_prev", "aux_prev"):
         setattr(stepper, name, getattr(stepper, name)[keep])
-    if isinstance(stepper.atol, torch.Tensor) and stepper.atol.dim() and stepper.atol.shape[0] == keep.shape[0]:
+    if isinstance(stepper.atol, np.ndarray) and stepper.atol.ndim and stepper.atol.shape[0] == keep.shape[0]:
         stepper.atol = stepper.atol[keep]

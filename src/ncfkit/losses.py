@@ -28,6 +28,8 @@ class Loss:
     reduction: str
     _ell: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     _dell: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    #: ∂²ℓ/∂p² (None: unknown, Hessians then fall back to autograd)
+    _d2ell: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def _scale(self, n: int) -> float:
         return 1.0 / n if self.reduction == "mean" else 1.0
@@ -39,6 +41,11 @@ class Loss:
     def dvalue(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """∂𝓛/∂pred, shape (..., n)."""
         d = self._dell(pred, y)
+        return d if self.reduction == "sum" else d * self._scale(y.shape[-1])
+
+    def d2value(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """∂²𝓛/∂pred² (diagonal: the samples are independent), shape (..., n)."""
+        d = self._d2ell(pred, y)
         return d if self.reduction == "sum" else d * self._scale(y.shape[-1])
 
     def ytilde(self, y: torch.Tensor) -> torch.Tensor:
@@ -53,7 +60,8 @@ class Loss:
 
 
 def _square(reduction: str) -> Loss:
-    return Loss("square", reduction, lambda p, y: (p - y) ** 2, lambda p, y: 2 * (p - y))
+    return Loss("square", reduction, lambda p, y: (p - y) ** 2, lambda p, y: 2 * (p - y),
+                lambda p, y: torch.full_like(p, 2.0))
 
 
 def _logistic(reduction: str) -> Loss:
@@ -62,6 +70,7 @@ def _logistic(reduction: str) -> Loss:
         reduction,
         lambda p, y: F.softplus(-p * y),
         lambda p, y: -y * torch.sigmoid(-p * y),
+        lambda p, y: y * y * torch.sigmoid(-p * y) * torch.sigmoid(p * y),
     )
 
 

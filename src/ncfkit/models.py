@@ -15,6 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from .activations import Activation, parse_activation
@@ -135,6 +136,48 @@ class MLP:
     def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
 
+    def hvp(self, X: torch.Tensor, w: torch.Tensor, V: torch.Tensor, g_of_out, dg=None) -> torch.Tensor:
+        """Directional derivative of the closed-form gradient J(w)ᵀg along each row of
+        ``V`` (..., k): forward-over-reverse written out (Pearlmutter's R-operator), no
+        autograd. With g = ∂F/∂H for F(w) = f(H(X; w)) it is ∇²F(w)·v; ``g_of_out(H)``
+        gives g, ``dg(H, Ḣ)`` its derivative along Ḣ = J v (None: g does not depend on w,
+        as for 𝒩 = ỹᵀH). The forward pass at w is shared by all rows of ``V``."""
+        Ws, hs, zs, out = self._forward_cache(X, w)
+        Vs = self.split(V)
+        act, depth = self.act, len(Ws)
+        s1 = [act.derivative(z) for z in zs]
+        dzs, dhs = [], [None]  # tangents of z_l and h_l (h_0 = X is fixed)
+        for l in range(depth - 1):
+            dz = Vs[l] @ hs[l] if l else (Vs[0].reshape(-1, self.d) @ hs[0]).view(*Vs[0].shape[:-1], -1)
+            if dhs[l] is not None:
+                dz = dz + Ws[l] @ dhs[l]
+            dzs.append(dz)
+            dhs.append(s1[l] * dz)
+        dout = Vs[-1] @ hs[-1]
+        if dhs[-1] is not None:
+            dout = dout + Ws[-1] @ dhs[-1]
+        b = g_of_out(out).unsqueeze(-2)  # ∂F/∂z of the layer-L pre-activation, (…, 1, n)
+        db = None if dg is None else dg(out, dout.squeeze(-2)).unsqueeze(-2)
+        grads = [None] * depth
+        for l in range(depth - 1, -1, -1):
+            G = None if db is None else (db @ hs[l].transpose(-1, -2) if l else
+                                         (db.reshape(-1, db.shape[-1]) @ X).view(*db.shape[:-1], self.d))
+            if dhs[l] is not None:
+                bh = b @ dhs[l].transpose(-1, -2)
+                G = bh if G is None else G + bh
+            grads[l] = G
+            if l:
+                WTb = Ws[l].transpose(-1, -2) @ b
+                new_db = (Vs[l].transpose(-1, -2) @ b) * s1[l - 1] \
+                    + WTb * act.second_derivative(zs[l - 1]) * dzs[l - 1]
+                if db is not None:
+                    new_db = new_db + (Ws[l].transpose(-1, -2) @ db) * s1[l - 1]
+                b, db = WTb * s1[l - 1], new_db
+        lead = torch.Size(np.broadcast_shapes(tuple(w.shape), tuple(V.shape)))[:-1]
+        return torch.cat([torch.zeros((*lead, r, c), dtype=V.dtype, device=V.device) if G is None
+                          else G.expand(*lead, r, c).flatten(-2)
+                          for G, (r, c) in zip(grads, self.shapes, strict=True)], dim=-1)
+
     def neuron_norms(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per hidden layer l: (‖W_l[j,:]‖, ‖W_{l+1}[:,j]‖) for every neuron j."""
         Ws = self.split(w)
@@ -176,6 +219,18 @@ class Diagonal:
 
     def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
+
+    def hvp(self, X: torch.Tensor, w: torch.Tensor, V: torch.Tensor, g_of_out, dg=None) -> torch.Tensor:
+        """As :meth:`MLP.hvp`: ∇ = D w^{D−1} ⊙ (gX), so its derivative along v is
+        D(D−1) w^{D−2} ⊙ v ⊙ (gX) + D w^{D−1} ⊙ (ġX) with ġ = dg(H, (D w^{D−1} ⊙ v) Xᵀ)."""
+        D = self.depth
+        out = self.forward(X, w)
+        gX = g_of_out(out) @ X
+        first = D * w ** (D - 1)
+        res = D * (D - 1) * w ** (D - 2) * V * gX if D > 1 else torch.zeros_like(V * gX)
+        if dg is not None:
+            res = res + first * (dg(out, (first * V) @ X.T) @ X)
+        return res
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": "diag", "d": self.d, "depth": self.depth}

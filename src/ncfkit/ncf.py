@@ -13,7 +13,9 @@ For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
 from .losses import Loss
 from .models import Architecture
 
@@ -42,7 +44,8 @@ def vjp(f, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     ncfkit gradient is), batched over the leading axes of ``v`` (``w`` is broadcast to
     them), by plain reverse-mode autograd. For f = ∇g it is the Hessian-vector product
     ∇²g(w) v (the Hessian is symmetric). An f that does not depend on w gives zeros."""
-    lead = torch.broadcast_shapes(w.shape, v.shape)
+    # numpy's rule, not torch.broadcast_shapes: that one imports sympy (~0.7 s) on first use
+    lead = torch.Size(np.broadcast_shapes(tuple(w.shape), tuple(v.shape)))
     with torch.enable_grad():
         W = w.detach().expand(lead).clone().requires_grad_(True)
         out = f(W)
@@ -53,7 +56,10 @@ def vjp(f, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def ncf_hvp(arch, X, ytilde, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """∇²𝒩(u) v."""
+    """∇²𝒩(u) v: the architecture's closed-form R-operator (``arch.hvp``) where it has
+    one, else reverse-mode autograd of ∇𝒩 (:func:`vjp`)."""
+    if hasattr(arch, "hvp"):
+        return arch.hvp(X, u, v, lambda o: ytilde.expand_as(o))
     return vjp(lambda x: ncf_grad(arch, X, ytilde, x), u, v)
 
 
@@ -65,13 +71,25 @@ def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     pass through a batch of copies of ``w``: bounded memory, and none of ``torch.func``'s
     machinery (which alone cost ~120 MB here).
     """
+    return _stack_rows(lambda V: vjp(f, w, V), w, chunk)
+
+
+def _stack_rows(hvp, w: torch.Tensor, chunk: int) -> torch.Tensor:
+    """The dense (k, k) matrix whose rows are ``hvp(E)`` for chunks E of the identity."""
     k = w.numel()
     eye = torch.eye(k, dtype=w.dtype, device=w.device)
-    return torch.cat([vjp(f, w, eye[i : i + chunk]) for i in range(0, k, chunk)])
+    return torch.cat([hvp(eye[i : i + chunk]) for i in range(0, k, chunk)])
+
+
+#: Rows of a dense Hessian per closed-form R-operator pass: ~chunk × (widths × n) floats
+#: of tangents at once (256 × 50 × 100 × 8 B = 10 MB for the paper's Figure-1 net).
+HVP_CHUNK = 256
 
 
 def ncf_hessian(arch, X, ytilde, u: torch.Tensor) -> torch.Tensor:
     """Dense ∇²𝒩(u) of one point ``u`` (k,), shape (k, k)."""
+    if hasattr(arch, "hvp"):
+        return _stack_rows(lambda V: ncf_hvp(arch, X, ytilde, u, V), u, HVP_CHUNK)
     return dense_jacobian(lambda x: ncf_grad(arch, X, ytilde, x), u)
 
 
@@ -90,11 +108,21 @@ def _loss_grad(arch, X, y, loss, w):
     return loss_value_and_grad(arch, X, y, loss, w)[1]
 
 
+def _closed_form_hvp(arch, loss: Loss) -> bool:
+    return hasattr(arch, "hvp") and loss._d2ell is not None
+
+
 def loss_hvp(arch, X, y, loss: Loss, w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """∇²𝓛(w) v."""
+    """∇²𝓛(w) v = Jᵀ(ℓ''⊙Jv) + (∂J/∂v)ᵀℓ': the architecture's closed-form R-operator
+    where it and the loss's ℓ'' exist, else reverse-mode autograd of ∇𝓛 (:func:`vjp`)."""
+    if _closed_form_hvp(arch, loss):
+        return arch.hvp(X, w, v, lambda o: loss.dvalue(o, y), lambda o, do: loss.d2value(o, y) * do)
     return vjp(lambda x: _loss_grad(arch, X, y, loss, x), w, v)
 
 
-def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
-    """Dense ∇²𝓛(w) of one point (k,), shape (k, k)."""
-    return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w, chunk)
+def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Dense ∇²𝓛(w) of one point (k,), shape (k, k); ``chunk`` rows per pass (default
+    :data:`HVP_CHUNK` in closed form, 64 by autograd)."""
+    if _closed_form_hvp(arch, loss):
+        return _stack_rows(lambda V: loss_hvp(arch, X, y, loss, w, V), w, chunk or HVP_CHUNK)
+    return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w, chunk or 64)

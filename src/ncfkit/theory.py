@@ -247,7 +247,7 @@ class NcfFlowEscape:
     log_amplitude: float | None  # L_h = 2
     converged: bool
     steps: int
-    direction: object = field(default=None, repr=False)  # θ at the end (a tensor (k,))
+    direction: np.ndarray | None = field(default=None, repr=False)  # θ at the end (k,)
 
     def escape_time(self, delta):
         if not self.ncf > 0:
@@ -265,17 +265,23 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
 
     Args:
         arch, X, ytilde: the network, data and ỹ of the NCF 𝒩(u) = ỹᵀH(X; u).
-        w0: the initial direction (k,), any norm.
+        w0: the initial direction (k,), any norm (numpy array or tensor).
+
+    Returns:
+        :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
     """
     from .fastgd import ncf_value_and_grad_fn
 
     L_h = float(arch.homogeneity)
-    theta = w0 / w0.norm()
-    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde)  # compiled where it applies
+    # on the host in numpy (the state is one vector; torch's per-op overhead would
+    # dominate), ∇𝒩 from the compiled kernel where it applies
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, host=True)
+    theta = np.asarray(w0.detach().cpu() if hasattr(w0, "detach") else w0, dtype=float).ravel()
+    theta = theta / np.linalg.norm(theta)
 
-    def rhs(th):
+    def rhs(th):  # in the data's dtype inside value_and_grad, float64 here
         val, grad = value_and_grad(th)
-        val = float(val)
+        val, grad = float(val), np.asarray(grad, dtype=float)
         tangent = grad - (th @ grad) * th  # = ∇𝒩 − L_h𝒩θ by Euler's identity
         return tangent, val
 
@@ -283,16 +289,17 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
         return math.exp((2.0 - L_h) * rho_)
 
     def unit(v):
-        return v / v.norm()
+        return v / np.linalg.norm(v)
 
     rho, t = 0.0, 0.0  # ln r and t, accumulated along the clock s
     converged, steps = False, 0
     for steps in range(1, max_steps + 1):
         k1, n1 = rhs(theta)
-        if float(k1.norm()) <= tol * L_h * max(abs(n1), 1e-300):
+        k1_norm = float(np.linalg.norm(k1))
+        if k1_norm <= tol * L_h * max(abs(n1), 1e-300):
             converged = True
             break
-        h = h_angle / max(float(k1.norm()), L_h * abs(n1), 1e-300)
+        h = h_angle / max(k1_norm, L_h * abs(n1), 1e-300)
         k2, n2 = rhs(unit(theta + 0.5 * h * k1))
         k3, n3 = rhs(unit(theta + 0.5 * h * k2))
         k4, n4 = rhs(unit(theta + h * k3))

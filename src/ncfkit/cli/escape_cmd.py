@@ -266,9 +266,9 @@ def _summary_lines(report, problem):
 @click.option("--rtol", type=float, default=1e-8, show_default=True,
               help="Relative tolerance of --method flow (local error per step).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
-              help="How --method gd computes its steps: compiled (a C kernel, CPU, float32/64, "
-                   "the feed-forward and diagonal models), torch (any device), or auto (compiled "
-                   "where it applies). Both give the same iterates up to round-off.")
+              help="How the gradients of gd and flow are computed: compiled (a C kernel, CPU, "
+                   "float32/64, the feed-forward and diagonal models), torch (any device), or auto "
+                   "(compiled where it applies). Both give the same iterates up to round-off.")
 @click.option("--eps", type=float, default=0.01, show_default=True,
               help="Escape: the first time the loss < (1 − eps)·loss(0).")
 @click.option("--until", type=click.Choice(["saddle", "max-time"]), default="saddle", show_default=True,
@@ -324,7 +324,7 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
                       kkt_file=kkt_file, point=point)
     bar, observer = _progress(console, len(deltas), max_time)
     objective = Objective(problem.arch, problem.X, problem.y, problem.loss)
-    if method == "gd" and engine == "compiled":
+    if engine == "compiled":
         from ..fastgd import compiled_unsupported
 
         why = compiled_unsupported(objective)
