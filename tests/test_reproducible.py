@@ -91,7 +91,7 @@ def starts(monkeypatch) -> list:
 
     def spy(*args, **kwargs):
         u = original(*args, **kwargs)
-        drawn.append(u.clone())
+        drawn.append(u.copy() if isinstance(u, np.ndarray) else u.clone())
         return u
 
     monkeypatch.setattr(ncfkit.models, "random_direction", spy)

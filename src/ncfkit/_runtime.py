@@ -28,7 +28,9 @@ def tune_allocator(threshold: int = 1 << 30) -> bool:
 
 
 def default_threads() -> None:
-    """Use one intra-op thread unless NCFKIT_THREADS or OMP_NUM_THREADS says otherwise.
+    """Use one intra-op torch thread unless NCFKIT_THREADS or OMP_NUM_THREADS says
+    otherwise, applied when torch is first imported (:func:`ncfkit._lazy.on_load`; a run
+    that never needs torch never pays its import).
 
     ncfkit's tensors are small (thousands of parameters, hundreds of samples): a second
     thread buys little, and sweeps run many ncfkit processes side by side, where
@@ -36,13 +38,14 @@ def default_threads() -> None:
     """
     import os
 
-    import torch
+    from ._lazy import on_load
 
     wanted = os.environ.get("NCFKIT_THREADS") or os.environ.get("OMP_NUM_THREADS")
     try:
-        torch.set_num_threads(max(1, int(wanted)) if wanted else 1)
+        n = max(1, int(wanted)) if wanted else 1
     except ValueError:
-        torch.set_num_threads(1)
+        n = 1
+    on_load(lambda torch: torch.set_num_threads(n))
 
 
 def row_workers() -> int:

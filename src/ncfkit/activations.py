@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from ._lazy import torch
+from .arrays import is_numpy, xp
 from .errors import InputError
 
 __all__ = ["Activation", "parse_activation", "PRESETS"]
@@ -51,59 +53,63 @@ class Activation:
             and int(self.p) % 2 == 1
         )
 
-    def _base(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.maximum(x, self.alpha * x)
+    def _base(self, x):
+        return xp(x).maximum(x, self.alpha * x)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def _slope(self, x):
+        """1 where x > αx, else α, in x's dtype (a Python scalar in torch.where would
+        become float32 and lose 8 digits of α = 0.1 in float64)."""
+        up = x > self.alpha * x
+        if is_numpy(x):
+            return np.where(up, 1.0, self.alpha).astype(x.dtype, copy=False)
+        return torch.where(up, x.new_tensor(1.0), x.new_tensor(self.alpha))
+
+    def __call__(self, x):
+        """σ(x) of a numpy array or a tensor."""
         if self.name == "tanh":
-            return torch.tanh(x)
+            return xp(x).tanh(x)
         if self.name == "gelu":
-            return torch.nn.functional.gelu(x)
+            return x * _normal_cdf(x) if is_numpy(x) else torch.nn.functional.gelu(x)
         if self.alpha == -1.0 and self.p == 2:  # square: the hottest path, kept lean
             return x * x
         if self.alpha == 1.0 and self.p == 1:
             return x
         if self.alpha == 0.0 and self.p == 1:
-            return torch.relu(x)
+            return np.maximum(x, 0.0).astype(x.dtype, copy=False) if is_numpy(x) else torch.relu(x)
         m = self._base(x)
         return m if self.p == 1 else m**self.p
 
-    def derivative(self, x: torch.Tensor) -> torch.Tensor:
+    def derivative(self, x):
         """σ'(x); at the kink x = 0 of ReLU-like σ the slope of the left branch (α), as
         torch's ``relu`` and ``leaky_relu`` do."""
         if self.name == "tanh":
-            return 1 - torch.tanh(x) ** 2
+            return 1 - xp(x).tanh(x) ** 2
         if self.name == "gelu":
-            cdf = 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
-            pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-            return cdf + x * pdf
+            return _normal_cdf(x) + x * _normal_pdf(x)
         if self.alpha == -1.0 and self.p == 2:
             return 2 * x
         if self.alpha == 1.0 and self.p == 1:
-            return torch.ones_like(x)
+            return xp(x).ones_like(x)
         if self.alpha == 0.0 and self.p == 1:
-            return (x > 0).to(x.dtype)
-        # Scalars in torch.where become float32 (the default dtype): α = 0.1 would lose
-        # 8 digits in float64, so build them in x's dtype.
-        slope = torch.where(x > self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
+            return (x > 0).astype(x.dtype) if is_numpy(x) else (x > 0).to(x.dtype)
+        slope = self._slope(x)
         if self.p == 1:
             return slope
         return self.p * self._base(x) ** (self.p - 1) * slope
 
-    def second_derivative(self, x: torch.Tensor) -> torch.Tensor:
+    def second_derivative(self, x):
         """σ''(x) (for Hessians in closed form); 0 at the kink of ReLU-like σ with p = 1,
         as autograd of :meth:`derivative` gives."""
         if self.name == "tanh":
-            t = torch.tanh(x)
+            t = xp(x).tanh(x)
             return -2 * t * (1 - t * t)
         if self.name == "gelu":
-            pdf = torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-            return pdf * (2 - x * x)
+            return _normal_pdf(x) * (2 - x * x)
         if self.alpha == -1.0 and self.p == 2:
-            return torch.full_like(x, 2.0)
+            return xp(x).full_like(x, 2.0)
         if self.p == 1:
-            return torch.zeros_like(x)
-        slope = torch.where(x > self.alpha * x, x.new_tensor(1.0), x.new_tensor(self.alpha))
+            return xp(x).zeros_like(x)
+        slope = self._slope(x)
         return self.p * (self.p - 1) * self._base(x) ** (self.p - 2) * slope * slope
 
     def describe(self) -> str:
@@ -122,6 +128,19 @@ PRESETS: dict[str, Activation] = {
 }
 
 _GRAMMAR = "linear, relu, leaky:ALPHA, square, sqrelu, poly:P, poly:P:ALPHA, tanh, gelu"
+
+
+def _normal_cdf(x):
+    """Φ(x) (gelu's gate); numpy's has no erf, so scipy's."""
+    if is_numpy(x):
+        from scipy.special import ndtr
+
+        return ndtr(x).astype(x.dtype, copy=False)
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2.0)))
+
+
+def _normal_pdf(x):
+    return xp(x).exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
 def _number(text: str, what: str, spec: str) -> float:

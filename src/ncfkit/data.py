@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
+from ._lazy import torch
 from .errors import InputError
 from .models import make_architecture
 
@@ -34,7 +34,9 @@ class Dataset:
     def d(self) -> int:
         return self.X.shape[1]
 
-    def tensors(self, dtype=torch.float64, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, dtype=None, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """X and y as tensors (float64 unless ``dtype``) on ``device``."""
+        dtype = torch.float64 if dtype is None else dtype
         return (torch.as_tensor(self.X, dtype=dtype, device=device),
                 torch.as_tensor(self.y, dtype=dtype, device=device))
 

@@ -34,8 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
+from ._lazy import torch
+from .arrays import asarray_like, is_numpy, to_numpy
 from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
 from .fastgd import ENGINES, make_stepper, resolve_engine
 from .flow import gradient_flow
@@ -203,10 +204,11 @@ class Tracker:
         self.objective = objective
         self.settings = settings
         self.B = batch
-        self.w_star = None if w_star is None else w_star / w_star.norm()
-        self.wz_mask = None if wz_mask is None or not bool(wz_mask.any()) else wz_mask
-        self._w_star_np = None if self.w_star is None else self.w_star.detach().cpu().double().numpy()
-        self._wz_np = None if self.wz_mask is None else self.wz_mask.detach().cpu().numpy().astype(bool)
+        self._w_star_np = None if w_star is None else to_numpy(w_star).astype(np.float64)
+        if self._w_star_np is not None:
+            self._w_star_np = self._w_star_np / np.linalg.norm(self._w_star_np)
+        wz = None if wz_mask is None else to_numpy(wz_mask).astype(bool)
+        self._wz_np = None if wz is None or not wz.any() else wz
         self.observer = observer
         self.active = np.arange(batch)  # rows of the original batch still running
         self.detectors: list[EventDetector] = []
@@ -433,7 +435,7 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
     lr = settings.lr
     stepper = make_stepper(objective, lr, settings.engine)
     n_steps = int(math.floor(settings.max_time / lr + 1e-9))
-    w = w0.clone()
+    w = w0.copy() if is_numpy(w0) else w0.clone()
     L, g = objective.value_and_grad(w)
     tracker.start(w, L, g)
     step, K = 0, 1
@@ -450,7 +452,7 @@ def gradient_descent(objective: Objective, w0: torch.Tensor, settings: Settings,
             step += K
         verdict = tracker.checkpoint(step, step * lr, w, L, g)
         if not bool(verdict.keep.all()):
-            keep = torch.as_tensor(verdict.keep, device=w.device)
+            keep = verdict.keep if is_numpy(w) else torch.as_tensor(verdict.keep, device=w.device)
             w, L, g = w[keep], L[keep], g[keep]
         if verdict.change > 1.0:
             K = max(1, K // 2)
@@ -537,22 +539,23 @@ class HessianExtremes:
         return "minimum" if self.min > tol else "degenerate"
 
 
-def min_hessian_eigenvalue(objective: Objective, w: torch.Tensor, dense_max: int = 3000,
-                           chunk: int = 64) -> HessianExtremes:
-    """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,): dense for
-    k ≤ ``dense_max`` (rows of ∇²𝓛 by reverse mode, ``chunk`` at a time, so memory
-    stays ~chunk × one backward pass), else Lanczos (scipy ``eigsh``)."""
+def min_hessian_eigenvalue(objective: Objective, w, dense_max: int = 3000,
+                           chunk: int | None = None) -> HessianExtremes:
+    """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,) (numpy array or
+    tensor): dense for k ≤ ``dense_max`` (:func:`ncfkit.ncf.loss_hessian`, ``chunk`` rows
+    at a time, so memory stays bounded), else Lanczos (scipy ``eigsh``) on Hessian-vector
+    products."""
     o = objective
-    k = w.numel()
+    k = w.shape[-1]
     if k <= dense_max:
-        H = loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk).detach().cpu().double().numpy()
+        H = to_numpy(loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk)).astype(np.float64)
         eigs = np.linalg.eigvalsh((H + H.T) / 2)
         return HessianExtremes(float(eigs[0]), float(eigs[-1]), "dense")
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     def matvec(x):
-        v = torch.as_tensor(np.asarray(x).ravel(), dtype=w.dtype, device=w.device)
-        return loss_hvp(o.arch, o.X, o.y, o.loss, w, v).detach().cpu().double().numpy()
+        v = asarray_like(np.asarray(x).ravel(), w)
+        return to_numpy(loss_hvp(o.arch, o.X, o.y, o.loss, w, v)).astype(np.float64)
 
     op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
     lo = eigsh(op, k=1, which="SA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)

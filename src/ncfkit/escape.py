@@ -32,9 +32,10 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from . import theory
+from .arrays import asarray_like, nonzero, norm, to_numpy, xp
+from ._lazy import torch
 from .dynamics import (
     Objective,
     RunResult,
@@ -83,7 +84,7 @@ def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
 
         activity = neuron_activity(arch, w_star, tol)
         return zero_preserving_mask(arch, activity.zero, like=w_star), activity.zero
-    a = w_star.abs()
+    a = abs(w_star)
     return a <= tol * a.max(), None
 
 
@@ -106,8 +107,7 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     then polished to ``tol`` by the normalized ascent and certified. If the flow does not
     settle within ``max_steps`` the ascent starts from w0 itself."""
     flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
-    start = torch.as_tensor(flow.direction, dtype=w0.dtype, device=w0.device) if flow.converged \
-        else w0 / w0.norm()
+    start = asarray_like(flow.direction, w0) if flow.converged else w0 / norm(w0)
     asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.converged,
@@ -240,11 +240,11 @@ class EscapeReport:
         return self.simulation.status
 
 
-def _ratio(mask: torch.Tensor | None, w: np.ndarray) -> float | None:
+def _ratio(mask, w: np.ndarray) -> float | None:
     if mask is None or not bool(mask.any()):
         return None
     n = float(np.linalg.norm(w))
-    return float(np.linalg.norm(w[mask.cpu().numpy()])) / n if n > 0 else None
+    return float(np.linalg.norm(w[to_numpy(mask)])) / n if n > 0 else None
 
 
 def path_distance(run: RunResult, ref: RunResult) -> float | None:
@@ -277,10 +277,10 @@ def path_distance(run: RunResult, ref: RunResult) -> float | None:
     return float(d.max()) if d.size else None
 
 
-def _saddle_info(objective: Objective, run: RunResult, like: torch.Tensor):
+def _saddle_info(objective: Objective, run: RunResult, like):
     if run.saddle is None:
         return None, None
-    w = torch.as_tensor(run.snapshots["saddle"].w, dtype=like.dtype, device=like.device)
+    w = asarray_like(run.snapshots["saddle"].w, like)
     h = min_hessian_eigenvalue(objective, w)
     return h.min, h.kind
 
@@ -311,10 +311,10 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         delta_ref = default_delta_ref(deltas, L_h)
     rows = [d * w0 for d in deltas]
     if delta_ref is not None:
-        rows.append(float(delta_ref) * point.w_star.to(w0))
-    W0 = torch.stack(rows)
+        rows.append(float(delta_ref) * asarray_like(point.w_star, w0))
+    W0 = xp(w0).stack(rows)
     sim = simulate(objective, W0, settings, method=method,
-                   w_star=None if point is None else point.w_star.to(w0),
+                   w_star=None if point is None else asarray_like(point.w_star, w0),
                    wz_mask=None if point is None else point.wz_mask, observer=observer)
 
     reference = None
@@ -424,7 +424,7 @@ def kkt_json(point: GoverningPoint | None) -> dict | None:
         out["active_per_layer"] = list(c.active_per_layer)
         out["active_neurons"] = [list(a) for a in c.active_neurons]
     else:
-        out["zero_coordinates"] = torch.nonzero(point.wz_mask).flatten().tolist()
+        out["zero_coordinates"] = nonzero(point.wz_mask)
     return out
 
 
@@ -455,8 +455,8 @@ def _run_tree(r: RunResult, arch) -> dict:
     for name, s in r.snapshots.items():
         node = {"time": s.time, "step": s.step, "loss": s.loss, "grad_norm": s.grad_norm, "w": s.w}
         if isinstance(arch, MLP):
-            for l, W in enumerate(arch.split(torch.as_tensor(s.w)), start=1):
-                node[f"W{l}"] = W.numpy()
+            for l, W in enumerate(arch.split(np.asarray(s.w)), start=1):
+                node[f"W{l}"] = W
         snaps[name] = node
     events = {name: {"time": e.time, "step": e.step, "loss": e.loss, "grad_norm": e.grad_norm}
               for name, e in (("escape", r.escape), ("saddle", r.saddle)) if e is not None}
@@ -480,8 +480,8 @@ def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> di
                        "kind": c.kind, "second_order": c.second_order, "source": point.source,
                        "ascent_converged": point.converged, "ascent_steps": point.steps,
                        "zero_preserving_size": int(point.wz_mask.sum()),
-                       "w_star": c.w.detach().cpu().numpy(),
-                       "wz_mask": point.wz_mask.cpu().numpy().astype(np.uint8)}
+                       "w_star": to_numpy(c.w),
+                       "wz_mask": to_numpy(point.wz_mask).astype(np.uint8)}
         if point.flow is not None:
             tree["kkt"]["ncf_flow_blowup_time"] = point.flow.blowup_time
             tree["kkt"]["ncf_flow_log_amplitude"] = point.flow.log_amplitude

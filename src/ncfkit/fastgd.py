@@ -26,9 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import torch
 
+from ._lazy import torch
 from ._runtime import row_workers
+from .arrays import is_numpy, to_numpy
 from .models import MLP, Diagonal
 from .ncf import loss_value_and_grad, ncf_value_and_grad
 
@@ -40,8 +41,7 @@ ENGINES = ("auto", "compiled", "torch")
 #: ``stepper(w, L, g, K) -> (w_K, 𝓛(w_K), ∇𝓛(w_K), losses)`` from w_0 = w (B, k) with
 #: its known loss L and gradient g (none of them modified); ``losses`` (K, B) float64
 #: holds 𝓛 of the iterates w_0 … w_{K−1}.
-Stepper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int],
-                   tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]]
+Stepper = Callable[..., tuple]  # (w, L, g, K) -> (w_K, L_K, g_K, losses); numpy or torch
 
 try:  # built by setup.py; absent when the package was installed without a C compiler
     from . import _gdkernel
@@ -65,9 +65,9 @@ def compiled_unsupported(objective=None, *, arch=None, X=None, loss_name=None) -
         arch, X, loss_name = objective.arch, objective.X, objective.loss.name
     if _gdkernel is None:
         return "the compiled GD kernel was not built (no C compiler at install time?)"
-    if X.device.type != "cpu":
+    if not is_numpy(X) and X.device.type != "cpu":
         return f"the compiled engine runs on the CPU only (data on {X.device})"
-    if X.dtype not in (torch.float32, torch.float64):
+    if str(X.dtype).removeprefix("torch.") not in ("float32", "float64"):
         return f"the compiled engine needs float32 or float64 (got {X.dtype})"
     if loss_name not in _LOSS_CODES:
         return f"the compiled engine has no {loss_name!r} loss"
@@ -100,11 +100,12 @@ def _act_code(act) -> tuple[int, float, float]:
 class _Kernel:
     """One network on one data set, ready for ``_gdkernel.gd_block``."""
 
-    def __init__(self, arch, X: torch.Tensor, y: torch.Tensor, loss_name: str, scale: float):
-        self.dtype = X.dtype
-        self.np_dtype = np.float64 if X.dtype == torch.float64 else np.float32
-        self.XT = np.ascontiguousarray(X.detach().numpy().T, dtype=self.np_dtype)
-        self.y = np.ascontiguousarray(y.detach().numpy(), dtype=self.np_dtype)
+    def __init__(self, arch, X, y, loss_name: str, scale: float):
+        """``X`` (n, d) and ``y`` (n,): numpy arrays or CPU tensors, float32 or float64."""
+        X, y = to_numpy(X), to_numpy(y)
+        self.np_dtype = np.float64 if X.dtype == np.float64 else np.float32
+        self.XT = np.ascontiguousarray(X.T, dtype=self.np_dtype)
+        self.y = np.ascontiguousarray(y, dtype=self.np_dtype)
         if isinstance(arch, Diagonal):
             self.widths = np.array([arch.d, arch.depth], dtype=np.int64)
             self.kind, (self.act, self.p, self.alpha) = 1, (0, 0.0, 0.0)
@@ -144,7 +145,7 @@ class _Kernel:
 
     def __call__(self, w: torch.Tensor, K: int, lr: float = 0.0):
         """:meth:`run` on torch tensors (CPU; the results share memory with numpy)."""
-        out, grad, losses = self.run(w.detach().to(dtype=self.dtype).contiguous().numpy(), K, lr)
+        out, grad, losses = self.run(w.detach().numpy(), K, lr)
         return torch.from_numpy(out), torch.from_numpy(grad), losses
 
 
@@ -157,7 +158,10 @@ def _kernel(objective) -> _Kernel:
 def _compiled_stepper(objective, lr: float) -> Stepper:
     kernel = _kernel(objective)
 
-    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
+    def step(w, L, g, K: int):
+        if is_numpy(w):
+            out, grad, losses = kernel.run(w, K, lr)
+            return out, losses[K].copy(), grad, losses[:K].astype(np.float64)
         out, grad, losses = kernel(w, K, lr)
         return out, torch.from_numpy(losses[K].copy()), grad, losses[:K].astype(np.float64)
 
@@ -233,9 +237,13 @@ def _unbatched(f):
     return g
 
 
-def _on_host(f, like: torch.Tensor):
+def _on_host(f, like):
     """A torch (B, k) -> ((B,), (B, k)) function taking and returning numpy arrays (one
-    transfer each way to ``like``'s device and dtype)."""
+    transfer each way to ``like``'s device and dtype); f itself when the data ``like``
+    are numpy arrays already (the closed forms run on either)."""
+    if is_numpy(like):
+        return f
+
     def g(w: np.ndarray):
         L, grad = f(torch.as_tensor(w, dtype=like.dtype, device=like.device))
         return L.detach().cpu().numpy(), grad.detach().cpu().numpy()
@@ -244,14 +252,12 @@ def _on_host(f, like: torch.Tensor):
 
 def _from_kernel(kernel: _Kernel, host: bool):
     """(value, gradient) at w from the kernel without a step, as numpy or torch."""
-    if host:
-        def f(w: np.ndarray):
+    def f(w):
+        if host or is_numpy(w):
             _, grad, vals = kernel.run(w, 0)
             return vals[0], grad
-    else:
-        def f(w: torch.Tensor):
-            _, grad, vals = kernel(w, 0)
-            return torch.from_numpy(vals[0].copy()), grad
+        _, grad, vals = kernel(w, 0)
+        return torch.from_numpy(vals[0].copy()), grad
     return _unbatched(f)
 
 

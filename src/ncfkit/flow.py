@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from .arrays import to_numpy
 from .errors import RunError
 from .fastgd import value_and_grad_fn
 
@@ -159,7 +160,7 @@ def gradient_flow(objective, w0, settings, tracker) -> None:
         loss, grad = value_and_grad(w)
         return -grad, loss
 
-    y0 = np.array(w0.detach().cpu() if hasattr(w0, "detach") else w0)
+    y0 = to_numpy(w0).copy()
     stepper = DormandPrince(rhs, y0, rtol=settings.rtol)
     tracker.start(stepper.y, stepper.aux, -stepper.f)
     step = 0

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
-from .models import MLP, Architecture
+from ._lazy import torch
+from .arrays import asarray_like, finfo, is_numpy, nonzero, norm, to_numpy
 from .fastgd import ncf_value_and_grad_fn
+from .models import MLP, Architecture
 from .ncf import ncf, ncf_hessian, ncf_hvp, ncf_value_and_grad
 from .sparsity import balance_error, neuron_activity
 
@@ -47,7 +48,7 @@ class AscentResult:
 def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: float,
                  scale: torch.Tensor | float) -> torch.Tensor:
     """Relative first-order residual ‖∇𝒩(u) − L_h 𝒩(u) u‖ / scale."""
-    return (grad - L_h * value.unsqueeze(-1) * u).norm(dim=-1) / scale
+    return norm(grad - L_h * value[..., None] * u) / scale
 
 
 def normalized_ascent(
@@ -69,36 +70,40 @@ def normalized_ascent(
     grown by more than round-off for ``patience`` steps stops as *stalled*.
 
     𝒩 and ∇𝒩 come from :func:`ncfkit.fastgd.ncf_value_and_grad_fn` (``engine``: the
-    compiled kernel where it applies, else torch).
+    compiled kernel where it applies, else torch); the iterates are float64 on the host,
+    and the result has the kind (numpy or torch), dtype and device of ``u0``.
     """
     L_h = float(arch.homogeneity)
-    u = u0 / u0.norm(dim=-1, keepdim=True)
+    # The iteration runs on the host in numpy (its ~20 vector operations per step cost
+    # numpy a few µs each); 𝒩 and ∇𝒩 come from the kernel, or torch on X's device.
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine, host=True)
+    u = to_numpy(u0).astype(np.float64)
+    u = u / np.linalg.norm(u, axis=-1, keepdims=True)
     R = u.shape[0]
-    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine)
-    val, grad = value_and_grad(u)
-    g0 = grad.norm(dim=-1).median().clamp_min(torch.finfo(u.dtype).tiny)
-    eta = 1.0 / (L_h * g0) * torch.ones(R, dtype=u.dtype, device=u.device)
-    eps = torch.finfo(u.dtype).eps
+    eps = float(finfo(u0).eps)
+    val, grad = (np.asarray(a, dtype=np.float64) for a in value_and_grad(u))
+    g0 = max(float(np.median(np.linalg.norm(grad, axis=-1))), float(finfo(u0).tiny))
+    eta = np.full(R, 1.0 / (L_h * g0))
 
-    out_u, out_val = u.clone(), val.clone()
-    out_res = torch.full((R,), float("inf"), dtype=u.dtype, device=u.device)
-    steps = torch.zeros(R, dtype=torch.long, device=u.device)
-    done = torch.zeros(R, dtype=torch.bool, device=u.device)
-    stalled = torch.zeros(R, dtype=torch.bool, device=u.device)
-    best = val.clone()
-    since = torch.zeros(R, dtype=torch.long, device=u.device)
-    idx = torch.arange(R, device=u.device)  # rows of the full batch still running
+    out_u, out_val = u.copy(), val.copy()
+    out_res = np.full(R, np.inf)
+    steps = np.zeros(R, dtype=np.int64)
+    done = np.zeros(R, dtype=bool)
+    stalled = np.zeros(R, dtype=bool)
+    best = val.copy()
+    since = np.zeros(R, dtype=np.int64)
+    idx = np.arange(R)  # rows of the full batch still running
 
     for step in range(max_steps + 1):
-        radial = (u * grad).sum(-1, keepdim=True)
+        radial = (u * grad).sum(-1, keepdims=True)
         tangent = grad - radial * u
-        scale = torch.maximum(grad.norm(dim=-1), g0)
-        res = tangent.norm(dim=-1) / scale
+        tan_norm = np.linalg.norm(tangent, axis=-1)
+        res = tan_norm / np.maximum(np.linalg.norm(grad, axis=-1), g0)
         stall = since >= patience
         fin = (res <= tol) | stall
         if step == max_steps:
-            fin = torch.ones_like(fin)
-        if bool(fin.any()):
+            fin = np.ones_like(fin)
+        if fin.any():
             rows = idx[fin]
             out_u[rows], out_val[rows], out_res[rows] = u[fin], val[fin], res[fin]
             done[rows] = res[fin] <= tol
@@ -106,29 +111,30 @@ def normalized_ascent(
             steps[rows] = step
             keep = ~fin
             idx, u, val, grad, tangent, eta = idx[keep], u[keep], val[keep], grad[keep], tangent[keep], eta[keep]
-            best, since = best[keep], since[keep]
-            if idx.numel() == 0:
+            tan_norm, best, since = tan_norm[keep], best[keep], since[keep]
+            if idx.size == 0:
                 break
-        trial = u + eta.unsqueeze(-1) * tangent
-        trial = trial / trial.norm(dim=-1, keepdim=True)
-        t_val, t_grad = value_and_grad(trial)
+        trial = u + eta[:, None] * tangent
+        trial /= np.linalg.norm(trial, axis=-1, keepdims=True)
+        t_val, t_grad = (np.asarray(a, dtype=np.float64) for a in value_and_grad(trial))
         # Accept a clear increase of 𝒩; once changes of 𝒩 drown in round-off (they are
         # O(residual²)), accept a step that keeps 𝒩 within round-off and does not
         # increase the tangent gradient.
-        noise = 64 * eps * (val.abs() + g0)
-        t_tan = t_grad - (trial * t_grad).sum(-1, keepdim=True) * trial
-        ok = (t_val > val + noise) | ((t_val >= val - noise) & (t_tan.norm(dim=-1) <= tangent.norm(dim=-1)))
-        okc = ok.unsqueeze(-1)
-        u = torch.where(okc, trial, u)
-        val = torch.where(ok, t_val, val)
-        grad = torch.where(okc, t_grad, grad)
-        eta = torch.where(ok, eta * 1.5, eta * 0.5)
+        noise = 64 * eps * (np.abs(val) + g0)
+        t_tan = t_grad - (trial * t_grad).sum(-1, keepdims=True) * trial
+        ok = (t_val > val + noise) | ((t_val >= val - noise) & (np.linalg.norm(t_tan, axis=-1) <= tan_norm))
+        u = np.where(ok[:, None], trial, u)
+        val = np.where(ok, t_val, val)
+        grad = np.where(ok[:, None], t_grad, grad)
+        eta = np.where(ok, eta * 1.5, eta * 0.5)
         improved = val > best + noise
-        best = torch.maximum(best, val)
-        since = torch.where(improved, 0, since + 1)
+        best = np.maximum(best, val)
+        since = np.where(improved, 0, since + 1)
         if progress is not None and step % 100 == 0:
-            progress(step, int(idx.numel()))
-    return AscentResult(out_u, out_val, out_res, done, steps, stalled)
+            progress(step, int(idx.size))
+    back = (lambda a: a) if is_numpy(u0) else (lambda a: torch.as_tensor(a, device=u0.device))
+    return AscentResult(asarray_like(out_u, u0), asarray_like(out_val, u0), asarray_like(out_res, u0),
+                        back(done), back(steps), back(stalled))
 
 
 @dataclass(frozen=True)
@@ -153,14 +159,14 @@ class Certificate:
 def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tuple[np.ndarray, str]:
     """Largest eigenvalues of ∇²𝒩(w) restricted to w⊥: dense for small k, else Lanczos
     (scipy ``eigsh``) on the operator P∇²𝒩P − c·wwᵀ, c pushing w's own direction away."""
-    k = w.numel()
+    k = w.shape[-1]
     if k <= 1:
         return np.array([-np.inf]), "dense"
     if k <= DENSE_MAX:
-        H = ncf_hessian(arch, X, ytilde, w).detach().cpu().double().numpy()
+        H = to_numpy(ncf_hessian(arch, X, ytilde, w)).astype(np.float64)
         H += H.T
         H *= 0.5
-        wn = w.detach().cpu().double().numpy()
+        wn = to_numpy(w).astype(np.float64)
         wn /= np.linalg.norm(wn)
         # P H P − c·w wᵀ with P = I − w wᵀ, formed in place: w is its eigenvector with
         # eigenvalue −c, below the whole spectrum, and the other k − 1 eigenvalues are
@@ -175,47 +181,50 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
         return eigs[::-1][:num], "dense"
     from scipy.sparse.linalg import LinearOperator, eigsh
 
-    wt = w.detach()
+    wt = w if is_numpy(w) else w.detach()
     # Shift w's own eigenvalue (0 in P∇²𝒩P) to −c so it separates from the restricted
     # spectrum; c is a heuristic scale, so w's eigenpair is also dropped explicitly below.
     L_h = float(arch.homogeneity)
     shift = 10 * abs(L_h * (L_h - 1) * float(ncf(arch, X, ytilde, wt))) + 1.0
 
     def matvec(x):
-        b0 = torch.as_tensor(np.asarray(x).ravel(), dtype=wt.dtype, device=wt.device)
+        b0 = asarray_like(np.asarray(x).ravel(), wt)
         b = b0 - (wt @ b0) * wt
         hb = ncf_hvp(arch, X, ytilde, wt, b)
         hb = hb - (wt @ hb) * wt
-        return (hb - shift * (wt @ b0) * wt).cpu().double().numpy()
+        return to_numpy(hb - shift * (wt @ b0) * wt).astype(np.float64)
 
     op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
     # One eigenpair more than needed: when every restricted eigenvalue lies below −c
     # (a negative or zero point), w itself is among the largest and must not count.
     vals, vecs = eigsh(op, k=min(num + 1, k - 1), which="LA", tol=1e-10, maxiter=20 * k)
-    along_w = np.abs(wt.cpu().double().numpy() @ vecs) > 0.5
+    along_w = np.abs(to_numpy(wt).astype(np.float64) @ vecs) > 0.5
     return np.sort(vals[~along_w])[::-1][:num], "lanczos"
 
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
             *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6) -> Certificate:
-    """Certify one point w (normalised to unit norm first).
+    """Certify one point w (normalised to unit norm first); ``X``, ``ytilde`` and ``w``
+    are numpy arrays or tensors (:mod:`ncfkit.arrays`), and ``Certificate.w`` is of w's kind.
 
     ``zero_tol`` (relative to ‖∇𝒩‖-scale) decides the kind "zero"; ``active_tol`` is the
     relative neuron norm below which a hidden neuron is zero; ``second_order_tol``
     (relative to L_h|𝒩|) is the slack allowed in Δ ≥ 0 for the second-order verdict.
     """
-    w = (w / w.norm()).detach()
+    w = w / norm(w)
+    w = w if is_numpy(w) else w.detach()
     L_h = float(arch.homogeneity)
     val_t, grad = ncf_value_and_grad(arch, X, ytilde, w)
     val = float(val_t)
-    gscale = max(float(grad.norm()), float(torch.finfo(w.dtype).tiny))
-    residual = float((grad - L_h * val * w).norm()) / gscale
+    tiny = float(finfo(w).tiny)
+    gscale = max(float(norm(grad)), tiny)
+    residual = float(norm(grad - L_h * val * w)) / gscale
     top, method = _restricted_top_eigs(arch, X, ytilde, w)
     delta = L_h * val - float(top[0])
     hw = ncf_hvp(arch, X, ytilde, w, w)
     target = L_h * (L_h - 1) * val
-    eig_error = float((hw - target * w).norm()) / max(abs(target), float(torch.finfo(w.dtype).tiny))
-    ytscale = float(ytilde.abs().sum()) * float(X.norm(dim=1).max()) ** L_h
+    eig_error = float(norm(hw - target * w)) / max(abs(target), tiny)
+    ytscale = float(abs(ytilde).sum()) * float(norm(X).max()) ** L_h
     kind = "zero" if abs(val) <= zero_tol * max(ytscale, 1e-300) else ("positive" if val > 0 else "negative")
     second = delta >= -second_order_tol * max(L_h * abs(val), 1e-300)
     bal = act_layers = act_neurons = None
@@ -254,7 +263,7 @@ def _signature(arch, X, ytilde, w, active_tol: float):
     """(𝒩, active neurons per layer, H(X; w)) of the unit vector along ``w``: what merging
     compares. All three are invariant under permutations and sign flips of hidden neurons
     and the rescalings of Lemma 17."""
-    w = w / w.norm()
+    w = w / norm(w)
     out = arch.forward(X, w)
     active = tuple(neuron_activity(arch, w, active_tol).active_per_layer) if isinstance(arch, MLP) else None
     return float(out @ ytilde), active, out
@@ -265,8 +274,8 @@ def _same_point(a, b, rtol: float) -> bool:
     (ncf_a, act_a, out_a), (ncf_b, act_b, out_b) = a, b
     if abs(ncf_a - ncf_b) > rtol * max(abs(ncf_a), abs(ncf_b), 1e-300) or act_a != act_b:
         return False
-    oscale = max(float(out_a.norm()), float(out_b.norm()), 1e-300)
-    return float((out_a - out_b).norm()) <= 1e3 * rtol * oscale
+    oscale = max(float(norm(out_a)), float(norm(out_b)), 1e-300)
+    return float(norm(out_a - out_b)) <= 1e3 * rtol * oscale
 
 
 def find_kkt_points(
@@ -279,10 +288,11 @@ def find_kkt_points(
     from .models import random_direction
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    u0 = random_direction(arch.num_params, gen, (restarts,), dtype=X.dtype).to(X.device)
+    u0 = random_direction(arch.num_params, gen, (restarts,), dtype=torch.float64)
+    u0 = asarray_like(u0, X)  # drawn by torch in float64 whatever X is: same starts everywhere
     asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
-    conv = torch.nonzero(asc.converged).flatten().tolist()
-    stalled = torch.nonzero(asc.stalled).flatten().tolist()
+    conv = nonzero(asc.converged)
+    stalled = nonzero(asc.stalled)
     groups: list[tuple[tuple, list[int]]] = []  # (signature of the first member, members)
     # Converged starts first, so a stalled start joins a converged point when it matches.
     for r in sorted(conv, key=lambda i: -float(asc.ncf[i])) + sorted(stalled, key=lambda i: -float(asc.ncf[i])):

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
+from ._lazy import torch
+from .arrays import is_numpy, xp
 from .errors import InputError
 
 __all__ = ["Loss", "make_loss", "LOSSES", "REDUCTIONS"]
@@ -50,7 +51,7 @@ class Loss:
 
     def ytilde(self, y: torch.Tensor) -> torch.Tensor:
         """ỹ = −∂𝓛/∂pred at pred = 0 (the reduction included)."""
-        return -self.dvalue(torch.zeros_like(y), y)
+        return -self.dvalue(y * 0, y)
 
     def check_labels(self, y: torch.Tensor) -> None:
         """Raise :class:`InputError` if ``y`` is not valid for this loss."""
@@ -61,16 +62,32 @@ class Loss:
 
 def _square(reduction: str) -> Loss:
     return Loss("square", reduction, lambda p, y: (p - y) ** 2, lambda p, y: 2 * (p - y),
-                lambda p, y: torch.full_like(p, 2.0))
+                lambda p, y: xp(p).full_like(p, 2.0))
+
+
+def _softplus(x):
+    """ln(1 + eˣ), and x itself above 20, as torch's softplus (and the compiled kernel)."""
+    if is_numpy(x):
+        return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20)))).astype(x.dtype, copy=False)
+    return torch.nn.functional.softplus(x)
+
+
+def _sigmoid(x):
+    """1/(1 + e⁻ˣ), overflow-free (torch's, or scipy's expit)."""
+    if is_numpy(x):
+        from scipy.special import expit
+
+        return expit(x)
+    return torch.sigmoid(x)
 
 
 def _logistic(reduction: str) -> Loss:
     return Loss(
         "logistic",
         reduction,
-        lambda p, y: F.softplus(-p * y),
-        lambda p, y: -y * torch.sigmoid(-p * y),
-        lambda p, y: y * y * torch.sigmoid(-p * y) * torch.sigmoid(p * y),
+        lambda p, y: _softplus(-p * y),
+        lambda p, y: -y * _sigmoid(-p * y),
+        lambda p, y: y * y * _sigmoid(-p * y) * _sigmoid(p * y),
     )
 
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
+from ._lazy import torch
 from .activations import Activation, parse_activation
+from .arrays import is_numpy, xp, zeros
 from .errors import InputError
 
 __all__ = ["Architecture", "MLP", "Diagonal", "parse_hidden", "make_architecture", "ARCHS"]
@@ -94,49 +95,48 @@ class MLP:
             start += rows * cols
         return tuple(out)
 
-    def split(self, w: torch.Tensor) -> list[torch.Tensor]:
-        """Views W_1, …, W_L of shape (..., k_l, k_{l-1})."""
-        lead = w.shape[:-1]
-        return [w[..., a:b].view(*lead, r, c) if w.is_contiguous() else w[..., a:b].reshape(*lead, r, c)
-                for a, b, r, c in self._blocks]
+    def split(self, w):
+        """Views W_1, …, W_L of shape (..., k_l, k_{l-1}) (copies where w's layout needs)."""
+        lead = tuple(w.shape[:-1])
+        return [w[..., a:b].reshape(*lead, r, c) for a, b, r, c in self._blocks]
 
-    def join(self, Ws: list[torch.Tensor]) -> torch.Tensor:
+    def join(self, Ws: list):
         """Inverse of :meth:`split`."""
-        return torch.cat([W.flatten(-2) for W in Ws], dim=-1)
+        return _flat_concat(Ws)
 
-    def _forward_cache(self, X: torch.Tensor, w: torch.Tensor):
+    def _forward_cache(self, X, w):
         Ws = self.split(w)
         XT = X.T
         hs, zs = [XT], []
         act = self.act
         for l, W in enumerate(Ws[:-1]):
             # Layer 1 shares X across the batch: one (…·k_1, d) @ (d, n) GEMM, not a bmm.
-            z = (W.reshape(-1, self.d) @ XT).view(*W.shape[:-1], -1) if l == 0 else W @ hs[-1]
+            z = (W.reshape(-1, self.d) @ XT).reshape(*W.shape[:-1], -1) if l == 0 else W @ hs[-1]
             zs.append(z)
             hs.append(act(z))
         out = (Ws[-1] @ hs[-1]).squeeze(-2)
         return Ws, hs, zs, out
 
-    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, X, w):
         return self._forward_cache(X, w)[-1]
 
-    def forward_and_vjp(self, X: torch.Tensor, w: torch.Tensor, g_of_out):
+    def forward_and_vjp(self, X, w, g_of_out):
         """(H(X; w), ∇_w[gᵀH]) with ``g = g_of_out(H)``; one forward, one backward pass."""
         Ws, hs, zs, out = self._forward_cache(X, w)
         g = g_of_out(out)
         depth = len(Ws)
         grads = [None] * depth
-        back = g.unsqueeze(-2)  # (..., 1, n): ∂/∂ of the layer-L pre-activation
+        back = g[..., None, :]  # (..., 1, n): ∂/∂ of the layer-L pre-activation
         for l in range(depth - 1, 0, -1):
-            grads[l] = back @ hs[l].transpose(-1, -2)
-            back = (Ws[l].transpose(-1, -2) @ back) * self.act.derivative(zs[l - 1])
-        grads[0] = (back.reshape(-1, back.shape[-1]) @ X).view(*back.shape[:-1], self.d)
-        return out, torch.cat([G.flatten(-2) for G in grads], dim=-1)
+            grads[l] = back @ hs[l].swapaxes(-1, -2)
+            back = (Ws[l].swapaxes(-1, -2) @ back) * self.act.derivative(zs[l - 1])
+        grads[0] = (back.reshape(-1, back.shape[-1]) @ X).reshape(*back.shape[:-1], self.d)
+        return out, _flat_concat(grads)
 
-    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def vjp(self, X, w, g):
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
 
-    def hvp(self, X: torch.Tensor, w: torch.Tensor, V: torch.Tensor, g_of_out, dg=None) -> torch.Tensor:
+    def hvp(self, X, w, V, g_of_out, dg=None):
         """Directional derivative of the closed-form gradient J(w)ᵀg along each row of
         ``V`` (..., k): forward-over-reverse written out (Pearlmutter's R-operator), no
         autograd. With g = ∂F/∂H for F(w) = f(H(X; w)) it is ∇²F(w)·v; ``g_of_out(H)``
@@ -148,7 +148,7 @@ class MLP:
         s1 = [act.derivative(z) for z in zs]
         dzs, dhs = [], [None]  # tangents of z_l and h_l (h_0 = X is fixed)
         for l in range(depth - 1):
-            dz = Vs[l] @ hs[l] if l else (Vs[0].reshape(-1, self.d) @ hs[0]).view(*Vs[0].shape[:-1], -1)
+            dz = Vs[l] @ hs[l] if l else (Vs[0].reshape(-1, self.d) @ hs[0]).reshape(*Vs[0].shape[:-1], -1)
             if dhs[l] is not None:
                 dz = dz + Ws[l] @ dhs[l]
             dzs.append(dz)
@@ -156,34 +156,33 @@ class MLP:
         dout = Vs[-1] @ hs[-1]
         if dhs[-1] is not None:
             dout = dout + Ws[-1] @ dhs[-1]
-        b = g_of_out(out).unsqueeze(-2)  # ∂F/∂z of the layer-L pre-activation, (…, 1, n)
-        db = None if dg is None else dg(out, dout.squeeze(-2)).unsqueeze(-2)
+        b = g_of_out(out)[..., None, :]  # ∂F/∂z of the layer-L pre-activation, (…, 1, n)
+        db = None if dg is None else dg(out, dout[..., 0, :])[..., None, :]
         grads = [None] * depth
         for l in range(depth - 1, -1, -1):
-            G = None if db is None else (db @ hs[l].transpose(-1, -2) if l else
-                                         (db.reshape(-1, db.shape[-1]) @ X).view(*db.shape[:-1], self.d))
+            G = None if db is None else (db @ hs[l].swapaxes(-1, -2) if l else
+                                         (db.reshape(-1, db.shape[-1]) @ X).reshape(*db.shape[:-1], self.d))
             if dhs[l] is not None:
-                bh = b @ dhs[l].transpose(-1, -2)
+                bh = b @ dhs[l].swapaxes(-1, -2)
                 G = bh if G is None else G + bh
             grads[l] = G
             if l:
-                WTb = Ws[l].transpose(-1, -2) @ b
-                new_db = (Vs[l].transpose(-1, -2) @ b) * s1[l - 1] \
+                WTb = Ws[l].swapaxes(-1, -2) @ b
+                new_db = (Vs[l].swapaxes(-1, -2) @ b) * s1[l - 1] \
                     + WTb * act.second_derivative(zs[l - 1]) * dzs[l - 1]
                 if db is not None:
-                    new_db = new_db + (Ws[l].transpose(-1, -2) @ db) * s1[l - 1]
+                    new_db = new_db + (Ws[l].swapaxes(-1, -2) @ db) * s1[l - 1]
                 b, db = WTb * s1[l - 1], new_db
-        lead = torch.Size(np.broadcast_shapes(tuple(w.shape), tuple(V.shape)))[:-1]
-        return torch.cat([torch.zeros((*lead, r, c), dtype=V.dtype, device=V.device) if G is None
-                          else G.expand(*lead, r, c).flatten(-2)
-                          for G, (r, c) in zip(grads, self.shapes, strict=True)], dim=-1)
+        lead = np.broadcast_shapes(tuple(w.shape), tuple(V.shape))[:-1]
+        return _flat_concat([zeros((*lead, r, c), like=V) if G is None
+                             else xp(V).broadcast_to(G, (*lead, r, c))
+                             for G, (r, c) in zip(grads, self.shapes, strict=True)], lead)
 
-    def neuron_norms(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def neuron_norms(self, w) -> list[tuple]:
         """Per hidden layer l: (‖W_l[j,:]‖, ‖W_{l+1}[:,j]‖) for every neuron j."""
         Ws = self.split(w)
-        return [
-            (Ws[l].norm(dim=-1), Ws[l + 1].norm(dim=-2)) for l in range(self.depth - 1)
-        ]
+        return [((Ws[l] ** 2).sum(-1) ** 0.5, (Ws[l + 1] ** 2).sum(-2) ** 0.5)
+                for l in range(self.depth - 1)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch": "mlp", "d": self.d, "hidden": list(self.hidden), "act": self.act.name}
@@ -209,25 +208,25 @@ class Diagonal:
     def homogeneity(self) -> float:
         return float(self.depth)
 
-    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, X, w):
         return w**self.depth @ X.T
 
-    def forward_and_vjp(self, X: torch.Tensor, w: torch.Tensor, g_of_out):
+    def forward_and_vjp(self, X, w, g_of_out):
         out = self.forward(X, w)
         g = g_of_out(out)
         return out, self.depth * w ** (self.depth - 1) * (g @ X)
 
-    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def vjp(self, X, w, g):
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
 
-    def hvp(self, X: torch.Tensor, w: torch.Tensor, V: torch.Tensor, g_of_out, dg=None) -> torch.Tensor:
+    def hvp(self, X, w, V, g_of_out, dg=None):
         """As :meth:`MLP.hvp`: ∇ = D w^{D−1} ⊙ (gX), so its derivative along v is
         D(D−1) w^{D−2} ⊙ v ⊙ (gX) + D w^{D−1} ⊙ (ġX) with ġ = dg(H, (D w^{D−1} ⊙ v) Xᵀ)."""
         D = self.depth
         out = self.forward(X, w)
         gX = g_of_out(out) @ X
         first = D * w ** (D - 1)
-        res = D * (D - 1) * w ** (D - 2) * V * gX if D > 1 else torch.zeros_like(V * gX)
+        res = D * (D - 1) * w ** (D - 2) * V * gX if D > 1 else V * gX * 0
         if dg is not None:
             res = res + first * (dg(out, (first * V) @ X.T) @ X)
         return res
@@ -237,6 +236,15 @@ class Diagonal:
 
     def describe(self) -> str:
         return f"diag d={self.d} D={self.depth}"
+
+
+def _flat_concat(Ws: list, lead=None):
+    """W_1 … W_L (..., r, c) flattened and concatenated along the last axis (the flat
+    ncfkit layout), for numpy arrays or tensors alike."""
+    if lead is None:
+        lead = tuple(Ws[0].shape[:-2])
+    flat = [W.reshape(*lead, -1) for W in Ws]
+    return np.concatenate(flat, axis=-1) if is_numpy(flat[0]) else torch.cat(flat, dim=-1)
 
 
 ARCHS = ("mlp", "diag")
@@ -284,16 +292,19 @@ def architecture_from_dict(spec: dict[str, Any]) -> MLP | Diagonal:
     raise InputError(f"unknown architecture record {spec!r}")
 
 
-def random_direction(
-    num_params: int, generator: torch.Generator, batch: tuple[int, ...] = (), **kw
-) -> torch.Tensor:
-    """Unit-norm directions drawn uniformly on the sphere S^{k-1}, shape (*batch, k)."""
-    u = torch.randn(*batch, num_params, generator=generator, **kw)
-    return u / u.norm(dim=-1, keepdim=True)
+def random_direction(num_params: int, generator, batch: tuple[int, ...] = (), **kw):
+    """Unit-norm directions drawn uniformly on the sphere S^{k-1}, shape (*batch, k): a
+    tensor from a ``torch.Generator`` (``kw``: dtype, device), or a float64 numpy array
+    from a ``numpy.random.Generator``."""
+    if isinstance(generator, np.random.Generator):
+        u = generator.standard_normal((*batch, num_params))
+    else:
+        u = torch.randn(*batch, num_params, generator=generator, **kw)
+    return unit(u)
 
 
-def unit(w: torch.Tensor) -> torch.Tensor:
+def unit(w):
     """w / ‖w‖ along the last axis."""
-    return w / w.norm(dim=-1, keepdim=True)
+    return w / ((w * w).sum(-1, keepdims=True) ** 0.5)
 
 

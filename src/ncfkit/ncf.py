@@ -1,12 +1,13 @@
 """The neural correlation function 𝒩(u) = ỹᵀ H(X; u) (eq. 3) and its derivatives.
 
-The gradient uses each architecture's closed-form backward pass (``Architecture.vjp``);
-Hessian-vector products differentiate ⟨that gradient, v⟩ once more by reverse-mode
-autograd (:func:`vjp`: the Hessian is symmetric, so vᵀ∇²f = ∇²f v), and the dense Hessian
-stacks such rows in chunks (:func:`dense_jacobian`), so its memory stays bounded for
-thousands of parameters. Plain autograd only: the first ``torch.func`` transform of a
-process imports torch._dynamo, ~3 s of every command's start-up. All functions accept a batch of
-parameter vectors ``u`` of shape (..., k).
+The gradient uses each architecture's closed-form backward pass (``Architecture.vjp``).
+Hessian-vector products use its closed-form R-operator (``Architecture.hvp``: forward
+over reverse written out) where the loss has ℓ'', else reverse-mode autograd of the
+gradient (:func:`vjp`: the Hessian is symmetric, so vᵀ∇²f = ∇²f v); the dense Hessian
+stacks such rows in chunks, so its memory stays bounded for thousands of parameters.
+No ``torch.func``: its first transform of a process imports torch._dynamo, ~3 s of every
+command's start-up. All functions accept a batch of parameter vectors ``u`` of shape
+(..., k), as numpy arrays or tensors (:mod:`ncfkit.arrays`; autograd: tensors only).
 
 For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩(u).
 """
@@ -14,8 +15,9 @@ For an L_h-homogeneous network Euler's identity holds: uᵀ∇𝒩(u) = L_h 𝒩
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from ._lazy import torch
+from .arrays import is_numpy, xp
 from .losses import Loss
 from .models import Architecture
 
@@ -30,12 +32,12 @@ def ncf(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u: torch.Tens
 
 def ncf_grad(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """∇𝒩(u), shape (..., k)."""
-    return arch.vjp(X, u, ytilde.expand(*u.shape[:-1], -1))
+    return arch.vjp(X, u, xp(u).broadcast_to(ytilde, (*u.shape[:-1], ytilde.shape[-1])))
 
 
 def ncf_value_and_grad(arch, X, ytilde, u):
     """(𝒩(u), ∇𝒩(u)) from one forward and one backward pass."""
-    out, grad = arch.forward_and_vjp(X, u, lambda o: ytilde.expand_as(o))
+    out, grad = arch.forward_and_vjp(X, u, lambda o: xp(o).broadcast_to(ytilde, o.shape))
     return out @ ytilde, grad
 
 
@@ -59,7 +61,7 @@ def ncf_hvp(arch, X, ytilde, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """∇²𝒩(u) v: the architecture's closed-form R-operator (``arch.hvp``) where it has
     one, else reverse-mode autograd of ∇𝒩 (:func:`vjp`)."""
     if hasattr(arch, "hvp"):
-        return arch.hvp(X, u, v, lambda o: ytilde.expand_as(o))
+        return arch.hvp(X, u, v, lambda o: xp(o).broadcast_to(ytilde, o.shape))
     return vjp(lambda x: ncf_grad(arch, X, ytilde, x), u, v)
 
 
@@ -76,7 +78,10 @@ def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
 
 def _stack_rows(hvp, w: torch.Tensor, chunk: int) -> torch.Tensor:
     """The dense (k, k) matrix whose rows are ``hvp(E)`` for chunks E of the identity."""
-    k = w.numel()
+    k = w.shape[-1]
+    if is_numpy(w):
+        return np.concatenate([hvp(np.eye(min(chunk, k - i), k, i, dtype=w.dtype))
+                               for i in range(0, k, chunk)])
     eye = torch.eye(k, dtype=w.dtype, device=w.device)
     return torch.cat([hvp(eye[i : i + chunk]) for i in range(0, k, chunk)])
 

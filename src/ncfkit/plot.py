@@ -231,8 +231,7 @@ def _describe(arch: dict) -> str:
 def _zero_preserving_masks(tree: dict, w: np.ndarray, shapes) -> list[np.ndarray]:
     """Per layer, the boolean mask of w_z of the KKT point ``w`` (:mod:`ncfkit.sparsity`,
     its default relative threshold)."""
-    import torch
-
+    from ._lazy import torch
     from .io import architecture_of
     from .sparsity import analyse_sparsity
 
@@ -648,8 +647,7 @@ def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
 
 
 def _diagonal_loss_grid(tree, xlim, ylim, n: int = 160):
-    import torch
-
+    from ._lazy import torch
     from .losses import make_loss
 
     X, y = _run_data(tree)

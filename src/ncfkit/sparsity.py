@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
+from ._lazy import torch
+from .arrays import nonzero, to_numpy, zeros_like_bool
 from .errors import InputError, RunError
 from .losses import Loss
 from .models import MLP
@@ -65,15 +67,15 @@ def neuron_activity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> NeuronActi
     A row or column counts as zero when its norm is at most ``tol`` times the largest
     neuron norm sqrt(‖row‖² + ‖col‖²) in the whole network.
     """
-    norms = arch.neuron_norms(w)
-    scale = max((torch.sqrt(r**2 + c**2).max().item() for r, c in norms), default=0.0)
+    norms = [(to_numpy(r), to_numpy(c)) for r, c in arch.neuron_norms(w)]
+    scale = max((float(np.sqrt(r**2 + c**2).max()) for r, c in norms), default=0.0)
     threshold = tol * scale
     zero, active, lopsided = [], [], []
     for rows, cols in norms:
         r_small, c_small = rows <= threshold, cols <= threshold
-        zero.append(tuple(torch.nonzero(r_small & c_small).flatten().tolist()))
-        active.append(tuple(torch.nonzero(~r_small & ~c_small).flatten().tolist()))
-        lopsided.append(tuple(torch.nonzero(r_small ^ c_small).flatten().tolist()))
+        zero.append(tuple(nonzero(r_small & c_small)))
+        active.append(tuple(nonzero(~r_small & ~c_small)))
+        lopsided.append(tuple(nonzero(r_small ^ c_small)))
     return NeuronActivity(tuple(arch.hidden), tuple(zero), tuple(active), tuple(lopsided),
                           threshold)
 
@@ -88,8 +90,8 @@ def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *,
     """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    flat = torch.zeros(arch.num_params, dtype=torch.bool,
-                       device=None if like is None else like.device)
+    flat = zeros_like_bool(arch.num_params, like) if like is not None else \
+        torch.zeros(arch.num_params, dtype=torch.bool)
     Ms = arch.split(flat)
     for l, neurons in enumerate(zero):
         idx = list(neurons)
@@ -104,10 +106,10 @@ def balance_error(arch: MLP, w: torch.Tensor) -> float:
     """Lemma 17: max over hidden neurons of |‖W_l[j,:]‖² − p‖W_{l+1}[:,j]‖²| / ‖w‖²
     (0 at an exact KKT point of the constrained NCF)."""
     p = arch.act.p if arch.act.homogeneous else 1.0
-    errs = [(r**2 - p * c**2).abs().max() for r, c in arch.neuron_norms(w)]
+    errs = [float(abs(r**2 - p * c**2).max()) for r, c in arch.neuron_norms(w)]
     if not errs:
         return 0.0
-    return (torch.stack(errs).max() / (w**2).sum()).item()
+    return max(errs) / float((w**2).sum())
 
 
 # --------------------------------------------------------------------------- one point

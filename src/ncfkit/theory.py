@@ -270,13 +270,14 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
     Returns:
         :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
     """
+    from .arrays import to_numpy
     from .fastgd import ncf_value_and_grad_fn
 
     L_h = float(arch.homogeneity)
     # on the host in numpy (the state is one vector; torch's per-op overhead would
     # dominate), ∇𝒩 from the compiled kernel where it applies
     value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, host=True)
-    theta = np.asarray(w0.detach().cpu() if hasattr(w0, "detach") else w0, dtype=float).ravel()
+    theta = to_numpy(w0).astype(np.float64).ravel()
     theta = theta / np.linalg.norm(theta)
 
     def rhs(th):  # in the data's dtype inside value_and_grad, float64 here

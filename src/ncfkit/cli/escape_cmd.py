@@ -66,7 +66,6 @@ def _kkt_from_file(path, index, problem):
     """w* of point ``index`` of a kkt file made for this data and architecture (checked
     against the file's provenance: data sha256 and architecture; exit 2 otherwise)."""
     import numpy as np
-    import torch
 
     from ..errors import InputError
     from ..io import read_kkt_point
@@ -87,12 +86,13 @@ def _kkt_from_file(path, index, problem):
     w = np.asarray(rec["w"], dtype=np.float64).ravel()
     if w.size != problem.arch.num_params or not np.isfinite(w).all() or not np.linalg.norm(w) > 0:
         raise InputError(f"{path}: point {index} has unusable weights")
-    return torch.as_tensor(w, dtype=problem.dtype, device=problem.device), rec
+    return problem.array(w), rec
 
 
 def _initial_direction(init, problem, seed):
-    """(w0 unit (k,), how) for --init random or FILE."""
-    import torch
+    """(w0 unit (k,), how) for --init random or FILE (random: numpy's default generator
+    seeded with --seed, so a run on the host and one on torch start alike)."""
+    import numpy as np
 
     from ..errors import InputError
     from ..io import read_weights
@@ -100,16 +100,14 @@ def _initial_direction(init, problem, seed):
 
     arch = problem.arch
     if init == "random":
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        w0 = random_direction(arch.num_params, gen, dtype=problem.dtype)
-        return w0.to(problem.device), f"random (seed {seed})"
+        w0 = random_direction(arch.num_params, np.random.default_rng(seed))
+        return problem.array(w0), f"random (seed {seed})"
     shapes = arch.shapes if isinstance(arch, MLP) else None
-    w = read_weights(init, shapes, d=arch.d if shapes is None else None)
-    w0 = torch.as_tensor(w, dtype=problem.dtype, device=problem.device)
-    norm = float(w0.norm())
+    w = np.asarray(read_weights(init, shapes, d=arch.d if shapes is None else None), dtype=np.float64)
+    norm = float(np.linalg.norm(w))
     if not norm > 0:
         raise InputError(f"--init {init}: the weights are all zero; no direction to start along")
-    return w0 / norm, f"file {init}"
+    return problem.array(w / norm), f"file {init}"
 
 
 def _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, console):
@@ -304,7 +302,8 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
         raise InputError(f"--rtol must be in (0, 1) (got {rtol:g})")
     if out:
         check_output_path(out, force, (".h5", ".hdf5"))
-    problem = build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device)
+    problem = build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device,
+                            host_engine=engine)
     console = stderr_console()
     w0, gp, how = _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, console)
     if gp is not None and gp.cert.ncf <= 0:

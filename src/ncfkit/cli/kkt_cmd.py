@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from .options import stderr_console, build_problem, emit_json, guarded, model_options, output_options
+from .options import (
+    build_problem,
+    emit_json,
+    guarded,
+    model_options,
+    output_options,
+    stderr_console,
+)
 
 
 def _point_json(p, arch) -> dict:
@@ -69,7 +76,7 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
     from rich.console import Console
 
     from ..errors import InputError
-    from ..io import check_output_path, kkt_tree, provenance, now_iso, write_h5
+    from ..io import check_output_path, kkt_tree, now_iso, provenance, write_h5
     from ..kkt import find_kkt_points
 
     for name, value, low in (("--restarts", restarts, 1), ("--max-steps", max_steps, 1)):

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-import torch
+import numpy as np
 
+from .._lazy import loaded, torch
 from ..errors import InputError
 from ..losses import LOSSES, REDUCTIONS, make_loss
 from ..models import ARCHS, make_architecture
 
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = ("float64", "float32")
 
 
 def model_options(f):
@@ -40,7 +41,7 @@ def model_options(f):
         click.option("--reduction", type=click.Choice(REDUCTIONS), default="sum", show_default=True,
                      help="Sum the per-sample losses, or average them (torch's MSELoss)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed."),
-        click.option("--dtype", type=click.Choice(list(DTYPES)), default="float64", show_default=True),
+        click.option("--dtype", type=click.Choice(DTYPES), default="float64", show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N."),
     ]
     for dec in reversed(decorators):
@@ -60,17 +61,26 @@ def output_options(f):
 
 @dataclass
 class Problem:
-    """The data, network and loss one command works on, as tensors on one device."""
+    """The data, network and loss one command works on: tensors on one device, or numpy
+    arrays on the host (``host``: every gradient from the compiled kernel, so the command
+    never imports torch; :mod:`ncfkit._lazy`)."""
 
     data: Any
     arch: Any
     loss: Any
-    X: torch.Tensor
-    y: torch.Tensor
-    ytilde: torch.Tensor
-    dtype: torch.dtype
-    device: torch.device
+    X: Any
+    y: Any
+    ytilde: Any
+    dtype: Any  # torch.dtype, or numpy's float64/float32 on the host
+    device: Any  # torch.device, or "cpu" on the host
     settings: dict
+    host: bool = False
+
+    def array(self, a):
+        """A numpy array as the problem's kind of array (dtype, device)."""
+        if self.host:
+            return np.asarray(a, dtype=self.dtype)
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,11 +96,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device,
-                  require_homogeneous: bool = False) -> Problem:
-    """Load DATA and build the architecture and loss; every failure is an :class:`InputError`."""
+                  require_homogeneous: bool = False, host_engine: str | None = None) -> Problem:
+    """Load DATA and build the architecture and loss; every failure is an :class:`InputError`.
+
+    ``host_engine``: the ``--engine`` of a command that can run on numpy arrays alone
+    (``escape``); the problem is then host-side when that engine is ``auto`` or
+    ``compiled``, the device is the CPU and the compiled kernel handles the network and
+    loss (:func:`ncfkit.fastgd.compiled_unsupported`). Otherwise tensors on ``device``.
+    """
     from ..io import load_data
 
-    torch_device = resolve_device(device)
     loss = make_loss(loss_name, reduction)
     ds = load_data(data)
     network = make_architecture(arch, ds.d, hidden, act, depth)
@@ -104,14 +119,26 @@ def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dt
     if require_homogeneous and order is None:
         raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
                          "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
-    X, y = ds.tensors(DTYPES[dtype], torch_device)
+    host = False
+    if host_engine in ("auto", "compiled") and device.strip() == "cpu":
+        from ..fastgd import compiled_unsupported
+
+        np_dtype = np.dtype(dtype)
+        host = compiled_unsupported(arch=network, X=np.empty((0, ds.d), dtype=np_dtype),
+                                    loss_name=loss_name) is None
+    if host:
+        X, y, the_dtype, the_device = ds.X.astype(np_dtype), ds.y.astype(np_dtype), np_dtype.type, "cpu"
+    else:
+        the_device = resolve_device(device)
+        the_dtype = getattr(torch, dtype)
+        X, y = ds.tensors(the_dtype, the_device)
     try:
         loss.check_labels(y)
     except InputError as e:
         raise InputError(f"{ds.source}: {e}") from None
     settings = {"architecture": network.to_dict(), "loss": loss_name, "reduction": reduction,
-                "seed": seed, "dtype": dtype, "device": str(torch_device)}
-    return Problem(ds, network, loss, X, y, loss.ytilde(y), DTYPES[dtype], torch_device, settings)
+                "seed": seed, "dtype": dtype, "device": str(the_device)}
+    return Problem(ds, network, loss, X, y, loss.ytilde(y), the_dtype, the_device, settings, host)
 
 
 def emit_json(obj: dict) -> None:
@@ -166,7 +193,7 @@ def guarded(f):
             what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (SIGINT)"
             click.echo(what, err=True)
             sys.exit(interrupt_exit_code(e))
-        except (torch.cuda.OutOfMemoryError, MemoryError):
+        except _out_of_memory_errors():
             if debug:
                 raise
             _out_of_memory()
@@ -189,6 +216,11 @@ def guarded(f):
             sys.exit(1)
 
     return wrapper
+
+
+def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    """MemoryError, and CUDA's when torch is in use (never imported just to check)."""
+    return (MemoryError, torch.cuda.OutOfMemoryError) if loaded() else (MemoryError,)
 
 
 def _is_out_of_memory(e: BaseException) -> bool:

@@ -52,8 +52,7 @@ def _no_hidden(path, what: str):
 
 
 def _load_kkt(path: str, point: int) -> Source:
-    import torch
-
+    from .._lazy import torch
     from ..io import architecture_of, read_kkt_point, sha256_of
     from ..models import MLP
 
@@ -76,8 +75,7 @@ def _damaged_point(path, point, n, arch):
 
 
 def _load_weights(path: str, act: str) -> Source:
-    import torch
-
+    from .._lazy import torch
     from ..io import read_weights, sha256_of, weight_file_shapes
     from ..models import MLP, parse_activation
 
@@ -326,7 +324,7 @@ def command(source, weights, point, tol, act, verify, data, loss_name, reduction
     result = None
     ds = None
     if verify:
-        import torch
+        from .._lazy import torch
 
         ds = _training_data(src, data)
         if ds.d != src.arch.d:
