@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import theory
-from .arrays import asarray_like, nonzero, norm, to_numpy, xp
 from ._lazy import torch
+from .arrays import asarray_like, nonzero, norm, to_numpy, xp
 from .dynamics import (
     Objective,
     RunResult,

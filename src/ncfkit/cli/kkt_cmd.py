@@ -73,8 +73,6 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
 
     DATA is a .npz (X, y), .h5/.hdf5 (X, y) or .csv (last column y) file.
     """
-    from rich.console import Console
-
     from ..errors import InputError
     from ..io import check_output_path, kkt_tree, now_iso, provenance, write_h5
     from ..kkt import find_kkt_points
