@@ -90,18 +90,23 @@ def _kkt_from_file(path, index, problem):
 
 
 def _initial_direction(init, problem, seed):
-    """(w0 unit (k,), how) for --init random or FILE (random: numpy's default generator
-    seeded with --seed, so a run on the host and one on torch start alike)."""
+    """(w0 unit (k,), how) for --init random or FILE. random: torch's generator seeded
+    with --seed, in the problem's dtype (the directions of every ncfkit version so far,
+    so published seeds still give the same runs; this imports torch, ~2.5 s, also on the
+    host)."""
     import numpy as np
 
+    from .._lazy import torch
     from ..errors import InputError
     from ..io import read_weights
     from ..models import MLP, random_direction
 
     arch = problem.arch
     if init == "random":
-        w0 = random_direction(arch.num_params, np.random.default_rng(seed))
-        return problem.array(w0), f"random (seed {seed})"
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        dtype = getattr(torch, np.dtype(problem.dtype).name) if problem.host else problem.dtype
+        w0 = random_direction(arch.num_params, gen, dtype=dtype)
+        return problem.array(w0.numpy()), f"random (seed {seed})"
     shapes = arch.shapes if isinstance(arch, MLP) else None
     w = np.asarray(read_weights(init, shapes, d=arch.d if shapes is None else None), dtype=np.float64)
     norm = float(np.linalg.norm(w))
