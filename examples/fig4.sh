@@ -15,7 +15,7 @@ run() { echo "+ $*" >&2; "$@"; }
 echo "Figure 4: teacher data, then the gradient flow from δ = 0.1 until the first saddle" >&2
 run ncfkit data teacher -o "$OUT/fig4_data.npz" --hidden 2,2 --act square --seed 0 --force
 run ncfkit escape "$OUT/fig4_data.npz" --hidden 20,20 --act square --reduction mean \
-    --delta 0.1 --method flow --max-time 1e9 \
+    --delta 0.1 --method flow --rtol 1e-8 --max-time 1e9 \
     --json --out "$OUT/fig4.h5" --force > "$OUT/fig4.json"
 echo "measurements: $OUT/fig4.json" >&2
 run ncfkit plot "$OUT/fig4.h5" -o "$OUT/fig4.png" --force

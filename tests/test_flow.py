@@ -74,3 +74,74 @@ def test_underflow_is_a_run_error():
 def test_bad_tolerance():
     with pytest.raises(ValueError, match="rtol"):
         DormandPrince(example1_rhs(), np.ones((1, 2)), rtol=0.0)
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+@pytest.fixture
+def ex1(tmp_path):
+    np.savez(tmp_path / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
+    np.savez(tmp_path / "w0.npz", w=np.array([1.0, 1.0]))
+    return tmp_path
+
+
+def _escape(root, *extra):
+    from click.testing import CliRunner
+
+    from ncfkit.cli.main import cli
+
+    args = ["escape", root / "ex1.npz", "--arch", "diag", "--init", root / "w0.npz", "--delta",
+            "1e-3", "--method", "flow", "--delta-ref", "none", *extra]
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_flow_matches_example1_closed_form_at_default_tolerance(ex1):
+    """``escape --method flow`` with its default --rtol: every stored trajectory sample
+    (integrator states) within 1e-8 relative of ψ(t, δw0) (SPEC §3) at δ = 1e-3, t ≤ 3."""
+    import h5py
+
+    res = _escape(ex1, "--max-time", "3", "--until", "max-time", "--out", ex1 / "run.h5")
+    assert res.exit_code == 0, res.output
+    with h5py.File(ex1 / "run.h5") as f:
+        t, w = f["runs/0/trajectory/time"][()], f["runs/0/trajectory/w"][()]
+    assert t.size > 50 and t[-1] > 2.5
+    exact = np.stack([example1_psi(float(s), 1e-3).numpy() for s in t])
+    rel = np.linalg.norm(w - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel.max() <= 1e-8, f"max relative error {rel.max():.2e}"
+
+
+@pytest.mark.parametrize("rtol", ["0", "-1e-6", "1", "nan"])
+def test_cli_rejects_bad_tolerance(ex1, rtol):
+    res = _escape(ex1, "--max-time", "1", "--rtol", rtol)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--rtol" in lines[0]
+
+
+def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1, monkeypatch):
+    """An integrator that cannot meet its tolerance: exit 1, one line saying at what time,
+    and run.h5 written with status failed and the records up to then."""
+    import h5py
+
+    import ncfkit.flow as flow
+
+    original = flow.DormandPrince.step
+
+    def step(self):
+        if self.t > 0.5:
+            raise StepSizeUnderflow(f"the integrator cannot meet rtol={self.rtol:g}: the step "
+                                    f"size underflowed at t = {self.t:.6g}")
+        original(self)
+
+    monkeypatch.setattr(flow.DormandPrince, "step", step)
+    res = _escape(ex1, "--max-time", "3", "--out", ex1 / "run.h5")
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "underflowed at t = 0.5" in lines[-1]
+    assert "records so far kept in" in lines[-1] and "Traceback" not in res.output
+    with h5py.File(ex1 / "run.h5") as f:
+        assert f.attrs["status"] == "failed"
+        assert f["runs/0"].attrs["status"] == "failed"
+        times = f["runs/0/records/time"][()]
+        assert times.size > 10 and 0.5 <= times[-1] < 0.6

@@ -187,3 +187,21 @@ def test_host_mode_is_chosen_only_where_the_kernel_runs(files, monkeypatch):
     assert p32.host and p32.X.dtype == np.float32 and p32.array([1.0]).dtype == np.float32
     monkeypatch.setattr(fastgd, "_gdkernel", None)
     assert not build_problem(*args, host_engine="auto").host
+
+
+@pytest.mark.parametrize("method", ["gd", "flow"])
+def test_numpy_objective_with_the_torch_engine(method):
+    """A library user's numpy objective with ``engine="torch"`` steps by the closed forms
+    in numpy, and lands where the compiled kernel does."""
+    from ncfkit.dynamics import simulate
+
+    X, y = _data(seed=7)
+    arch = make_architecture("mlp", 3, "4", "square")
+    obj = Objective(arch, X, y, make_loss("square", "sum"))
+    w0 = 0.05 * random_direction(arch.num_params, np.random.default_rng(8))[None]
+    runs = {e: simulate(obj, w0, Settings(max_time=5.0, lr=0.01, engine=e), method=method)
+            for e in ("torch", "compiled")}
+    assert (runs["torch"].engine, runs["compiled"].engine) == ("torch", "compiled")
+    a, b = (runs[e].runs[0].snapshots["final"] for e in ("torch", "compiled"))
+    assert a.step == b.step
+    np.testing.assert_allclose(a.w, b.w, rtol=1e-9, atol=1e-12)

@@ -86,7 +86,7 @@ class Settings:
 
     max_time: float
     lr: float = 1e-3
-    rtol: float = 1e-8
+    rtol: float = 1e-9
     atol: float = 1e-12
     block: int = 4096
     until: str = "saddle"

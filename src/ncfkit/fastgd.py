@@ -180,17 +180,20 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def _torch_stepper(objective, lr: float) -> Stepper:
+    """Steps by the closed forms of :mod:`ncfkit.ncf` on the objective's arrays: tensors
+    (any device; the losses stay there until the block ends), or numpy arrays."""
     o = objective
 
-    def step(w: torch.Tensor, L: torch.Tensor, g: torch.Tensor, K: int):
-        losses = []  # kept on the device, read once per block
+    def step(w, L, g, K: int):
+        losses = []
         for _ in range(K):
             losses.append(L)
-            w = torch.add(w, g, alpha=-lr)
+            w = w - lr * g if is_numpy(w) else torch.add(w, g, alpha=-lr)  # (as torch's SGD)
             L, g = loss_value_and_grad(o.arch, o.X, o.y, o.loss, w)
-        arr = torch.stack(losses).detach().cpu().double().numpy() if losses else \
-            np.empty((0, w.shape[0]))
-        return w, L, g, arr
+        if not losses:
+            return w, L, g, np.empty((0, w.shape[0]))
+        arr = np.stack(losses) if is_numpy(w) else torch.stack(losses).detach().cpu().numpy()
+        return w, L, g, arr.astype(np.float64)
 
     return step
 

@@ -288,8 +288,10 @@ def find_kkt_points(
     from .models import random_direction
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    u0 = random_direction(arch.num_params, gen, (restarts,), dtype=torch.float64)
-    u0 = asarray_like(u0, X)  # drawn by torch in float64 whatever X is: same starts everywhere
+    # drawn by torch's generator in X's dtype (numpy arrays or tensors): the same starts
+    # for a seed whatever the kind of X, and as in every earlier ncfkit version
+    dtype = getattr(torch, np.dtype(X.dtype).name) if is_numpy(X) else X.dtype
+    u0 = asarray_like(random_direction(arch.num_params, gen, (restarts,), dtype=dtype), X)
     asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
     conv = nonzero(asc.converged)
     stalled = nonzero(asc.stalled)

@@ -266,7 +266,7 @@ def _summary_lines(report, problem):
 @click.option("--method", type=click.Choice(list(METHODS)), default="gd", show_default=True,
               help="gd: gradient descent with step --lr; flow: the gradient flow itself, by an "
                    "adaptive Dormand–Prince 5(4) integrator with tolerance --rtol.")
-@click.option("--rtol", type=float, default=1e-8, show_default=True,
+@click.option("--rtol", type=float, default=1e-9, show_default=True,
               help="Relative tolerance of --method flow (local error per step).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
               help="How the gradients of gd and flow are computed: compiled (a C kernel, CPU, "
