@@ -145,3 +145,24 @@ def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1, monkeypatc
         assert f["runs/0"].attrs["status"] == "failed"
         times = f["runs/0/records/time"][()]
         assert times.size > 10 and 0.5 <= times[-1] < 0.6
+
+
+def test_dense_output_is_scipys_and_fourth_order():
+    """The continuous extension has scipy RK45's coefficients, and inside a step it is as
+    accurate as the steps themselves (Example 1's closed form at mid-step)."""
+    from scipy.integrate._ivp.rk import RK45
+
+    from ncfkit.flow import _P
+
+    np.testing.assert_allclose(np.asarray(_P), RK45.P, rtol=1e-15, atol=0)
+    w0 = np.full((1, 2), 1e-3 / math.sqrt(2))
+    stepper = DormandPrince(example1_rhs(), w0, rtol=1e-10)
+    worst = 0.0
+    while stepper.t < 1.0:
+        stepper.step()
+        for theta in (0.0, 0.25, 0.5, 0.9, 1.0):
+            s = stepper.t_prev + theta * (stepper.t - stepper.t_prev)
+            exact = example1_psi(s, 1e-3).numpy()
+            worst = max(worst, float(np.linalg.norm(stepper.dense(theta)[0] - exact) / np.linalg.norm(exact)))
+    assert worst <= 1e-8, f"dense output relative error {worst:.2e}"
+    assert np.array_equal(stepper.dense(1.0), stepper.y) or np.allclose(stepper.dense(1.0), stepper.y, rtol=1e-14)

@@ -41,7 +41,19 @@ _A = (
 )
 _B = _A[6] + (0.0,)  # 5th order (the solution that is kept)
 _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-_E = tuple(b - b4 for b, b4 in zip(_B, _B4))
+_E = tuple(b - b4 for b, b4 in zip(_B, _B4, strict=True))
+#: The 4th-order continuous extension (dense output) of Dormand–Prince, as in Hairer,
+#: Nørsett & Wanner's dopri5 and scipy's RK45: y(t_prev + θh) = y_prev + h·Σ_i k_i·(P θ⃗)_i
+#: with θ⃗ = (θ, θ², θ³, θ⁴).
+_P = (
+    (1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432),
+    (0.0, 0.0, 0.0, 0.0),
+    (0.0, 131558114200 / 32700410799, -68118460800 / 10900136933, 87487479700 / 32700410799),
+    (0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072),
+    (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408, 701980252875 / 199316789632),
+    (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
+    (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423),
+)
 
 
 class StepSizeUnderflow(RunError):
@@ -52,7 +64,8 @@ class DormandPrince:
     """Stepper for ẏ = rhs(y) (autonomous) with y of shape (B, k).
 
     After each :meth:`step`, ``t``, ``y``, ``f`` (= ẏ at y) and ``aux`` describe the new
-    accepted point, and ``t_prev``, ``y_prev``, ``aux_prev`` the previous one.
+    accepted point, ``t_prev``, ``y_prev``, ``aux_prev`` the previous one, and
+    :meth:`dense` any point in between.
     """
 
     def __init__(
@@ -85,6 +98,7 @@ class DormandPrince:
         self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, self.y, self.f, self.aux
         self.h = h0 if h0 is not None else self._initial_step()
         self.n_accepted = self.n_rejected = self.n_evals = 0
+        self.stages: np.ndarray | None = None  # (7, *y.shape) of the last accepted step
 
     def _initial_step(self) -> float:
         """Hairer–Wanner's starting-step heuristic (Solving ODEs I, II.4)."""
@@ -100,6 +114,12 @@ class DormandPrince:
     @staticmethod
     def _rms(x: np.ndarray) -> np.ndarray:
         return np.sqrt(np.mean(x * x, axis=-1))
+
+    def dense(self, theta: float) -> np.ndarray:
+        """y at t_prev + θ·(t − t_prev) inside the last accepted step, 0 ≤ θ ≤ 1: the
+        pair's 4th-order continuous extension (:data:`_P`), from the step's stages."""
+        h = self.t - self.t_prev
+        return self.y_prev + h * np.tensordot(_dense_weights(theta), self.stages, axes=1)
 
     def step(self) -> None:
         """Advance by one accepted step (rejecting and shrinking as often as needed)."""
@@ -131,6 +151,7 @@ class DormandPrince:
             factor = 0.9 * err ** -0.2 if err > 0 else 5.0
             if err <= 1.0:
                 self.t_prev, self.y_prev, self.f_prev, self.aux_prev = self.t, y, f, self.aux
+                self.stages = ks.reshape(7, *y.shape)
                 self.t += h
                 self.y, self.f, self.aux = y_new, ks[6].reshape(y.shape), aux
                 self.h = h * min(5.0, max(0.2, factor))
@@ -140,15 +161,20 @@ class DormandPrince:
             self.n_rejected += 1
 
 
+def _dense_weights(theta: float) -> np.ndarray:
+    """(7,) weights of the stages in the dense output at θ ∈ [0, 1]."""
+    return np.asarray(_P) @ np.array([theta, theta**2, theta**3, theta**4])
+
+
 def gradient_flow(objective, w0, settings, tracker) -> None:
     """``--method flow``: integrate ẇ = −∇𝓛(w) for every row of ``w0`` (B, k) with
     :class:`DormandPrince` at ``settings.rtol``, following the method contract of
     :mod:`ncfkit.dynamics` (``step`` counts accepted steps).
 
     A checkpoint follows every accepted step. When a row's loss crosses its escape level
-    inside a step, the crossing time is located by bisection on the cubic Hermite
-    interpolant of the step (the integrator's dense output, 3rd order) and an extra
-    checkpoint is landed there. When a checkpoint reports more change than the record
+    inside a step, the crossing time is located by bisection on the integrator's dense
+    output (4th order, :meth:`DormandPrince.dense`) and an extra checkpoint is landed
+    there. When a checkpoint reports more change than the record
     resolution, the next step is capped accordingly. A step size that underflows ends the
     rows still running with status ``failed`` and says at what time. ∇𝓛 comes from
     ``settings.engine`` (:func:`ncfkit.fastgd.value_and_grad_fn`); the state is numpy
@@ -190,26 +216,19 @@ def gradient_flow(objective, w0, settings, tracker) -> None:
         tracker.finish("max time")
 
 
-def _hermite(stepper: DormandPrince, s: float) -> np.ndarray:
-    """w at t_prev + s·h from the end points and their derivatives (cubic Hermite)."""
-    h = stepper.t - stepper.t_prev
-    h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
-    h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
-    return h00 * stepper.y_prev + (h10 * h) * stepper.f_prev + h01 * stepper.y + (h11 * h) * stepper.f
-
-
 def _locate_crossing(value_and_grad, stepper: DormandPrince, levels, iters: int = 40):
     """First time in the last step at which some row's loss falls below its level:
-    bisection on the Hermite interpolant (the earliest crossing over the rows)."""
+    bisection on the integrator's 4th-order dense output (the earliest crossing over the
+    rows)."""
     lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        loss, _ = value_and_grad(_hermite(stepper, mid))
+        loss, _ = value_and_grad(stepper.dense(mid))
         if bool((loss < levels).any()):
             hi = mid
         else:
             lo = mid
-    return stepper.t_prev + hi * (stepper.t - stepper.t_prev), _hermite(stepper, hi)
+    return stepper.t_prev + hi * (stepper.t - stepper.t_prev), stepper.dense(hi)
 
 
 def _drop_rows(stepper: DormandPrince, keep: np.ndarray) -> None:
@@ -217,5 +236,6 @@ def _drop_rows(stepper: DormandPrince, keep: np.ndarray) -> None:
         return
     for name in ("y", "f", "aux", "y_prev", "f_prev", "aux_prev"):
         setattr(stepper, name, getattr(stepper, name)[keep])
+    stepper.stages = stepper.stages[:, keep]
     if isinstance(stepper.atol, np.ndarray) and stepper.atol.ndim and stepper.atol.shape[0] == keep.shape[0]:
         stepper.atol = stepper.atol[keep]
