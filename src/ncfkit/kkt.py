@@ -37,6 +37,7 @@ DENSE_MAX = 3000
 class AscentResult:
     """Final iterates of :func:`normalized_ascent`, one row per start."""
 
+    # arrays of the kind of the starts u0 (numpy or torch)
     u: torch.Tensor  # (R, k), unit norm
     ncf: torch.Tensor  # (R,)
     residual: torch.Tensor  # (R,) relative first-order residual

@@ -6,7 +6,9 @@
 
 Every function takes ``w`` of shape (..., k): leading axes are a batch (restarts, several
 δ), so one call serves many parameter vectors. ``W_l`` are views into ``w`` in torch's
-``nn.Linear`` layout, concatenated row-major, layer 1 first.
+``nn.Linear`` layout, concatenated row-major, layer 1 first. Data and weights are numpy
+arrays or torch tensors (:mod:`ncfkit.arrays`); each closed form — forward pass,
+gradient (``vjp``), Hessian-vector product (``hvp``) — is written once for both.
 """
 
 from __future__ import annotations
