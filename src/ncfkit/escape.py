@@ -90,13 +90,15 @@ def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
 
 def certified_point(arch, X, ytilde, w, source: str, *, active_tol: float = 1e-3,
                     converged: bool = True, steps: int = 0,
-                    flow: theory.NcfFlowEscape | None = None) -> GoverningPoint:
+                    flow: theory.NcfFlowEscape | None = None,
+                    max_steps: int = 200_000) -> GoverningPoint:
     """Certify w as the governing point; ``flow`` defaults to the NCF flow from w itself
-    (a start along w*)."""
+    (a start along w*), integrated for at most ``max_steps`` steps (it need not settle
+    where w is no exact KKT point, e.g. at a kink of ReLU)."""
     cert = certify(arch, X, ytilde, w, active_tol=active_tol)
     mask, zero = zero_preserving_subset(arch, cert.w, active_tol)
     if flow is None:
-        flow = theory.ncf_flow_escape(arch, X, ytilde, cert.w)
+        flow = theory.ncf_flow_escape(arch, X, ytilde, cert.w, max_steps=max_steps)
     return GoverningPoint(cert, source, converged, steps, mask, zero, flow)
 
 

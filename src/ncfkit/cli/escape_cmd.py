@@ -130,7 +130,7 @@ def _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, c
                              "there is no NCF and no KKT point to start along")
         if from_file is not None:
             gp = certified_point(arch, problem.X, problem.ytilde, from_file[0],
-                                 f"kkt file {kkt_file} point {point}")
+                                 f"kkt file {kkt_file} point {point}", max_steps=max_steps)
         else:
             with console.status(f"finding KKT points ({restarts} restarts)…"):
                 res = find_kkt_points(arch, problem.X, problem.ytilde, restarts, seed, max_steps, tol)
@@ -139,7 +139,8 @@ def _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, c
             if point >= len(res.points):
                 raise InputError(f"--point {point} out of range: found points 0..{len(res.points) - 1}")
             gp = certified_point(arch, problem.X, problem.ytilde, res.points[point].cert.w,
-                                 f"find_kkt_points (seed {seed}, {restarts} restarts) point {point}")
+                                 f"find_kkt_points (seed {seed}, {restarts} restarts) point {point}",
+                                 max_steps=max_steps)
         return gp.w_star, gp, "along w*"
     w0, how = _initial_direction(init, problem, seed)
     if not homogeneous:
@@ -280,7 +281,8 @@ def _summary_lines(report, problem):
               help="δ of the reference run along w* (p(t)); a number, auto or none.")
 @click.option("--restarts", type=int, default=32, show_default=True,
               help="KKT restarts for --init kkt without --kkt.")
-@click.option("--max-steps", type=int, default=20000, show_default=True, help="NCF ascent steps at most.")
+@click.option("--max-steps", type=int, default=20000, show_default=True,
+              help="NCF ascent and NCF flow steps at most (the governing point).")
 @click.option("--tol", type=float, default=1e-9, show_default=True, help="NCF ascent tolerance.")
 @output_options
 @guarded
@@ -311,6 +313,12 @@ def command(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, d
                             host_engine=engine)
     console = stderr_console()
     w0, gp, how = _governing(init, kkt_file, point, problem, seed, restarts, max_steps, tol, console)
+    act_fn = getattr(problem.arch, "act", None)
+    if method == "flow" and act_fn is not None and act_fn.homogeneous and act_fn.p == 1 \
+            and act_fn.alpha != 1.0:
+        console.print(f"[yellow]warning:[/] --act {act_fn.name} has a kink at 0: the adaptive "
+                      "integrator may need tiny steps wherever a neuron's pre-activation "
+                      "crosses it (--method gd does not)")
     if gp is not None and gp.cert.ncf <= 0:
         console.print(f"[yellow]warning:[/] the governing KKT point is {gp.cert.kind} "
                       f"(𝒩 = {gp.cert.ncf:.3g}): the theory predicts no escape")
