@@ -13,6 +13,11 @@ Homogeneous Neural Networks Beyond the Origin". Each idea lives in one module:
 - :mod:`ncfkit.dynamics` -- gradient descent / gradient flow of the training loss
 - :mod:`ncfkit.theory` -- the predictions of Theorems 4, 10, 18 and Corollaries 5-12
 - :mod:`ncfkit.io` -- every file format (data, results, weights, provenance)
+
+Numerics: :mod:`ncfkit.fastgd` (the compiled gradient kernel and GD engines),
+:mod:`ncfkit.flow` (the adaptive gradient-flow integrator), :mod:`ncfkit.arrays` (the
+maths on numpy arrays or torch tensors alike) and :mod:`ncfkit._lazy` (torch imported
+on first use, so a CPU run on the kernel never pays for it).
 """
 
 __version__ = "0.1.0"
