@@ -97,6 +97,11 @@ class MLP:
             start += rows * cols
         return tuple(out)
 
+    @property
+    def layer_ranges(self) -> tuple[tuple[int, int], ...]:
+        """(start, stop) of each W_l in the flat vector."""
+        return tuple((a, b) for a, b, _, _ in self._blocks)
+
     def split(self, w):
         """Views W_1, …, W_L of shape (..., k_l, k_{l-1}) (copies where w's layout needs)."""
         lead = tuple(w.shape[:-1])
@@ -145,35 +150,43 @@ class MLP:
         gives g, ``dg(H, Ḣ)`` its derivative along Ḣ = J v (None: g does not depend on w,
         as for 𝒩 = ỹᵀH). The forward pass at w is shared by all rows of ``V``."""
         Ws, hs, zs, out = self._forward_cache(X, w)
-        Vs = self.split(V)
+        # A layer whose block of V is zero in every row (a dense Hessian's chunk of the
+        # identity mostly is) contributes nothing: its terms are skipped, not computed as
+        # zeros (None stands for an exact zero below).
+        Vs = [Vb if bool(Vb.any()) else None for Vb in self.split(V)]
         act, depth = self.act, len(Ws)
         s1 = [act.derivative(z) for z in zs]
         dzs, dhs = [], [None]  # tangents of z_l and h_l (h_0 = X is fixed)
         for l in range(depth - 1):
-            dz = Vs[l] @ hs[l] if l else (Vs[0].reshape(-1, self.d) @ hs[0]).reshape(*Vs[0].shape[:-1], -1)
+            dz = None
+            if Vs[l] is not None:
+                dz = Vs[l] @ hs[l] if l else \
+                    (Vs[0].reshape(-1, self.d) @ hs[0]).reshape(*Vs[0].shape[:-1], -1)
             if dhs[l] is not None:
-                dz = dz + Ws[l] @ dhs[l]
+                dz = _plus(dz, Ws[l] @ dhs[l])
             dzs.append(dz)
-            dhs.append(s1[l] * dz)
-        dout = Vs[-1] @ hs[-1]
+            dhs.append(None if dz is None else s1[l] * dz)
+        dout = None if Vs[-1] is None else Vs[-1] @ hs[-1]
         if dhs[-1] is not None:
-            dout = dout + Ws[-1] @ dhs[-1]
+            dout = _plus(dout, Ws[-1] @ dhs[-1])
         b = g_of_out(out)[..., None, :]  # ∂F/∂z of the layer-L pre-activation, (…, 1, n)
-        db = None if dg is None else dg(out, dout[..., 0, :])[..., None, :]
+        db = None if dg is None or dout is None else dg(out, dout[..., 0, :])[..., None, :]
         grads = [None] * depth
         for l in range(depth - 1, -1, -1):
             G = None if db is None else (db @ hs[l].swapaxes(-1, -2) if l else
                                          (db.reshape(-1, db.shape[-1]) @ X).reshape(*db.shape[:-1], self.d))
             if dhs[l] is not None:
-                bh = b @ dhs[l].swapaxes(-1, -2)
-                G = bh if G is None else G + bh
+                G = _plus(G, b @ dhs[l].swapaxes(-1, -2))
             grads[l] = G
             if l:
                 WTb = Ws[l].swapaxes(-1, -2) @ b
-                new_db = (Vs[l].swapaxes(-1, -2) @ b) * s1[l - 1] \
-                    + WTb * act.second_derivative(zs[l - 1]) * dzs[l - 1]
+                new_db = None
+                if Vs[l] is not None:
+                    new_db = (Vs[l].swapaxes(-1, -2) @ b) * s1[l - 1]
+                if dzs[l - 1] is not None:
+                    new_db = _plus(new_db, WTb * act.second_derivative(zs[l - 1]) * dzs[l - 1])
                 if db is not None:
-                    new_db = new_db + (Ws[l].swapaxes(-1, -2) @ db) * s1[l - 1]
+                    new_db = _plus(new_db, (Ws[l].swapaxes(-1, -2) @ db) * s1[l - 1])
                 b, db = WTb * s1[l - 1], new_db
         lead = np.broadcast_shapes(tuple(w.shape), tuple(V.shape))[:-1]
         return _flat_concat([zeros((*lead, r, c), like=V) if G is None
@@ -238,6 +251,11 @@ class Diagonal:
 
     def describe(self) -> str:
         return f"diag d={self.d} D={self.depth}"
+
+
+def _plus(a, b):
+    """a + b, where None stands for an exact zero."""
+    return b if a is None else (a if b is None else a + b)
 
 
 def _flat_concat(Ws: list, lead=None):

@@ -76,14 +76,17 @@ def dense_jacobian(f, w: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     return _stack_rows(lambda V: vjp(f, w, V), w, chunk)
 
 
-def _stack_rows(hvp, w: torch.Tensor, chunk: int) -> torch.Tensor:
-    """The dense (k, k) matrix whose rows are ``hvp(E)`` for chunks E of the identity."""
+def _stack_rows(hvp, w, chunk: int, ranges=None):
+    """The dense (k, k) matrix whose rows are ``hvp(E)`` for chunks E of the identity;
+    a chunk never straddles two of ``ranges`` (the layers: see ``MLP.hvp``, which skips
+    the layers a chunk does not touch)."""
     k = w.shape[-1]
+    ranges = ranges or ((0, k),)
+    starts = [(i, min(i + chunk, stop)) for start, stop in ranges for i in range(start, stop, chunk)]
     if is_numpy(w):
-        return np.concatenate([hvp(np.eye(min(chunk, k - i), k, i, dtype=w.dtype))
-                               for i in range(0, k, chunk)])
+        return np.concatenate([hvp(np.eye(b - a, k, a, dtype=w.dtype)) for a, b in starts])
     eye = torch.eye(k, dtype=w.dtype, device=w.device)
-    return torch.cat([hvp(eye[i : i + chunk]) for i in range(0, k, chunk)])
+    return torch.cat([hvp(eye[a:b]) for a, b in starts])
 
 
 #: Rows of a dense Hessian per closed-form R-operator pass: ~chunk × (widths × n) floats
@@ -94,7 +97,8 @@ HVP_CHUNK = 256
 def ncf_hessian(arch, X, ytilde, u: torch.Tensor) -> torch.Tensor:
     """Dense ∇²𝒩(u) of one point ``u`` (k,), shape (k, k)."""
     if hasattr(arch, "hvp"):
-        return _stack_rows(lambda V: ncf_hvp(arch, X, ytilde, u, V), u, HVP_CHUNK)
+        return _stack_rows(lambda V: ncf_hvp(arch, X, ytilde, u, V), u, HVP_CHUNK,
+                           getattr(arch, "layer_ranges", None))
     return dense_jacobian(lambda x: ncf_grad(arch, X, ytilde, x), u)
 
 
@@ -129,5 +133,6 @@ def loss_hessian(arch, X, y, loss: Loss, w: torch.Tensor, chunk: int | None = No
     """Dense ∇²𝓛(w) of one point (k,), shape (k, k); ``chunk`` rows per pass (default
     :data:`HVP_CHUNK` in closed form, 64 by autograd)."""
     if _closed_form_hvp(arch, loss):
-        return _stack_rows(lambda V: loss_hvp(arch, X, y, loss, w, V), w, chunk or HVP_CHUNK)
+        return _stack_rows(lambda V: loss_hvp(arch, X, y, loss, w, V), w, chunk or HVP_CHUNK,
+                           getattr(arch, "layer_ranges", None))
     return dense_jacobian(lambda x: _loss_grad(arch, X, y, loss, x), w, chunk or 64)
