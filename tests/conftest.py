@@ -1,6 +1,7 @@
 """Shared test set-up: one torch thread (as the CLI uses by default), float64 defaults
 are passed explicitly in each test; fixtures more than one test file uses."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,3 +23,12 @@ def tiny_square_net():
     arch = make_architecture("mlp", 3, "4", "square")
     w0 = random_direction(arch.num_params, g, dtype=F64)
     return Objective(arch, X, y, make_loss("square", "sum")), w0
+
+
+@pytest.fixture(scope="module")
+def ex1_files(tmp_path_factory):
+    """Example 1 as files: ``ex1.npz`` (X = I, y = (4, 1)) and ``w0.npz`` (w = (1, 1))."""
+    root = tmp_path_factory.mktemp("ex1")
+    np.savez(root / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
+    np.savez(root / "w0.npz", w=np.array([1.0, 1.0]))
+    return root

@@ -15,20 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from ncfkit._signals import handle_sigterm
-from ncfkit.cli.main import cli
 from ncfkit.dynamics import Tracker
 from ncfkit.io import load_data, provenance, read_h5, write_h5
+from utils import run_cli
 
 RUN_KEYS = {"delta", "escaped", "escape_time", "predicted_escape_time", "saddle_time", "saddle_loss",
             "saddle_grad_norm", "saddle_min_hessian_eig", "sparsity_ratio_escape",
             "sparsity_ratio_saddle"}
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ EX1 = ("--arch", "diag", "--lr", "2e-3")
 @pytest.fixture(scope="module")
 def example1_run(files):
     out = files / "ex1_run.h5"
-    res = _run("escape", files / "ex1.npz", *EX1, "--init", files / "w0.npz", "--delta", "1e-2",
+    res = run_cli("escape", files / "ex1.npz", *EX1, "--init", files / "w0.npz", "--delta", "1e-2",
                "--delta", "1e-3", "--json", "--out", out)
     return res, out
 
@@ -96,26 +91,26 @@ def test_example1_run_file_layout(example1_run):
 
 def test_collect_csv_and_json(example1_run, files):
     _, out = example1_run
-    res = _run("collect", out, out, "--csv")
+    res = run_cli("collect", out, out, "--csv")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(rows) == 4 and float(rows[1]["delta"]) == 1e-3
     assert rows[0]["status"] == "passed saddle" and float(rows[0]["saddle_loss"]) == pytest.approx(1, abs=0.01)
-    res = _run("collect", out, "--json")
+    res = run_cli("collect", out, "--json")
     obj = json.loads(res.stdout)
     assert [r["delta"] for r in obj["rows"]] == [1e-2, 1e-3]
     assert obj["rows"][0]["ncf"] == pytest.approx(8.0)
-    bad = _run("collect", files / "ex1.npz")
+    bad = run_cli("collect", files / "ex1.npz")
     assert bad.exit_code == 2 and "error:" in bad.stderr and "Traceback" not in bad.output
     forged = files / "forged.h5"
     write_h5(forged, "escape", {"runs": {"first": {"delta": 1.0}}}, force=True)
-    bad = _run("collect", forged)
+    bad = run_cli("collect", forged)
     assert bad.exit_code == 2 and "malformed runs" in bad.stderr
 
 
 def test_mlp_names_active_neurons_and_writes_layers(files, tmp_path):
     out = tmp_path / "tiny.h5"
-    res = _run("escape", files / "tiny.npz", "--hidden", "4", "--act", "square", "--lr", "2e-3",
+    res = run_cli("escape", files / "tiny.npz", "--hidden", "4", "--act", "square", "--lr", "2e-3",
                "--delta", "0.1", "--delta", "0.05", "--seed", "3", "--json", "--out", out)
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
@@ -144,7 +139,7 @@ def _kkt_file(path: Path, data: Path, arch: dict, w: np.ndarray) -> Path:
 def test_init_kkt_from_file_starts_along_w_star(files, tmp_path):
     kkt = _kkt_file(tmp_path / "k.h5", files / "ex1.npz", {"arch": "diag", "d": 2, "depth": 2},
                     np.array([1.0, 0.0]))
-    res = _run("escape", files / "ex1.npz", *EX1, "--init", "kkt", "--kkt", kkt, "--delta", "1e-3",
+    res = run_cli("escape", files / "ex1.npz", *EX1, "--init", "kkt", "--kkt", kkt, "--delta", "1e-3",
                "--json")
     assert res.exit_code == 0, res.output
     run = json.loads(res.stdout)["runs"][0]
@@ -167,7 +162,7 @@ def test_kkt_file_provenance_mismatch_is_exit_2(files, tmp_path, change, match):
     else:
         kkt = _kkt_file(tmp_path / "k.h5", data, dict(arch, depth=3), np.array([1.0, 0.0]))
     for init in ("kkt", "random"):
-        res = _run("escape", data, *EX1, "--init", init, "--kkt", kkt, "--delta", "1e-3")
+        res = run_cli("escape", data, *EX1, "--init", init, "--kkt", kkt, "--delta", "1e-3")
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
         assert res.stderr.startswith("error:") and __import__("re").search(match, res.stderr)
 
@@ -183,7 +178,7 @@ def test_kkt_file_provenance_mismatch_is_exit_2(files, tmp_path, change, match):
     (("--delta", "1e-3", "--init", "missing.npz"), "does not exist"),
 ], ids=lambda v: "-".join(v) if isinstance(v, tuple) else None)
 def test_bad_numbers_are_exit_2(files, args, match):
-    res = _run("escape", files / "ex1.npz", "--arch", "diag", *args)
+    res = run_cli("escape", files / "ex1.npz", "--arch", "diag", *args)
     assert res.exit_code == 2, res.output
     assert match in res.stderr and "Traceback" not in res.output
 
@@ -193,7 +188,7 @@ def test_bad_numbers_are_exit_2(files, args, match):
 
 def test_divergence_exits_1_and_keeps_the_file(files, tmp_path):
     out = tmp_path / "div.h5"
-    res = _run("escape", files / "ex1.npz", "--arch", "diag", "--lr", "0.3", "--delta", "0.1",
+    res = run_cli("escape", files / "ex1.npz", "--arch", "diag", "--lr", "0.3", "--delta", "0.1",
                "--until", "max-time", "--max-time", "50", "--delta-ref", "none", "--out", out)
     assert res.exit_code == 1
     assert "diverged at t =" in res.stderr and "--lr" in res.stderr and "Traceback" not in res.output
@@ -229,7 +224,7 @@ def test_interruption_writes_a_valid_file(files, tmp_path, monkeypatch, how, cod
     else:
         _interrupt_at(monkeypatch, 40, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with handle_sigterm():  # as ncfkit.cli.main.main wraps every command
-        res = _run("escape", files / "ex1.npz", *EX1, "--delta", "1e-3", "--delta", "1e-6",
+        res = run_cli("escape", files / "ex1.npz", *EX1, "--delta", "1e-3", "--delta", "1e-6",
                    "--out", out)
     assert res.exit_code == code, res.output
     tree = read_h5(out, ("escape",))

@@ -14,16 +14,14 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import ncfkit.fastgd as fastgd
 from ncfkit.activations import Activation, parse_activation
-from ncfkit.cli.main import cli
 from ncfkit.dynamics import Objective, Settings, simulate
 from ncfkit.losses import Loss, make_loss
 from ncfkit.models import MLP, Diagonal, make_architecture, random_direction
 from ncfkit.theory import EXAMPLE1
-from utils import as_numpy, assert_close, ref_mlp_forward, ref_sigma, seeded
+from utils import as_numpy, assert_close, ref_mlp_forward, ref_sigma, run_cli, seeded
 
 F64, F32 = torch.float64, torch.float32
 
@@ -444,18 +442,6 @@ def test_simulate_engine_field_and_settings(tiny_square_net):
 # --------------------------------------------------------------------------- 5. CLI
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module")
-def ex1_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fastgd")
-    np.savez(root / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
-    np.savez(root / "w0.npz", w=np.array([1.0, 1.0]))
-    return root
-
-
 def _escape_args(root, engine, *extra):
     return ("escape", root / "ex1.npz", "--arch", "diag", "--lr", "2e-3", "--init", root / "w0.npz",
             "--delta", "1e-2", "--delta-ref", "none", "--json", "--engine", engine, *extra)
@@ -464,7 +450,7 @@ def _escape_args(root, engine, *extra):
 def test_cli_engines(ex1_files):
     out = {}
     for engine in ("torch", "compiled", "auto"):
-        res = _run(*_escape_args(ex1_files, engine))
+        res = run_cli(*_escape_args(ex1_files, engine))
         assert res.exit_code == 0, res.output
         obj = json.loads(res.stdout)
         out[engine] = obj
@@ -477,7 +463,7 @@ def test_cli_engines(ex1_files):
 
 
 def test_cli_float32_compiled(ex1_files):
-    res = _run(*_escape_args(ex1_files, "compiled", "--dtype", "float32"))
+    res = run_cli(*_escape_args(ex1_files, "compiled", "--dtype", "float32"))
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["engine"] == "compiled"
 
@@ -487,7 +473,7 @@ def test_cli_compiled_without_kernel_exits_2(ex1_files, monkeypatch):
     float32/float64, mlp/diag, square/logistic; --device cuda without CUDA fails
     earlier), so the kernel is taken away."""
     monkeypatch.setattr(fastgd, "_gdkernel", None)
-    res = _run(*_escape_args(ex1_files, "compiled"))
+    res = run_cli(*_escape_args(ex1_files, "compiled"))
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
@@ -495,13 +481,13 @@ def test_cli_compiled_without_kernel_exits_2(ex1_files, monkeypatch):
     assert "--engine auto or torch" in lines[0]
     assert "Traceback" not in res.output and res.stdout == ""
     # auto falls back to torch and says so
-    res = _run(*_escape_args(ex1_files, "auto"))
+    res = run_cli(*_escape_args(ex1_files, "auto"))
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["engine"] == "torch"
 
 
 def test_cli_rejects_unknown_engine(ex1_files):
-    res = _run(*_escape_args(ex1_files, "fast"))
+    res = run_cli(*_escape_args(ex1_files, "fast"))
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert "--engine" in res.stderr
 
@@ -648,7 +634,7 @@ def test_cli_flow_reports_its_engine_and_both_agree(ex1_files):
     """--method flow takes ∇𝓛 from --engine too; both engines give the same events."""
     out = {}
     for engine in ("torch", "compiled"):
-        res = _run(*_escape_args(ex1_files, engine, "--method", "flow"))
+        res = run_cli(*_escape_args(ex1_files, engine, "--method", "flow"))
         assert res.exit_code == 0, res.output
         out[engine] = json.loads(res.stdout)
         assert out[engine]["engine"] == engine and out[engine]["method"] == "flow"

@@ -10,6 +10,7 @@ from ncfkit.flow import DormandPrince, StepSizeUnderflow
 from ncfkit.losses import make_loss
 from ncfkit.models import Diagonal
 from ncfkit.ncf import loss_value_and_grad
+from utils import run_cli
 
 F64 = torch.float64
 
@@ -79,31 +80,20 @@ def test_bad_tolerance():
 # --------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture
-def ex1(tmp_path):
-    np.savez(tmp_path / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
-    np.savez(tmp_path / "w0.npz", w=np.array([1.0, 1.0]))
-    return tmp_path
-
-
 def _escape(root, *extra):
-    from click.testing import CliRunner
-
-    from ncfkit.cli.main import cli
-
     args = ["escape", root / "ex1.npz", "--arch", "diag", "--init", root / "w0.npz", "--delta",
             "1e-3", "--method", "flow", "--delta-ref", "none", *extra]
-    return CliRunner().invoke(cli, [str(a) for a in args])
+    return run_cli(*args)
 
 
-def test_cli_flow_matches_example1_closed_form_at_default_tolerance(ex1):
+def test_cli_flow_matches_example1_closed_form_at_default_tolerance(ex1_files, tmp_path):
     """``escape --method flow`` with its default --rtol: every stored trajectory sample
     (integrator states) within 1e-8 relative of ψ(t, δw0) (SPEC §3) at δ = 1e-3, t ≤ 3."""
     import h5py
 
-    res = _escape(ex1, "--max-time", "3", "--until", "max-time", "--out", ex1 / "run.h5")
+    res = _escape(ex1_files, "--max-time", "3", "--until", "max-time", "--out", tmp_path / "run.h5")
     assert res.exit_code == 0, res.output
-    with h5py.File(ex1 / "run.h5") as f:
+    with h5py.File(tmp_path / "run.h5") as f:
         t, w = f["runs/0/trajectory/time"][()], f["runs/0/trajectory/w"][()]
     assert t.size > 50 and t[-1] > 2.5
     exact = np.stack([example1_psi(float(s), 1e-3).numpy() for s in t])
@@ -112,14 +102,14 @@ def test_cli_flow_matches_example1_closed_form_at_default_tolerance(ex1):
 
 
 @pytest.mark.parametrize("rtol", ["0", "-1e-6", "1", "nan"])
-def test_cli_rejects_bad_tolerance(ex1, rtol):
-    res = _escape(ex1, "--max-time", "1", "--rtol", rtol)
+def test_cli_rejects_bad_tolerance(ex1_files, rtol):
+    res = _escape(ex1_files, "--max-time", "1", "--rtol", rtol)
     assert res.exit_code == 2 and "Traceback" not in res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "--rtol" in lines[0]
 
 
-def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1, monkeypatch):
+def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1_files, tmp_path, monkeypatch):
     """An integrator that cannot meet its tolerance: exit 1, one line saying at what time,
     and run.h5 written with status failed and the records up to then."""
     import h5py
@@ -135,12 +125,12 @@ def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1, monkeypatc
         original(self)
 
     monkeypatch.setattr(flow.DormandPrince, "step", step)
-    res = _escape(ex1, "--max-time", "3", "--out", ex1 / "run.h5")
+    res = _escape(ex1_files, "--max-time", "3", "--out", tmp_path / "run.h5")
     assert res.exit_code == 1, res.output
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "underflowed at t = 0.5" in lines[-1]
     assert "records so far kept in" in lines[-1] and "Traceback" not in res.output
-    with h5py.File(ex1 / "run.h5") as f:
+    with h5py.File(tmp_path / "run.h5") as f:
         assert f.attrs["status"] == "failed"
         assert f["runs/0"].attrs["status"] == "failed"
         times = f["runs/0/records/time"][()]

@@ -8,21 +8,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from ncfkit.cli.main import cli
 from ncfkit.io import sha256_of
+from utils import run_cli
 
 PROVENANCE = ("ncfkit_version", "command_line", "data_sha256", "architecture", "loss", "seed",
               "dtype", "device", "start_time", "end_time")
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def _info(path) -> dict:
-    result = _run("info", path, "--json")
+    result = run_cli("info", path, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)  # exactly one JSON object
 
@@ -35,13 +31,13 @@ def files(tmp_path_factory) -> Path:
     np.savez(root / "data.npz", X=X / np.linalg.norm(X, axis=1, keepdims=True),
              y=rng.standard_normal(6))
     np.savez(root / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))  # SPEC §3, Example 1
-    res = _run("kkt", root / "data.npz", "--hidden", "3", "--act", "square", "--restarts", "4",
+    res = run_cli("kkt", root / "data.npz", "--hidden", "3", "--act", "square", "--restarts", "4",
                "--seed", "5", "--out", root / "kkt.h5")
     assert res.exit_code == 0, res.output
-    res = _run("sparsity", root / "kkt.h5", "--out", root / "sparsity.h5")
+    res = run_cli("sparsity", root / "kkt.h5", "--out", root / "sparsity.h5")
     assert res.exit_code == 0, res.output
     if "escape" in cli.commands:
-        res = _run("escape", root / "ex1.npz", "--arch", "diag", "--delta", "1e-3", "--delta",
+        res = run_cli("escape", root / "ex1.npz", "--arch", "diag", "--delta", "1e-3", "--delta",
                    "1e-2", "--lr", "1e-3", "--delta-ref", "none", "--out", root / "escape.h5")
         assert res.exit_code == 0, res.output
     return root
@@ -66,7 +62,7 @@ def test_kkt_file(files):
 
 
 def test_kkt_text(files):
-    result = _run("info", files / "kkt.h5")
+    result = run_cli("info", files / "kkt.h5")
     assert result.exit_code == 0 and result.stderr == ""
     text = result.stdout
     for word in ("kind", "kkt", "status", "complete", "command line", "data sha256",
@@ -90,7 +86,7 @@ def test_escape_file(files):
     assert [r["delta"] for r in info["runs"]] == [1e-3, 1e-2]
     assert all(r["records"] > 0 and r["escaped"] for r in info["runs"])
     assert info["groups"]["kkt"]["ncf"] == pytest.approx(8.0)
-    assert "escape_time" in _run("info", files / "escape.h5").stdout
+    assert "escape_time" in run_cli("info", files / "escape.h5").stdout
 
 
 @pytest.mark.parametrize("marks, status", [({"interrupted": True}, "interrupted"),
@@ -105,7 +101,7 @@ def test_status_and_interrupted_flag(tmp_path, marks, status):
             f.attrs[k] = v
     info = _info(path)
     assert info["status"] == status and info["interrupted"] == (status == "interrupted")
-    text = _run("info", path).stdout
+    text = run_cli("info", path).stdout
     assert ("INTERRUPTED" in text) == (status == "interrupted")
 
 
@@ -119,4 +115,4 @@ def test_minimal_and_large_files(tmp_path):
     info = _info(path)
     assert info["kind"] == "future-kind" and info["provenance"] == {}
     assert info["runs"] == [{"run": 0, "records": 500}]
-    assert _run("info", path).exit_code == 0
+    assert run_cli("info", path).exit_code == 0

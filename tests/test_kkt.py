@@ -27,7 +27,14 @@ from ncfkit.io import load_data
 from ncfkit.kkt import certify, find_kkt_points, normalized_ascent
 from ncfkit.losses import make_loss
 from ncfkit.models import MLP, Diagonal, random_direction
-from utils import assert_close, orthonormal_complement, ref_mlp_forward, ref_sigma, rel_error, seeded
+from utils import (
+    assert_close,
+    orthonormal_complement,
+    ref_mlp_forward,
+    ref_sigma,
+    rel_error,
+    seeded,
+)
 
 DTYPE = torch.float64
 CLOSED_FORM_RTOL = 1e-6  # the bar

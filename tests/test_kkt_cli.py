@@ -16,20 +16,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from ncfkit.cli.main import cli
-from utils import assert_close, rel_error
+from utils import assert_close, rel_error, run_cli
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "data"
 FIG1 = EXAMPLES / "fig1_square.npz"
 EXAMPLE1 = EXAMPLES / "example1.npz"
 POINT_KEYS = {"ncf", "residual", "delta", "second_order", "kind", "count", "basin_fraction",
               "active_per_layer"}
-
-
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 def _square_closed_form(path: Path) -> float:
@@ -44,7 +38,7 @@ def _square_closed_form(path: Path) -> float:
 def fig1(tmp_path_factory):
     """``kkt fig1 --hidden 50 --act square --json --restarts 4 --out kkt.h5``."""
     out = tmp_path_factory.mktemp("kkt_cli") / "kkt.h5"
-    result = _run("kkt", FIG1, "--hidden", 50, "--act", "square", "--json", "--restarts", 4,
+    result = run_cli("kkt", FIG1, "--hidden", 50, "--act", "square", "--json", "--restarts", 4,
                   "--out", out)
     return result, out
 
@@ -106,7 +100,7 @@ def test_fig1_out_file_holds_points_and_provenance(fig1):
                          ids=["sum", "mean"])
 def test_example1_through_the_cli(reduction, ncf, delta):
     """Diagonal model on Example 1: 𝒩 = 8, Δ = 12 (sum); ỹ halves with --reduction mean."""
-    result = _run("kkt", EXAMPLE1, "--arch", "diag", "--reduction", reduction, "--restarts", 6,
+    result = run_cli("kkt", EXAMPLE1, "--arch", "diag", "--reduction", reduction, "--restarts", 6,
                   "--json")
     assert result.exit_code == 0, result.stderr
     (point,) = json.loads(result.stdout)["points"]
@@ -116,7 +110,7 @@ def test_example1_through_the_cli(reduction, ncf, delta):
 
 
 def test_without_json_stdout_is_empty():
-    result = _run("kkt", EXAMPLE1, "--arch", "diag", "--restarts", 2)
+    result = run_cli("kkt", EXAMPLE1, "--arch", "diag", "--restarts", 2)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     assert "KKT points" in result.stderr
@@ -126,11 +120,11 @@ def test_existing_out_is_refused_then_forced(tmp_path):
     out = tmp_path / "kkt.h5"
     out.write_bytes(b"precious")
     args = ["kkt", EXAMPLE1, "--arch", "diag", "--restarts", 2, "--out", out]
-    refused = _run(*args)
+    refused = run_cli(*args)
     assert refused.exit_code == 2
     assert "exists" in refused.stderr and "--force" in refused.stderr
     assert out.read_bytes() == b"precious"
-    forced = _run(*args, "--force")
+    forced = run_cli(*args, "--force")
     assert forced.exit_code == 0, forced.stderr
     with h5py.File(out, "r") as f:
         assert f.attrs["ncfkit_kind"] == "kkt"
@@ -160,7 +154,7 @@ BAD = {
 @pytest.mark.parametrize("case", BAD.values(), ids=BAD.keys())
 def test_bad_input_exits_2_with_one_line(case, tmp_path):
     make_args, match = case
-    result = _run(*make_args(tmp_path), "--json", "--out", tmp_path / "never.h5")
+    result = run_cli(*make_args(tmp_path), "--json", "--out", tmp_path / "never.h5")
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "Traceback" not in result.stderr
     message = result.stderr.strip()

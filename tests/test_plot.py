@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ncfkit import plot, theory
-from ncfkit.cli.main import cli
 from ncfkit.errors import InputError
 from ncfkit.io import load_data, provenance, read_h5, write_h5
+from utils import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 D, HIDDEN = 4, (5,)  # the MLP fixture: 4 inputs, 5 hidden neurons, neuron 2 active
@@ -208,10 +207,6 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def _run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
@@ -235,15 +230,15 @@ def test_png_has_the_figure_size(files, tmp_path, name):
 @pytest.mark.parametrize("name", ["kkt.h5", "run.h5", "example1.h5"])
 def test_pdf_is_a_pdf(files, tmp_path, name):
     out = tmp_path / "fig.pdf"
-    r = _run("plot", files / name, "-o", out)
+    r = run_cli("plot", files / name, "-o", out)
     assert r.exit_code == 0, r.output
     data = out.read_bytes()
     assert data.startswith(b"%PDF-") and data.rstrip().endswith(b"%%EOF")
 
 
 def test_full_colour_png_has_the_same_size(files, tmp_path):
-    r = _run("plot", files / "run.h5", "-o", tmp_path / "a.png", "--dpi", 30)
-    r2 = _run("plot", files / "run.h5", "-o", tmp_path / "b.png", "--dpi", 30, "--no-palette")
+    r = run_cli("plot", files / "run.h5", "-o", tmp_path / "a.png", "--dpi", 30)
+    r2 = run_cli("plot", files / "run.h5", "-o", tmp_path / "b.png", "--dpi", 30, "--no-palette")
     assert r.exit_code == r2.exit_code == 0
     assert _png_size(tmp_path / "a.png") == _png_size(tmp_path / "b.png")
     assert (tmp_path / "a.png").read_bytes()[25] == 3  # colour type: palette
@@ -252,7 +247,7 @@ def test_full_colour_png_has_the_same_size(files, tmp_path):
 
 def test_cli_png_size_and_message(files, tmp_path):
     out = tmp_path / "run.png"
-    r = _run("plot", files / "run.h5", "-o", out, "--dpi", 50)
+    r = run_cli("plot", files / "run.h5", "-o", out, "--dpi", 50)
     assert r.exit_code == 0, r.output
     w, h = _png_size(out)
     assert f"{w}×{h} px" in r.stderr and "escape figure" in r.stderr
@@ -403,7 +398,7 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_one_line_exit_2_no_image(files, tmp_path, case):
     make, match = BAD[case]
-    r = _run("plot", *make(files, tmp_path))
+    r = run_cli("plot", *make(files, tmp_path))
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and match in lines[0], r.stderr
@@ -414,10 +409,10 @@ def test_bad_input_one_line_exit_2_no_image(files, tmp_path, case):
 def test_existing_output_needs_force(files, tmp_path):
     out = tmp_path / "fig.png"
     out.write_bytes(b"keep me")
-    r = _run("plot", files / "kkt.h5", "-o", out)
+    r = run_cli("plot", files / "kkt.h5", "-o", out)
     assert r.exit_code == 2 and "--force" in r.stderr
     assert out.read_bytes() == b"keep me"
-    r = _run("plot", files / "kkt.h5", "-o", out, "--force")
+    r = run_cli("plot", files / "kkt.h5", "-o", out, "--force")
     assert r.exit_code == 0, r.output
     _png_size(out)
     assert _leftovers(tmp_path) == []
@@ -427,7 +422,7 @@ def test_damaged_escape_file_is_one_line(files, tmp_path):
     tree = _escape_tree(files / "data.npz", _mlp_arch(), [0.01])
     del tree["runs"]["0"]["records"]
     write_h5(tmp_path / "bad.h5", "escape", tree)
-    r = _run("plot", tmp_path / "bad.h5", "-o", tmp_path / "x.png")
+    r = run_cli("plot", tmp_path / "bad.h5", "-o", tmp_path / "x.png")
     assert r.exit_code == 2 and "incomplete or damaged escape result" in r.stderr
     assert not (tmp_path / "x.png").exists() and _leftovers(tmp_path) == []
 

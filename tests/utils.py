@@ -131,3 +131,13 @@ def ref_mlp_forward(X: torch.Tensor, w: torch.Tensor, widths: list[int],
             h = sigma(h)
     assert start == w.numel(), "w has more entries than the network"
     return h[:, 0]
+
+
+def run_cli(*args):
+    """Invoke the ncfkit command line in-process (every argument as a string); the click
+    result has ``exit_code``, ``stdout``, ``stderr`` and ``output``."""
+    from click.testing import CliRunner
+
+    from ncfkit.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])

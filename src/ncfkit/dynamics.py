@@ -184,14 +184,6 @@ class Simulation:
         return "complete"
 
 
-def _host(x) -> np.ndarray:
-    """A method's array (numpy, or a tensor on any device) as a numpy array on the host
-    (a free view of CPU tensors)."""
-    if isinstance(x, np.ndarray):
-        return x
-    return x.detach().cpu().numpy()
-
-
 RECORD_FIELDS = ("step", "time", "loss", "grad_norm", "w_norm", "cos_w_star", "wz_ratio", "phase")
 
 
@@ -254,7 +246,7 @@ class Tracker:
     # ------------------------------------------------------------------ protocol
     def start(self, w, loss, grad) -> None:
         s = self.settings
-        w, loss, grad = _host(w), _host(loss), _host(grad)
+        w, loss, grad = to_numpy(w), to_numpy(loss), to_numpy(grad)
         vals = self._values(w, loss, grad)
         k = w.shape[-1]
         n_states = min(s.state_capacity, s.state_memory // (16 * k))
@@ -313,7 +305,7 @@ class Tracker:
         numpy arrays or tensors, never written in place afterwards by the method);
         decide which rows go on."""
         s = self.settings
-        w, loss, grad = _host(w), _host(loss), _host(grad)
+        w, loss, grad = to_numpy(w), to_numpy(loss), to_numpy(grad)
         vals = self._values(w, loss, grad)
         _, _, w_prev, v_prev, _ = self._last
         keep = np.ones(len(self.active), dtype=bool)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._lazy import torch
 from ._runtime import row_workers
-from .arrays import is_numpy, to_numpy
+from .arrays import asarray_like, is_numpy, to_numpy
 from .models import MLP, Diagonal
 from .ncf import loss_value_and_grad, ncf_value_and_grad
 
@@ -248,8 +248,8 @@ def _on_host(f, like):
         return f
 
     def g(w: np.ndarray):
-        L, grad = f(torch.as_tensor(w, dtype=like.dtype, device=like.device))
-        return L.detach().cpu().numpy(), grad.detach().cpu().numpy()
+        L, grad = f(asarray_like(w, like))
+        return to_numpy(L), to_numpy(grad)
     return g
 
 
