@@ -144,8 +144,15 @@ def test_certificate_ascent_and_sparsity_on_both_kinds(act):
     yt = make_loss("square", "sum").ytilde(y)
     u0 = random_direction(arch.num_params, np.random.default_rng(6), (3,))
     t = lambda a: torch.as_tensor(a, dtype=F64)  # noqa: E731
-    asc_n = normalized_ascent(arch, X, yt, u0, max_steps=3000)
-    asc_t = normalized_ascent(arch, t(X), t(yt), t(u0), max_steps=3000)
+    # ReLU: the ascent converges to a kink, where which side round-off lands on decides the
+    # derivative; compare the two kinds on a short ascent whose iterates stay off every kink
+    # (checked below), so the test never depends on how numpy's and torch's BLAS round.
+    steps = 20 if act == "relu" else 3000
+    asc_n = normalized_ascent(arch, X, yt, u0, max_steps=steps)
+    asc_t = normalized_ascent(arch, t(X), t(yt), t(u0), max_steps=steps)
+    if act == "relu":
+        pre = X @ arch.split(asc_n.u)[0].swapaxes(-1, -2)  # first-layer pre-activations
+        assert np.abs(pre).min() > 1e-6, "an iterate reached a kink: pick other seeds"
     assert isinstance(asc_n.u, np.ndarray) and isinstance(asc_t.u, torch.Tensor)
     assert np.allclose(asc_n.u, asc_t.u.numpy(), rtol=0, atol=1e-12)
     assert np.array_equal(asc_n.steps, asc_t.steps.numpy())

@@ -298,7 +298,7 @@ def test_closed_form_hessians_match_autograd_of_the_gradient(act, hidden):
         for reduction in ("sum", "mean"):
             loss = make_loss(name, reduction)
             H = loss_hessian(arch, X, labels, loss, u)
-            ref = dense_jacobian(lambda x: _loss_grad(arch, X, labels, loss, x), u)
+            ref = dense_jacobian(lambda x, labels=labels, loss=loss: _loss_grad(arch, X, labels, loss, x), u)
             assert_close(H, ref, rtol=1e-11, atol=1e-13 * max(float(ref.abs().max()), 1.0),
                          what=f"∇²𝓛 {name} {reduction}")
 

@@ -136,7 +136,7 @@ class _Kernel:
         n_par = min(self.workers, B)
         if n_par > 1 and (K + 1) * B * self.work >= _PARALLEL_WORK:  # one slice of rows per thread
             cuts = np.linspace(0, B, n_par + 1).astype(int)
-            parts = [(out[a:b], grad[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+            parts = [(out[a:b], grad[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
             losses = np.concatenate(list(_pool().map(lambda pg: self._run(*pg, K, lr), parts)),
                                     axis=1)
         else:

@@ -19,7 +19,7 @@ the loss) is carried along so callers get it at every accepted point for free.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -200,7 +200,7 @@ def gradient_flow(objective, w0, settings, tracker) -> None:
         step += 1
         losses = np.stack([stepper.aux_prev, stepper.aux]).astype(np.float64)
         times = (stepper.t_prev, stepper.t)
-        cut = tracker.scan(step - 1, losses, lambda s: times[min(max(s - (step - 1), 0), 1)])
+        cut = tracker.scan(step - 1, losses, lambda s, times=times, s0=step - 1: times[min(max(s - s0, 0), 1)])
         if cut is not None:
             t_c, w_c = _locate_crossing(value_and_grad, stepper, tracker.escape_levels())
             loss_c, grad_c = value_and_grad(w_c)

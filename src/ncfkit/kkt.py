@@ -14,8 +14,8 @@ many restarts, certifies, and merges points equal up to the network's symmetries
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

@@ -294,7 +294,7 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
 
     rho, t = 0.0, 0.0  # ln r and t, accumulated along the clock s
     converged, steps = False, 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 (steps is reported after the loop)
         k1, n1 = rhs(theta)
         k1_norm = float(np.linalg.norm(k1))
         if k1_norm <= tol * L_h * max(abs(n1), 1e-300):

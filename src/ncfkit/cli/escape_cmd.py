@@ -203,7 +203,8 @@ def _table(report, problem, how):
         ratio = (r.escape_time / r.predicted_escape_time
                  if r.escape_time is not None and r.predicted_escape_time else None)
         t.add_row(_fmt(r.delta, ".3g"), _fmt(r.escape_time, ".6g"), _fmt(r.predicted_escape_time, ".6g"),
-                  _fmt(ratio, ".4f"), _fmt(r.predicted_escape_time_w0, ".6g"), _fmt(r.saddle_time, ".6g"), _fmt(r.saddle_loss, ".6g"),
+                  _fmt(ratio, ".4f"), _fmt(r.predicted_escape_time_w0, ".6g"), _fmt(r.saddle_time, ".6g"),
+                  _fmt(r.saddle_loss, ".6g"),
                   _fmt(r.saddle_grad_norm, ".2e"), _fmt(r.saddle_min_hessian_eig, ".4g"),
                   _fmt(r.sparsity_ratio_escape, ".2e"), _fmt(r.sparsity_ratio_saddle, ".2e"),
                   _fmt(r.path_distance, ".2e"), r.status)
