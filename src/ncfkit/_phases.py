@@ -1,0 +1,103 @@
+"""Named phases of a command, so an interruption can say how far a run got.
+
+A command wraps each stage of its work (loading, the governing-point search, training,
+the post-run Hessians, the final write, ...) in :func:`phase`::
+
+    with phase("load"):
+        problem = ...
+    with phase("train"):
+        ...
+
+:func:`current_phase` names the innermost phase running now. When an exception (a
+Ctrl-C, a SIGTERM turned into :class:`~ncfkit._signals.Terminated`, an error) leaves a
+phase, the exception gets an attribute ``ncfkit_phase`` naming the innermost phase it
+left, and :func:`current_phase` keeps returning that name until another phase is
+entered, so an ``except KeyboardInterrupt:`` clause outside every phase can still record
+where the run stopped (root attribute ``phase`` of an interrupted result file).
+
+Tests stop a command at a chosen phase without sleeps or timing: with the environment
+variable ``NCFKIT_STOP_AT=NAME`` the first entry into phase ``NAME`` raises
+:class:`KeyboardInterrupt` (as Ctrl-C would), or :class:`~ncfkit._signals.Terminated`
+(as SIGTERM would) when ``NCFKIT_STOP_SIGNAL=TERM``. ``NCFKIT_STOP_AT=NAME#K`` stops at
+the K-th entry (1-based) of a phase entered several times. The phase counts as entered
+(:func:`current_phase` names it) when the interruption is raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+__all__ = ["phase", "current_phase", "phases_entered", "reset"]
+
+_stack: list[str] = []
+_left_by_exception: str | None = None
+_entries: dict[str, int] = {}
+
+
+def _stop_requested(name: str) -> bool:
+    target = os.environ.get("NCFKIT_STOP_AT")
+    if not target:
+        return False
+    want, _, k = target.partition("#")
+    if want != name:
+        return False
+    try:
+        nth = int(k) if k else 1
+    except ValueError:
+        nth = 1
+    return _entries[name] == nth
+
+
+def _interruption() -> KeyboardInterrupt:
+    if os.environ.get("NCFKIT_STOP_SIGNAL", "").upper() in ("TERM", "SIGTERM", "15"):
+        from ._signals import Terminated
+
+        return Terminated("terminated by signal 15 (NCFKIT_STOP_AT)")
+    return KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[str]:
+    """Run the block as phase ``name`` (see the module docstring); yields ``name``."""
+    global _left_by_exception
+    _left_by_exception = None
+    _stack.append(name)
+    _entries[name] = _entries.get(name, 0) + 1
+    try:
+        if _stop_requested(name):
+            raise _interruption()
+        yield name
+    except BaseException as e:
+        if getattr(e, "ncfkit_phase", None) is None:
+            try:
+                e.ncfkit_phase = name
+            except AttributeError:  # pragma: no cover - exceptions without a __dict__
+                pass
+        if _left_by_exception is None:
+            _left_by_exception = name
+        raise
+    finally:
+        _stack.pop()
+
+
+def current_phase() -> str | None:
+    """The innermost phase running now; outside every phase, the phase the last exception
+    left (until another phase is entered); else ``None``."""
+    if _stack:
+        return _stack[-1]
+    return _left_by_exception
+
+
+def phases_entered() -> dict[str, int]:
+    """How many times each phase was entered in this process (a copy)."""
+    return dict(_entries)
+
+
+def reset() -> None:
+    """Forget every phase (for a library caller running several commands in one process)."""
+    global _left_by_exception
+    _stack.clear()
+    _entries.clear()
+    _left_by_exception = None
