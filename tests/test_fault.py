@@ -124,15 +124,17 @@ def test_atomic_path_fault_leaves_the_old_file(tmp_path, fault):
 
 
 def test_atomic_path_never_clobbers_a_file_that_appears_during_the_run(tmp_path):
-    """Two jobs with the same --out: the second to finish refuses (exit 2), the first's
-    file survives."""
+    """Two jobs with the same --out: the second to finish refuses (exit 2) to replace the
+    first's file and keeps its own result beside it."""
     target = tmp_path / "res.h5"
-    with pytest.raises(InputError, match="appeared during the run"):
+    with pytest.raises(InputError, match=r"appeared during the run; not overwritten; "
+                       r"this run.s result is kept in .*res\.1\.h5"):
         with atomic_path(target) as tmp:
             Path(tmp).write_bytes(b"mine")
             target.write_bytes(b"the other job's")
     assert target.read_bytes() == b"the other job's"
-    assert [p.name for p in tmp_path.iterdir()] == ["res.h5"]
+    assert (tmp_path / "res.1.h5").read_bytes() == b"mine"  # the finished run is not thrown away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.1.h5", "res.h5"]
 
 
 def test_atomic_path_mode_follows_umask(tmp_path):

@@ -35,19 +35,64 @@ from .errors import InputError
 __all__ = [
     "DATA_SUFFIXES", "load_data", "save_data", "sha256_of", "check_output_path",
     "atomic_path", "write_h5", "read_h5", "ArrayInfo", "result_kind", "provenance", "now_iso",
-    "read_weights", "write_weights",
+    "read_weights", "write_weights", "architecture_of_weights",
 ]
 
 DATA_SUFFIXES = (".npz", ".h5", ".hdf5", ".csv")
 H5_SUFFIXES = (".h5", ".hdf5")
 
 
-def sha256_of(path: str | os.PathLike) -> str:
+def _file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def h5_linked_files(path: str | os.PathLike) -> list[str]:
+    """The other files an HDF5 file's root datasets read from (external links, virtual
+    dataset sources, external raw storage), as HDF5 resolves them; [] for a plain file
+    or one that cannot be opened."""
+    try:
+        import h5py
+
+        found: list[str] = []
+        me = os.path.realpath(path)
+        with h5py.File(path, "r") as f:
+            for name in f:
+                try:
+                    obj = f[name]
+                except Exception:
+                    continue  # a dangling link: the loader names it
+                if not isinstance(obj, h5py.Dataset):
+                    continue
+                files = [obj.file.filename]
+                if obj.is_virtual:
+                    files += [src.file_name for src in obj.virtual_sources()]
+                if obj.external:
+                    files += [os.fsdecode(e[0]) for e in obj.external]
+                for fn in files:
+                    if fn not in (".",) and os.path.realpath(fn) != me and fn not in found:
+                        found.append(fn)
+        return found
+    except Exception:
+        return []
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (what ``sha256sum`` prints). For an HDF5 file whose
+    datasets live in other files (external links, virtual datasets), the SHA-256 of the
+    lines ``<sha256 of the file>`` and ``<sha256 of each linked file>  <its name>``, so a
+    change of a linked file changes the hash too."""
+    digest = _file_sha256(path)
+    if Path(path).suffix.lower() not in H5_SUFFIXES:
+        return digest
+    linked = h5_linked_files(path)
+    if not linked:
+        return digest
+    lines = [digest] + [f"{_file_sha256(fn)}  {Path(fn).name}" for fn in linked if os.path.isfile(fn)]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _existing_file(path: str | os.PathLike, what: str) -> Path:
@@ -61,17 +106,100 @@ def _existing_file(path: str | os.PathLike, what: str) -> Path:
     return p
 
 
+#: A data file may declare at most this fraction of the memory available (the run keeps
+#: X as read, as float64 and as the working dtype, plus per-sample work arrays).
+DATA_MEMORY_SHARE = 0.25
+
+
+def _declared_bytes(shape: tuple[int, ...], itemsize: int = 8) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n * itemsize
+
+
+def _check_declared_data(p: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse a data file whose declared X and y cannot be a data set, or whose X and y
+    (as float64) would not fit in the memory this process may use, before reading them
+    (a crafted .npz or .h5 declares gigabytes in a few KB)."""
+    from ._runtime import available_memory, human_bytes
+
+    X, y = shapes["X"], shapes["y"]
+    if len(X) != 2:
+        raise InputError(f"{p}: X must have shape (n, d); got rank {len(X)} shape {X}")
+    if len(y) not in (1, 2) or (len(y) == 2 and y[1] != 1):
+        raise InputError(f"{p}: y must have shape (n,) or (n, 1); got shape {y}")
+    if X[0] != y[0]:
+        raise InputError(f"{p}: X has {X[0]} rows but y has {y[0]} labels")
+    need = _declared_bytes(X) + _declared_bytes(y)
+    budget = available_memory()
+    if need > DATA_MEMORY_SHARE * budget:
+        raise InputError(f"{p}: declares X of shape {tuple(X)} ({human_bytes(need)} as float64), more "
+                         f"than this machine can work with ({human_bytes(budget)} of memory available; "
+                         "NCFKIT_MAX_MEMORY sets the limit); not read")
+
+
+def _npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """name -> (shape, dtype, stored bytes) of every ``.npy`` member, read from the member
+    headers alone (no array is inflated)."""
+    import zipfile
+
+    fmt = np.lib.format
+    out = {}
+    with zipfile.ZipFile(p) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as fh:
+                version = fmt.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = fmt.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, _, dtype = fmt.read_array_header_2_0(fh)
+                else:
+                    shape, _, dtype = fmt._read_array_header(fh, version)
+                header = fh.tell()
+            out[info.filename[:-4]] = (tuple(int(s) for s in shape), dtype, info.file_size - header)
+    return out
+
+
 def _load_npz(p: Path) -> tuple[Any, Any]:
     try:
+        headers = _npz_headers(p)
+    except Exception as e:  # zipfile/format errors of a damaged file
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    missing = [k for k in ("X", "y") if k not in headers]
+    if missing:
+        raise InputError(f"{p}: NPZ has no array {missing[0]!r} (found: {', '.join(headers) or 'none'})")
+    for k in ("X", "y"):
+        shape, dtype, stored = headers[k]
+        if dtype.hasobject:
+            raise InputError(f"{p}: {k} holds Python objects (dtype {dtype}); ncfkit reads numeric arrays only")
+        if stored < _declared_bytes(shape, dtype.itemsize):
+            raise InputError(f"{p}: {k} declares shape {shape} ({_declared_bytes(shape, dtype.itemsize)} bytes) "
+                             f"but the file holds only {max(stored, 0)} bytes of it: truncated or crafted")
+    _check_declared_data(p, {k: headers[k][0] for k in ("X", "y")})
+    try:
         with np.load(p, allow_pickle=False) as z:
-            missing = [k for k in ("X", "y") if k not in z.files]
-            if missing:
-                raise InputError(f"{p}: NPZ has no array {missing[0]!r} (found: {', '.join(z.files) or 'none'})")
             return z["X"], z["y"]
-    except InputError:
-        raise
     except Exception as e:  # zipfile/pickle/value errors of a damaged file
         raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+
+
+def _h5_unwritten(ds) -> str | None:
+    """Why dataset ``ds`` cannot hold the data its shape declares, or ``None``: an
+    unfiltered dataset stores every byte it declares; a compressed one at most ~1032x
+    less (deflate's limit)."""
+    declared = ds.size * ds.dtype.itemsize
+    if declared == 0 or ds.is_virtual or ds.external:
+        return None
+    stored = ds.id.get_storage_size()
+    filtered = bool(ds.compression or ds.scaleoffset or ds.shuffle) or (
+        ds.chunks is not None and ds.id.get_create_plist().get_nfilters() > 0)
+    if stored >= (declared // 1100 if filtered else declared):
+        return None
+    return (f"declares shape {tuple(ds.shape)} ({declared} bytes) but the file stores only {stored} "
+            "bytes of it: unwritten, truncated or crafted")
 
 
 def _load_h5(p: Path) -> tuple[Any, Any]:
@@ -82,6 +210,11 @@ def _load_h5(p: Path) -> tuple[Any, Any]:
             missing = [k for k in ("X", "y") if k not in f or not isinstance(f[k], h5py.Dataset)]
             if missing:
                 raise InputError(f"{p}: HDF5 file has no dataset {missing[0]!r}")
+            for k in ("X", "y"):
+                why = _h5_unwritten(f[k])
+                if why:
+                    raise InputError(f"{p}: {k} {why}")
+            _check_declared_data(p, {k: tuple(f[k].shape) for k in ("X", "y")})
             return f["X"][()], f["y"][()]
     except InputError:
         raise
@@ -89,21 +222,42 @@ def _load_h5(p: Path) -> tuple[Any, Any]:
         raise InputError(f"{p}: not a readable HDF5 file ({type(e).__name__})") from None
 
 
-def _load_csv(p: Path) -> tuple[Any, Any]:
+#: CSV fields read as a missing value (NaN, refused by the data check with its column).
+_CSV_MISSING = {"na", "n/a", "nan", "null", "none", "-nan", "+nan", "?"}
+
+
+def _csv_number(field: str) -> float:
+    text = field.strip().strip('"').strip()
     try:
-        text = p.read_text().strip().splitlines()
+        return float(text)
+    except ValueError:
+        if text.lower() in _CSV_MISSING or text == "":
+            return float("nan")
+        raise
+
+
+def _load_csv(p: Path) -> tuple[Any, Any]:
+    from ._runtime import available_memory, human_bytes
+
+    size = p.stat().st_size
+    # parsing keeps ~40 bytes of Python objects per byte-sized field in flight
+    if 20 * size > DATA_MEMORY_SHARE * available_memory():
+        raise InputError(f"{p}: a {human_bytes(size)} CSV file is too large to parse in "
+                         f"{human_bytes(available_memory())} of available memory; convert it to .npz or .h5")
+    try:  # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first field
+        text = p.read_text(encoding="utf-8-sig").strip().splitlines()
     except UnicodeDecodeError:
         raise InputError(f"{p}: not a text CSV file") from None
     rows = [line for line in text if line.strip()]
     if rows:
-        try:
-            [float(c) for c in rows[0].split(",")]
+        try:  # a first row whose every field is a number (or NA/NaN) is data
+            [_csv_number(c) for c in rows[0].split(",")]
         except ValueError:
             rows = rows[1:]  # a header row
     if not rows:
         raise InputError(f"{p}: the data set is empty (n = 0 samples)")
     try:
-        table = [[float(c) for c in line.split(",")] for line in rows]
+        table = [[_csv_number(c) for c in line.split(",")] for line in rows]
     except ValueError as e:
         raise InputError(f"{p}: CSV holds a non-numeric value ({e})") from None
     ncols = {len(r) for r in table}
@@ -144,18 +298,28 @@ def save_data(path: str | os.PathLike, X: np.ndarray, y: np.ndarray, force: bool
             header = ",".join([f"x{i + 1}" for i in range(X.shape[1])] + ["y"])
             np.savetxt(tmp, np.column_stack([X, y]), delimiter=",", header=header, comments="", fmt="%.17g")
         else:
-            import h5py
-
-            with h5py.File(tmp, "w") as f:
-                f["X"], f["y"] = X, y
+            _write_all_to(tmp, _h5_image(lambda f: (_dataset(f, "X", np.asarray(X), compress=True),
+                                                    _dataset(f, "y", np.asarray(y), compress=True))))
 
 
 # --------------------------------------------------------------------------- outputs
 
 
+def _link_target(p: Path) -> Path:
+    """Where an output path that is a symbolic link writes: the file it points to
+    (resolved through every link); ``p`` itself when it is no link."""
+    if not p.is_symlink():
+        return p
+    return Path(os.path.realpath(p))
+
+
 def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tuple[str, ...] = ()) -> Path:
     """Refuse (with :class:`InputError`) an output into a missing folder, with a wrong
-    suffix, or onto an existing file without ``force``."""
+    suffix, or onto an existing file without ``force``.
+
+    An output that is a symbolic link is written through: the file it points to is
+    created (or, with ``force``, replaced) and the link kept; so a dangling link is
+    accepted when the folder it points into exists."""
     p = Path(path)
     if suffixes and p.suffix.lower() not in suffixes:
         raise InputError(f"output {str(p)!r}: unsupported extension; use {', '.join(suffixes)}")
@@ -164,6 +328,16 @@ def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tu
         raise InputError(f"output {str(p)!r}: folder {str(parent)!r} does not exist")
     if p.is_dir():
         raise InputError(f"output {str(p)!r} is a folder")
+    target = _link_target(p)
+    if target is not p:
+        if target.is_symlink():
+            raise InputError(f"output {str(p)!r} is a symbolic link that loops")
+        if not target.parent.is_dir():
+            raise InputError(f"output {str(p)!r} is a symbolic link into {str(target.parent)!r}, "
+                             "a folder that does not exist")
+        if target.is_dir():
+            raise InputError(f"output {str(p)!r} is a symbolic link to a folder")
+        parent = target.parent
     if p.exists() and not force:
         raise InputError(f"output {str(p)!r} exists; pass --force to overwrite it")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -171,27 +345,69 @@ def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tu
     return p
 
 
+def _disk_error(p: Path, e: OSError, replaced: bool):
+    from .errors import RunError
+
+    what = e.strerror or type(e).__name__
+    kept = f"; the earlier {p.name} is left as it was" if replaced else ""
+    return RunError(f"output {str(p)!r}: could not write it ({what}); nothing written{kept}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
     """Yield a temporary path in the target's folder; on success fsync it, move it to
     ``path`` and fsync the folder; on any error (or Ctrl-C) remove it, leaving ``path``
     untouched. Without ``force`` the move is a hard link, which fails rather than replace
-    a file that appeared at ``path`` while the run was going (another job's output)."""
+    a file that appeared at ``path`` while the run was going (another job's output); the
+    finished file is then kept beside it (``NAME.1.h5``, …) and the error names it.
+
+    A disk that fills up (or any other error of the file system) while the file is
+    written becomes a :class:`~ncfkit.errors.RunError` naming ``path`` (exit 1); the
+    temporary file is removed and an earlier ``path`` is left as it was. A symbolic link
+    at ``path`` is written through (:func:`check_output_path`)."""
     p = check_output_path(path, force=force)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    final = _link_target(p)
+    existed = final.exists()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as e:
+        raise _disk_error(p, e, existed) from e
     os.close(fd)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise _disk_error(p, e, existed) from e
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        _move_into_place(tmp, p, force)
-        _fsync_dir(p.parent)
+        _move_into_place(tmp, final, force)
+        _fsync_dir(final.parent)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _keep_beside(tmp: str, p: Path) -> Path | None:
+    """Hard-link the finished ``tmp`` to the first free ``STEM.N.SUFFIX`` beside ``p``."""
+    for i in range(1, 1000):
+        alt = p.with_name(f"{p.stem}.{i}{p.suffix}")
+        try:
+            os.link(tmp, alt)
+            return alt
+        except FileExistsError:
+            continue
+        except OSError:
+            if alt.exists():
+                continue
+            try:
+                os.replace(tmp, alt)
+                return alt
+            except OSError:
+                return None
+    return None
 
 
 def _move_into_place(tmp: str, p: Path, force: bool) -> None:
@@ -200,14 +416,17 @@ def _move_into_place(tmp: str, p: Path, force: bool) -> None:
         return
     try:
         os.link(tmp, p)  # atomic, and refuses an existing target
+        return
     except FileExistsError:
-        raise InputError(f"output {str(p)!r} appeared during the run; not overwritten "
-                         "(pass --force to overwrite it)") from None
+        pass
     except OSError:  # a file system without hard links
-        if p.exists():
-            raise InputError(f"output {str(p)!r} appeared during the run; not overwritten "
-                             "(pass --force to overwrite it)") from None
-        os.replace(tmp, p)
+        if not p.exists():
+            os.replace(tmp, p)
+            return
+    alt = _keep_beside(tmp, p)
+    kept = f"; this run's result is kept in {str(alt)!r}" if alt else ""
+    raise InputError(f"output {str(p)!r} appeared during the run; not overwritten{kept} "
+                     "(pass --force to overwrite)")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -222,6 +441,17 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _dataset(group, key: str, arr: np.ndarray, compress: bool = False) -> None:
+    """One dataset, checksummed (HDF5's Fletcher-32 filter, which needs chunks) unless it
+    is a scalar or empty: every reader's HDF5 library verifies it, so flipped bytes are
+    an error rather than wrong numbers."""
+    if arr.ndim == 0 or arr.size == 0 or arr.dtype.kind not in "biufc":
+        group.create_dataset(key, data=arr)
+        return
+    group.create_dataset(key, data=arr, chunks=True, fletcher32=True,
+                         compression="gzip" if compress and arr.size > 4096 else None)
 
 
 def _write_node(group, key: str, value: Any) -> None:
@@ -240,23 +470,62 @@ def _write_node(group, key: str, value: Any) -> None:
         if arr.dtype.kind in "US":
             group.attrs[key] = json.dumps(list(value))
         else:
-            group.create_dataset(key, data=arr)
+            _dataset(group, key, arr)
     else:
         arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value)
-        group.create_dataset(key, data=arr, compression="gzip" if arr.size > 4096 else None)
+        _dataset(group, key, arr, compress=True)
+
+
+#: HDF5 file format of ncfkit's outputs: 1.10's, whose metadata (superblock, object
+#: headers with the attributes, chunk indexes) carries checksums.
+H5_LIBVER = ("v110", "latest")
+
+
+def _write_all(f, image: bytes) -> None:
+    """Write ``image`` to the open binary file ``f`` (in 4 MB blocks)."""
+    view = memoryview(image)
+    for start in range(0, len(view), 1 << 22):
+        f.write(view[start:start + (1 << 22)])
+
+
+def _h5_image(fill) -> bytes:
+    """An HDF5 file built in memory by ``fill(h5py.File)``: the HDF5 library never writes
+    to the disk itself, so a full disk is one Python ``OSError`` in :func:`_write_all`
+    (h5py writing straight to a full disk crashed the interpreter)."""
+    import io as _io
+
+    import h5py
+
+    buf = _io.BytesIO()
+    with h5py.File(buf, "w", libver=H5_LIBVER) as f:
+        fill(f)
+    return buf.getvalue()
+
+
+def _write_all_to(path: str, image: bytes) -> None:
+    with open(path, "wb") as f:
+        _write_all(f, image)
+
+
+def _write_h5_atomic(path, fill, force: bool) -> None:
+    image = _h5_image(fill)
+    with atomic_path(path, force=force) as tmp:
+        with open(tmp, "wb") as f:
+            _write_all(f, image)
+            f.flush()
 
 
 def write_h5(path: str | os.PathLike, kind: str, tree: dict[str, Any], force: bool = False) -> None:
     """Write a nested dict as HDF5 atomically: dicts become groups, arrays datasets and
-    scalars/strings attributes. ``kind`` goes to the root attribute ``ncfkit_kind``."""
-    import h5py
+    scalars/strings attributes. ``kind`` goes to the root attribute ``ncfkit_kind``.
+    Every non-scalar dataset carries a Fletcher-32 checksum, the metadata HDF5 1.10's."""
+    def fill(f):
+        f.attrs["ncfkit_kind"] = kind
+        f.attrs["ncfkit_version"] = __version__
+        for k, v in tree.items():
+            _write_node(f, k, v)
 
-    with atomic_path(path, force=force) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["ncfkit_kind"] = kind
-            f.attrs["ncfkit_version"] = __version__
-            for k, v in tree.items():
-                _write_node(f, k, v)
+    _write_h5_atomic(path, fill, force)
 
 
 @dataclass(frozen=True)
@@ -267,19 +536,46 @@ class ArrayInfo:
     dtype: str
 
 
-def _read_node(node, max_array: int | None = None) -> dict[str, Any]:
+#: A result file may declare at most this fraction of the memory available.
+RESULT_MEMORY_SHARE = 0.5
+
+
+def _verify_chunks(ds) -> None:
+    """Read a checksummed dataset chunk by chunk, keeping nothing: HDF5 checks each
+    chunk's Fletcher-32 sum (an error for flipped bytes)."""
+    if ds.chunks is None or ds.fletcher32 is False or ds.size == 0:
+        return
+    for sl in ds.iter_chunks():
+        ds[sl]
+
+
+def _read_node(node, max_array: int | None = None, budget: list[int] | None = None, where: str = "") -> dict[str, Any]:
     import h5py
 
     out: dict[str, Any] = {}
     for k, v in node.attrs.items():
         out[k] = v.item() if isinstance(v, np.generic) else v
     for k, v in node.items():
+        name = f"{where}/{k}"
         if isinstance(v, h5py.Group):
-            out[k] = _read_node(v, max_array)
-        elif max_array is not None and v.size > max_array:
+            out[k] = _read_node(v, max_array, budget, name)
+            continue
+        why = _h5_unwritten(v)
+        if why:
+            raise InputError(f"dataset {name} {why}")
+        if max_array is not None and v.size > max_array:
+            _verify_chunks(v)
             out[k] = ArrayInfo(tuple(int(s) for s in v.shape), str(v.dtype))
-        else:
-            out[k] = v[()]
+            continue
+        if budget is not None:
+            budget[0] -= v.size * v.dtype.itemsize
+            if budget[0] < 0:
+                from ._runtime import human_bytes
+
+                raise InputError(f"dataset {name} of shape {tuple(v.shape)} would exceed the memory "
+                                 f"available ({human_bytes(budget[1])} for reading a result file; "
+                                 "NCFKIT_MAX_MEMORY sets the limit)")
+        out[k] = v[()]
     return out
 
 
@@ -289,8 +585,13 @@ def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None,
     that is missing, damaged, not an ncfkit result, or not one of ``kinds``.
 
     With ``max_array``, datasets of more elements are not read: an :class:`ArrayInfo`
-    (shape, dtype) stands in for each (``ncfkit info`` reads only the small parts)."""
+    (shape, dtype) stands in for each (``ncfkit info`` reads only the small parts); their
+    checksums are still verified, chunk by chunk. Every dataset's declared shape is
+    checked against the bytes the file stores and against the memory available before
+    it is read."""
     import h5py
+
+    from ._runtime import available_memory
 
     p = _existing_file(path, "result file")
     try:
@@ -300,12 +601,16 @@ def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None,
     if not is_hdf5:
         raise InputError(f"{p}: not a readable HDF5 file (no HDF5 signature; ncfkit result "
                          "files are the .h5 files its commands write with --out)")
+    limit = int(RESULT_MEMORY_SHARE * available_memory())
     try:
         with h5py.File(p, "r") as f:
-            tree = _read_node(f, max_array)
+            tree = _read_node(f, max_array, [limit, limit])
+    except InputError as e:
+        raise InputError(f"{p}: {e}") from None
     except Exception as e:
+        what = "a checksum does not match" if "checksum" in str(e).lower() or "filter" in str(e).lower() else ""
         raise InputError(f"{p}: not a readable HDF5 file: truncated or corrupted "
-                         f"({type(e).__name__})") from None
+                         f"({what or type(e).__name__})") from None
     kind = tree.get("ncfkit_kind")
     if kind is None:
         raise InputError(f"{p}: not an ncfkit result file (no 'ncfkit_kind' attribute)")
@@ -347,87 +652,70 @@ def provenance(data: Dataset | None = None, **settings: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- weights
 
 
-def read_weights(path: str | os.PathLike, shapes: list[tuple[int, int]] | None, d: int | None = None) -> np.ndarray:
-    """Read a weight file (SPEC §4) as one flat vector in ncfkit's layout.
+def _weight_file_arrays(path: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray]]:
+    """(path, name -> array) of a weight file (.npz); raise :class:`InputError`."""
+    from .models import ARCHITECTURES
 
-    ``shapes`` are the MLP's (k_l, k_{l-1}); ``None`` means the diagonal model, whose file
-    holds ``w`` of length ``d``. Raise :class:`InputError` on any mismatch.
-    """
     p = _existing_file(path, "weight file")
     if p.suffix.lower() != ".npz":
-        raise InputError(f"{p}: weight files are .npz (arrays W1 … WL, or w)")
+        kinds = ", or ".join(cls.weight_file_arrays for cls in ARCHITECTURES.values())
+        raise InputError(f"{p}: weight files are .npz (arrays {kinds})")
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except Exception as e:
         raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
-    if shapes is None:
-        if "w" not in arrays:
-            raise InputError(f"{p}: a diagonal-model weight file needs an array 'w'")
-        w = np.asarray(arrays["w"], dtype=np.float64).ravel()
-        if d is not None and w.size != d:
-            raise InputError(f"{p}: 'w' has {w.size} entries, the model has {d}")
-        return w
-    parts = []
-    for l, shape in enumerate(shapes, start=1):
-        key = f"W{l}"
-        if key not in arrays:
-            raise InputError(f"{p}: no array {key!r} (the network has {len(shapes)} layers)")
-        W = np.asarray(arrays[key], dtype=np.float64)
-        if l == len(shapes) and W.ndim == 1:
-            W = W[None, :]
-        if W.shape != tuple(shape):
-            raise InputError(f"{p}: {key} has shape {W.shape}, the network needs {tuple(shape)}")
-        parts.append(W.ravel())
-    extra = sorted(set(arrays) - {f"W{l}" for l in range(1, len(shapes) + 1)})
-    if extra:
-        raise InputError(f"{p}: unexpected arrays {extra} (the network has {len(shapes)} layers)")
-    w = np.concatenate(parts)
+    return p, arrays
+
+
+def read_weights(path: str | os.PathLike, arch, d: int | None = None) -> np.ndarray:
+    """Read a weight file (``docs/``: weight files) as one flat float64 vector in the layout
+    of the architecture ``arch``, which validates the arrays
+    (:meth:`ncfkit.models.Architecture.weights_from_arrays`). Raise :class:`InputError` on
+    any mismatch or a weight that is NaN or Inf.
+
+    The 0.1 call ``read_weights(path, shapes)`` (an MLP's (k_l, k_{l−1}), or ``None`` and
+    ``d`` for the diagonal model) still works: it asks the registry which architecture
+    has such arrays.
+    """
+    from .models import Architecture, architecture_of_weight_arrays
+
+    p, arrays = _weight_file_arrays(path)
+    if not isinstance(arch, Architecture):  # the 0.1 signature
+        like = ({"w": np.empty(d)} if d is not None else {"w": arrays.get("w", np.empty(0))}) if arch is None \
+            else {f"W{l}": np.empty(shape) for l, shape in enumerate(arch, start=1)}
+        arch = architecture_of_weight_arrays(like, str(p))
+    w = arch.weights_from_arrays(arrays, str(p))
     if not np.isfinite(w).all():
         raise InputError(f"{p}: weights contain NaN or Inf")
     return w
 
 
-def write_weights(path: str | os.PathLike, layers: list[np.ndarray] | np.ndarray, force: bool = False) -> None:
-    """Write a weight file: a list of W_l (MLP) or one vector ``w`` (diagonal)."""
+def architecture_of_weights(path: str | os.PathLike, **options: Any):
+    """The architecture a weight file's arrays imply (asked of every registered
+    architecture; ``options`` supply what files do not store, e.g. ``act``). Raise
+    :class:`InputError` for a file that is no architecture's weight snapshot."""
+    from .models import architecture_of_weight_arrays
+
+    p, arrays = _weight_file_arrays(path)
+    return architecture_of_weight_arrays(arrays, str(p), **options)
+
+
+def write_weights(path: str | os.PathLike, layers: dict[str, np.ndarray] | list[np.ndarray] | np.ndarray,
+                  force: bool = False) -> None:
+    """Write a weight file: named arrays (``arch.weight_arrays(w)``), a list of W_l (MLP)
+    or one vector ``w`` (diagonal)."""
     with atomic_path(path, force=force) as tmp:
         with open(tmp, "wb") as f:
-            if isinstance(layers, np.ndarray):
+            if isinstance(layers, dict):
+                np.savez(f, **{k: np.asarray(v) for k, v in layers.items()})
+            elif isinstance(layers, np.ndarray):
                 np.savez(f, w=layers)
             else:
                 np.savez(f, **{f"W{l}": np.asarray(W) for l, W in enumerate(layers, start=1)})
 
 
 # --------------------------------------------------------------------------- kkt files
-
-
-def kkt_tree(result, arch, prov: dict[str, Any]) -> dict[str, Any]:
-    """The HDF5 layout of a ``kkt`` result: attrs of the run, ``provenance``, and
-    ``points/<i>`` (sorted by 𝒩 descending) with the certificate as attributes and the
-    weights as datasets ``w`` (flat, unit norm) and ``W1`` … ``WL`` (mlp)."""
-    points = {}
-    for i, p in enumerate(result.points):
-        c = p.cert
-        node: dict[str, Any] = {
-            "ncf": c.ncf, "lam": c.lam, "residual": c.residual, "delta": c.delta,
-            "eig_error": c.eig_error, "kind": c.kind, "second_order": c.second_order,
-            "hessian_method": c.hessian_method, "count": p.count,
-            "basin_fraction": p.basin_fraction, "converged": p.converged,
-            "restarts": np.asarray(p.restarts, dtype=np.int64),
-            "top_eigs": np.asarray(c.top_eigs), "w": c.w.detach().cpu().numpy(),
-        }
-        if c.balance_error is not None:
-            node["balance_error"] = c.balance_error
-            node["active_per_layer"] = np.asarray(c.active_per_layer, dtype=np.int64)
-            for l, W in enumerate(arch.split(c.w.detach().cpu()), start=1):
-                node[f"W{l}"] = W.numpy()
-        points[str(i)] = node
-    return {
-        "homogeneity": result.homogeneity, "num_params": result.num_params,
-        "restarts": result.restarts, "converged": result.converged,
-        "max_steps_taken": result.max_steps_taken, "stalled": len(result.stalled),
-        "provenance": prov, "points": points,
-    }
 
 
 def read_kkt_point(path: str | os.PathLike, point: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -459,37 +747,452 @@ def architecture_of(prov: dict[str, Any]):
 
 
 def weight_file_shapes(path: str | os.PathLike) -> list[tuple[int, int]] | None:
-    """The MLP layer shapes (k_l, k_{l-1}) a weight file implies, read from its arrays
-    ``W1`` … ``WL`` (the last may be (k_{L-1},)); ``None`` for a diagonal-model file
-    (array ``w``). Pass the result to :func:`read_weights`. Raise :class:`InputError` for
-    a file that is not a weight snapshot or whose shapes do not chain."""
-    p = _existing_file(path, "weight file")
-    if p.suffix.lower() != ".npz":
-        raise InputError(f"{p}: weight files are .npz (arrays W1 … WL, or w)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            shapes = {k: z[k].shape for k in z.files}
-    except Exception as e:
-        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
-    if "W1" not in shapes:
-        if "w" in shapes:
-            return None
-        found = ", ".join(sorted(shapes)) or "none"
-        raise InputError(f"{p}: not a weight snapshot (needs arrays W1 … WL or w; found: {found})")
-    L = 1
-    while f"W{L + 1}" in shapes:
-        L += 1
-    out: list[tuple[int, int]] = []
-    for l in range(1, L + 1):
-        shape = shapes[f"W{l}"]
-        if l == L and len(shape) == 1:
-            shape = (1, shape[0])
-        if len(shape) != 2:
-            raise InputError(f"{p}: W{l} has shape {shape}; expected a matrix (k_l, k_l-1)")
-        if out and shape[1] != out[-1][0]:
-            raise InputError(f"{p}: W{l} has shape {shape} but W{l - 1} has {out[-1][0]} rows")
-        out.append((int(shape[0]), int(shape[1])))
-    if out[-1][0] != 1:
-        raise InputError(f"{p}: the last layer W{L} has shape {shapes[f'W{L}']}; the output must be "
-                         "scalar, (1, k) or (k,)")
+    """The 0.1 helper: the MLP layer shapes (k_l, k_{l-1}) a weight file implies, ``None``
+    for a file of an architecture without matrices (the diagonal model's ``w``). Use
+    :func:`architecture_of_weights`, which says which architecture it is."""
+    shapes = architecture_of_weights(path).weight_shapes
+    return [tuple(s) for s in shapes] if all(len(s) == 2 for s in shapes) else None
+
+
+# --------------------------------------------------------------------------- result layouts
+#
+# Every result is one nested dict, its *record*: dicts become HDF5 groups, arrays datasets,
+# scalars and strings attributes (:func:`write_h5`); keys starting with "_" stay in memory.
+# A result's JSON summary (what the CLI prints with --json, keys of docs/theory.md) is read
+# off the same record by the ``*_summary`` functions below, so the file and the JSON cannot
+# disagree, and a file read back (:func:`read_h5`) gives the same summary. NaN in a record
+# stands for "unknown" (None in the summary).
+
+
+def _plain(value: Any) -> Any:
+    """A record value as plain Python: arrays to lists, numpy scalars to Python, NaN to None."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _nan(value: Any) -> Any:
+    return float("nan") if value is None else value
+
+
+def _numbered(group: Any) -> list[dict[str, Any]]:
+    """The subgroups ``0``, ``1``, … of a group (points/<i>, runs/<i>), in order."""
+    if not isinstance(group, dict):
+        return []
+    return [group[k] for k in sorted((k for k in group if str(k).isdigit()), key=int)
+            if isinstance(group[k], dict)]
+
+
+def _json_field(node: dict[str, Any], key: str) -> Any:
+    value = node.get(key)
+    return json.loads(value) if isinstance(value, (str, bytes)) else _plain(value)
+
+
+def certificate_record(cert) -> dict[str, Any]:
+    """The certificate of one KKT point (:class:`ncfkit.kkt.Certificate`), the one place
+    its fields are listed; ``kkt`` files hold it per point, ``escape`` files for w*."""
+    rec: dict[str, Any] = {
+        "ncf": cert.ncf, "lam": cert.lam, "residual": cert.residual, "delta": cert.delta,
+        "eig_error": cert.eig_error, "kind": cert.kind, "second_order": bool(cert.second_order),
+        "hessian_method": cert.hessian_method, "top_eigs": np.asarray(cert.top_eigs, dtype=np.float64),
+    }
+    if cert.balance_error is not None:
+        rec["balance_error"] = cert.balance_error
+    if cert.active_per_layer is not None:
+        rec["active_per_layer"] = np.asarray(cert.active_per_layer, dtype=np.int64)
+        rec["active_neurons"] = json.dumps([[int(j) for j in a] for a in cert.active_neurons])
+    return rec
+
+
+def _layer_weights(arch, w) -> dict[str, np.ndarray]:
+    """W1 … WL of a flat weight vector (nn.Linear layout), for architectures with layers."""
+    from .arrays import to_numpy
+
+    if not hasattr(arch, "hidden"):
+        return {}
+    return {f"W{l}": np.asarray(W) for l, W in enumerate(arch.split(to_numpy(w)), start=1)}
+
+
+def kkt_record(result, arch, prov: dict[str, Any]) -> dict[str, Any]:
+    """The layout of a ``kkt`` result (:class:`ncfkit.kkt.KKTResult`): attrs of the run,
+    ``provenance``, and ``points/<i>`` (sorted by 𝒩 descending) with the certificate as
+    attributes and the weights as datasets ``w`` (flat, unit norm) and ``W1`` … ``WL`` (mlp)."""
+    from .arrays import to_numpy
+
+    points = {}
+    for i, p in enumerate(result.points):
+        node = certificate_record(p.cert)
+        node.update(count=p.count, basin_fraction=p.basin_fraction, converged=bool(p.converged),
+                    restarts=np.asarray(p.restarts, dtype=np.int64), w=to_numpy(p.cert.w))
+        if p.cert.balance_error is not None:
+            node.update(_layer_weights(arch, p.cert.w))
+        points[str(i)] = node
+    return {
+        "homogeneity": result.homogeneity, "num_params": result.num_params,
+        "restarts": result.restarts, "converged": result.converged,
+        "max_steps_taken": result.max_steps_taken, "stalled": len(result.stalled),
+        "provenance": prov, "points": points,
+    }
+
+
+kkt_tree = kkt_record  # the name of ncfkit <= 0.1
+
+#: Per point of ``ncfkit kkt --json``, in order (the record's ``top_eigs`` is ``top_hessian_eigs``).
+KKT_POINT_KEYS = ("ncf", "lam", "residual", "delta", "second_order", "kind", "count",
+                  "basin_fraction", "converged", "eig_error", "top_hessian_eigs", "hessian_method")
+
+
+def kkt_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of ``ncfkit kkt --json`` from a ``kkt`` record."""
+    points = []
+    for p in _numbered(record.get("points")):
+        out = {k: _plain(p.get("top_eigs" if k == "top_hessian_eigs" else k)) for k in KKT_POINT_KEYS}
+        if "active_per_layer" in p:
+            out["active_per_layer"] = _plain(p["active_per_layer"])
+            out["active_neurons"] = _json_field(p, "active_neurons")
+            out["balance_error"] = _plain(p.get("balance_error"))
+        points.append(out)
+    return {k: _plain(record.get(k)) for k in ("homogeneity", "num_params", "restarts", "converged")} \
+        | {"points": points}
+
+
+#: Summary keys of one escape run: JSON ``runs[i]`` and the attributes of ``runs/<i>``.
+RUN_KEYS = ("delta", "escaped", "escape_time", "predicted_escape_time",
+            "predicted_escape_time_w0", "saddle_time",
+            "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig", "saddle_kind",
+            "saddle_left", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
+            "saddle_distance_to_p_star", "status", "message", "final_time", "final_loss",
+            "steps", "final_w_norm")
+#: The run keys ``ncfkit info`` shows per run, and ``ncfkit collect``'s per-run columns
+#: (``escape_ratio`` = escape_time / predicted_escape_time is computed by :func:`escape_rows`).
+RUN_INFO_KEYS = ("delta", "status", "escaped", "escape_time", "predicted_escape_time",
+                 "saddle_time", "saddle_loss", "steps")
+RUN_COLUMNS = tuple(c for k in RUN_KEYS if k not in ("saddle_left", "message", "final_w_norm")
+                    for c in ((k, "escape_ratio") if k == "predicted_escape_time" else (k,)))
+#: Per-file columns of ``ncfkit collect``.
+FILE_COLUMNS = ("file", "run", "file_status", "homogeneity", "ncf", "kkt_delta", "active_per_layer",
+                "method", "init", "lr", "seed", "loss", "reduction", "fit_slope", "predicted_slope")
+#: Attributes of ``/reference`` (JSON ``reference``), of ``/fit`` and of the exponent groups.
+REFERENCE_KEYS = ("delta_ref", "escaped", "escape_time", "saddle_time", "p_star_loss",
+                  "p_star_grad_norm", "p_star_min_hessian_eig", "status")
+FIT_KEYS = ("slope", "predicted_slope", "relative_error", "intercept", "r2", "n", "regressor",
+            "predicted_slope_gd", "predicted_slope_w0")
+EXPONENT_KEYS = ("empirical", "theory", "r2", "n", "at")
+#: The escape file's kkt group as JSON ``kkt`` (SPEC keys first).
+ESCAPE_KKT_KEYS = ("ncf", "delta", "residual", "kind", "second_order", "lam", "source",
+                   "ascent_converged", "ascent_steps", "zero_preserving_size")
+
+
+def run_record(summary, arch) -> dict[str, Any]:
+    """``runs/<i>`` of an escape file from one :class:`ncfkit.escape.RunSummary`: the
+    :data:`RUN_KEYS` as attributes (NaN where unknown) and the run's records, events,
+    snapshots and trajectory."""
+    r = summary.result
+    values = {k: getattr(summary, k) for k in RUN_KEYS if k not in ("steps", "final_w_norm")}
+    values.update(steps=r.steps, final_w_norm=float(np.linalg.norm(r.snapshots["final"].w)))
+    node = {k: _nan(v) for k, v in values.items()}
+    node.update(_trajectory_record(r, arch))
+    return node
+
+
+def _trajectory_record(r, arch) -> dict[str, Any]:
+    """records / events / snapshots / trajectory of one :class:`ncfkit.dynamics.RunResult`."""
+    from .events import PHASE_NAMES
+
+    snaps = {}
+    for name, s in r.snapshots.items():
+        node = {"time": s.time, "step": s.step, "loss": s.loss, "grad_norm": s.grad_norm, "w": s.w}
+        node.update(_layer_weights(arch, s.w))
+        snaps[name] = node
+    events = {name: {"time": e.time, "step": e.step, "loss": e.loss, "grad_norm": e.grad_norm}
+              for name, e in (("escape", r.escape), ("saddle", r.saddle)) if e is not None}
+    tree = {"records": dict(r.records), "events": events, "snapshots": snaps}
+    tree["records"]["phase_names"] = json.dumps(list(PHASE_NAMES.values()))
+    if r.trajectory is not None:
+        tree["trajectory"] = {"time": r.trajectory["time"], "w": r.trajectory["w"]}
+    return tree
+
+
+def governing_point_record(point) -> dict[str, Any]:
+    """``/kkt`` of an escape file from a :class:`ncfkit.escape.GoverningPoint`."""
+    from .arrays import to_numpy
+
+    c = point.cert
+    rec = certificate_record(c)
+    rec.update(source=point.source, ascent_converged=bool(point.converged), ascent_steps=int(point.steps),
+               zero_preserving_size=int(point.wz_mask.sum()), w_star=to_numpy(c.w),
+               wz_mask=to_numpy(point.wz_mask).astype(np.uint8))
+    if point.flow is not None:
+        rec.update(ncf_flow_blowup_time=point.flow.blowup_time, ncf_flow_log_amplitude=point.flow.log_amplitude,
+                   ncf_flow_converged=bool(point.flow.converged), ncf_flow_steps=int(point.flow.steps))
+    if point.zero_neurons is not None:
+        rec["zero_neurons"] = json.dumps([[int(j) for j in z] for z in point.zero_neurons])
+    return rec
+
+
+def escape_record(report, prov: dict[str, Any], message: str = "", *, phase: str | None = None) -> dict[str, Any]:
+    """The run.h5 layout (kind ``escape``) of an :class:`ncfkit.escape.EscapeReport`,
+    documented in :data:`RUN_H5_LAYOUT`. ``phase``: where an interrupted run stopped."""
+    sim = report.simulation
+    settings = sim.settings
+    tree: dict[str, Any] = {
+        "status": report.status, "message": message, "homogeneity": _nan(report.homogeneity),
+        "num_params": report.num_params, "method": sim.method, "engine": sim.engine or "",
+        "lr": settings.lr, "eps": settings.events.eps, "max_time": settings.max_time,
+        "provenance": prov, "_wall_time": sim.wall_time,
+    }
+    if report.status == "interrupted":
+        tree["phase"] = phase or "train"
+    if report.point is not None:
+        tree["kkt"] = governing_point_record(report.point)
+    if report.predictions is not None:
+        tree["predictions"] = {k: v if k == "regressor" else _nan(v) for k, v in report.predictions.items()}
+    for key, value in _fits_record(report.fits).items():
+        tree[key] = {k: v if k in ("regressor", "at") else _nan(v) for k, v in value.items()}
+    tree["runs"] = {str(i): run_record(r, report.arch) for i, r in enumerate(report.runs)}
+    ref = report.reference
+    if ref is not None:
+        res = ref.result
+        values = {"delta_ref": ref.delta_ref, "escaped": ref.escaped,
+                  "escape_time": None if res.escape is None else res.escape.time,
+                  "saddle_time": None if res.saddle is None else res.saddle.time,
+                  "p_star_loss": ref.p_star_loss, "p_star_grad_norm": ref.p_star_grad_norm,
+                  "p_star_min_hessian_eig": ref.p_star_min_hessian_eig, "status": res.status}
+        tree["reference"] = {k: _nan(v) for k, v in values.items()} | _trajectory_record(res, report.arch)
+    return tree
+
+
+def _fits_record(fits) -> dict[str, dict[str, Any]]:
+    """``fit``, ``path_exponent``, ``sparsity_exponent`` of an :class:`ncfkit.escape.Fits`."""
+    out: dict[str, dict[str, Any]] = {}
+    if fits.escape is not None:
+        rel = None
+        if fits.predicted_slope and np.isfinite(fits.predicted_slope):
+            rel = fits.escape.slope / fits.predicted_slope - 1.0
+        out["fit"] = {"slope": fits.escape.slope, "predicted_slope": fits.predicted_slope,
+                      "relative_error": rel, "intercept": fits.escape.intercept,
+                      "r2": fits.escape.r2, "n": fits.escape.n, "regressor": fits.regressor}
+        if fits.predicted_slope_gd is not None:
+            out["fit"]["predicted_slope_gd"] = fits.predicted_slope_gd
+        if fits.predicted_slope_w0 is not None:
+            out["fit"]["predicted_slope_w0"] = fits.predicted_slope_w0
+    if fits.path is not None:
+        out["path_exponent"] = {"empirical": fits.path.slope, "theory": fits.path_exponent_theory,
+                                "r2": fits.path.r2, "n": fits.path.n}
+    if fits.sparsity is not None:
+        out["sparsity_exponent"] = {"empirical": fits.sparsity.slope, "theory": fits.sparsity_exponent_theory,
+                                    "r2": fits.sparsity.r2, "n": fits.sparsity.n, "at": "escape event"}
     return out
+
+
+def interrupted_record(prov: dict[str, Any], phase: str | None, message: str, **fields: Any) -> dict[str, Any]:
+    """What an interrupted command leaves at ``--out`` before it has a result: status,
+    the phase it reached, its provenance and whatever ``fields`` it knew (no runs)."""
+    tree = {"status": "interrupted", "phase": phase or "start", "message": message, **fields,
+            "provenance": prov}
+    return {k: v for k, v in tree.items() if v is not None}
+
+
+def _escape_kkt_summary(kkt: Any) -> dict[str, Any] | None:
+    if not isinstance(kkt, dict):
+        return None
+    out = {k: _plain(kkt.get(k)) for k in ESCAPE_KKT_KEYS}
+    if any(f"ncf_flow_{k}" in kkt for k in ("converged", "steps", "blowup_time", "log_amplitude")):
+        out["ncf_flow"] = {k: _plain(kkt.get(f"ncf_flow_{k}"))
+                           for k in ("blowup_time", "log_amplitude", "converged", "steps")}
+    if "active_per_layer" in kkt:
+        out["active_per_layer"] = _plain(kkt["active_per_layer"])
+        out["active_neurons"] = _json_field(kkt, "active_neurons")
+    elif "wz_mask" in kkt:
+        out["zero_coordinates"] = [int(i) for i in np.flatnonzero(np.asarray(kkt["wz_mask"]))]
+    return out
+
+
+def escape_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of ``ncfkit escape --json`` from an ``escape`` record (``wall_time``:
+    None for a file read back; how long a run took is not stored, so that two runs with
+    one seed give byte-identical files)."""
+    engine = _plain(record.get("engine"))
+    out = {
+        "homogeneity": _plain(record.get("homogeneity")), "num_params": _plain(record.get("num_params")),
+        "kkt": _escape_kkt_summary(record.get("kkt")),
+        "runs": [{k: _plain(r.get(k)) for k in RUN_KEYS} for r in _numbered(record.get("runs"))],
+        "status": _plain(record.get("status")), "method": _plain(record.get("method")),
+        "engine": engine or None, "lr": _plain(record.get("lr")), "eps": _plain(record.get("eps")),
+        "max_time": _plain(record.get("max_time")), "wall_time": _plain(record.get("_wall_time")),
+    }
+    for key, keys in (("fit", FIT_KEYS), ("path_exponent", EXPONENT_KEYS), ("sparsity_exponent", EXPONENT_KEYS)):
+        if isinstance(record.get(key), dict):
+            out[key] = {k: _plain(record[key][k]) for k in keys if k in record[key]}
+    if isinstance(record.get("reference"), dict):
+        out["reference"] = {k: _plain(record["reference"].get(k)) for k in REFERENCE_KEYS}
+    return out
+
+
+def escape_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """One dict per run of an escape result file, keyed by :data:`FILE_COLUMNS` +
+    :data:`RUN_COLUMNS` (``ncfkit collect``); None where unknown."""
+    tree = read_h5(path, ("escape",), max_array=64)
+    prov, kkt, fit = (tree.get(k, {}) for k in ("provenance", "kkt", "fit"))
+    runs = tree.get("runs", {})
+    if not isinstance(runs, dict) or not runs:
+        raise InputError(f"{path}: the escape file holds no runs")
+    bad = [k for k, v in runs.items() if not (str(k).isdigit() and isinstance(v, dict))]
+    if bad:
+        raise InputError(f"{path}: malformed runs group (entry {bad[0]!r} is not a run 0, 1, …)")
+    active = kkt.get("active_per_layer")
+    base = {
+        "file": str(path), "file_status": tree.get("status"), "homogeneity": tree.get("homogeneity"),
+        "ncf": kkt.get("ncf"), "kkt_delta": kkt.get("delta"),
+        "active_per_layer": None if active is None or not hasattr(active, "tolist")
+        else ",".join(str(a) for a in active.tolist()),
+        "method": tree.get("method"), "init": prov.get("init"), "lr": prov.get("lr"),
+        "seed": prov.get("seed"), "loss": prov.get("loss"), "reduction": prov.get("reduction"),
+        "fit_slope": fit.get("slope"), "predicted_slope": fit.get("predicted_slope"),
+    }
+    out = []
+    for key in sorted(runs, key=int):
+        row = dict(base, run=int(key), **{c: runs[key].get(c) for c in RUN_COLUMNS})
+        row = {c: _plain(row.get(c)) for c in FILE_COLUMNS + RUN_COLUMNS}
+        esc, pred = row["escape_time"], row["predicted_escape_time"]
+        row["escape_ratio"] = esc / pred if esc is not None and pred else None
+        out.append(row)
+    return out
+
+
+#: ``verify`` of ``ncfkit sparsity --json`` (and the attributes of the ``verify`` group);
+#: ``controls`` is a list in JSON, subgroups ``verify/controls/<part>`` in the file.
+VERIFY_KEYS = ("preserved", "wz_max_abs", "others_moved", "relative_change", "loss_initial",
+               "loss_final", "negative_control", "controls", "steps", "lr", "init_scale", "seed",
+               "attempts", "reason")
+CONTROL_KEYS = ("part", "zeroed", "max_abs", "left_zero", "expected_to_leave")
+#: Root attributes of a ``sparsity`` file, in JSON order (``point``/``ncf`` for a KKT file).
+SPARSITY_KEYS = ("outside_per_matrix", "zero_preserving_size", "zero_preserving_fraction",
+                 "num_params", "balance_error", "lopsided", "tol", "threshold", "verified")
+
+
+def sparsity_record(source, report, verify, prov: dict[str, Any]) -> dict[str, Any]:
+    """The layout of a ``sparsity`` result (``ncfkit sparsity --out``):
+
+    - ``masks/W1`` … ``masks/WL``: boolean, the shape of each W_l (``nn.Linear`` layout; the
+      last is (1, k_{L-1})), True on the weights of w_z; ``masks/w``: the same, flat, in
+      ncfkit's parameter layout;
+    - ``w``: the analysed weights (flat); ``layers/<l>`` (l = 1 … L-1): attribute ``width``
+      and int datasets ``zero_neurons``, ``active_neurons``, ``lopsided_neurons``;
+    - root attributes :data:`SPARSITY_KEYS`, ``source_kind``, and ``point``/``ncf`` for a
+      KKT file; group ``verify`` with ``--verify``;
+    - ``provenance``: the source file and its sha256, the architecture, the settings.
+
+    ``source`` is a :class:`ncfkit.sparsity.Source`, ``report`` a
+    :class:`ncfkit.sparsity.SparsityReport`, ``verify`` a
+    :class:`ncfkit.sparsity.VerifyResult` or None.
+    """
+    from .arrays import to_numpy
+
+    act, arch = report.activity, source.arch
+    masks = {f"W{l}": np.asarray(to_numpy(M)) for l, M in enumerate(arch.split(report.mask), start=1)}
+    masks["w"] = to_numpy(report.mask)
+    values = [report.outside_per_matrix(arch), report.zero_preserving_size, report.zero_preserving_fraction,
+              report.num_params, report.balance_error, report.lopsided, report.tol, act.threshold,
+              None if verify is None else verify.verified]
+    tree: dict[str, Any] = {"source_kind": source.kind, **dict(zip(SPARSITY_KEYS, values, strict=True))}
+    if source.kind == "kkt":
+        tree.update(point=source.point, ncf=source.ncf)
+    tree.update(
+        provenance=prov, masks=masks, w=to_numpy(source.w),
+        layers={str(l + 1): {"width": width,
+                             "zero_neurons": np.asarray(act.zero[l], dtype=np.int64),
+                             "active_neurons": np.asarray(act.active[l], dtype=np.int64),
+                             "lopsided_neurons": np.asarray(act.lopsided[l], dtype=np.int64)}
+                for l, width in enumerate(act.widths)},
+    )
+    if verify is not None:
+        v = verify
+        values = [v.preserved, v.wz_max_abs, v.others_moved, v.relative_change, v.loss_initial,
+                  v.loss_final, v.negative_control, None, v.steps, v.lr, v.init_scale, v.seed,
+                  v.attempts, v.reason]
+        node = {k: x for k, x in zip(VERIFY_KEYS, values, strict=True) if k != "controls"}
+        node["controls"] = {c.part: dict(zip(CONTROL_KEYS, (c.part, c.zeroed, c.max_abs, c.left_zero,
+                                                             c.expected_to_leave), strict=True))
+                            for c in v.controls}
+        tree["verify"] = node
+    return tree
+
+
+def sparsity_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The JSON object of ``ncfkit sparsity --json`` from a ``sparsity`` record."""
+    prov = record.get("provenance", {})
+    layers = record.get("layers", {})
+    layers = [{"layer": int(k), "width": _plain(layers[k].get("width")),
+               **{f"{s}_neurons": [int(j) for j in _plain(layers[k].get(f"{s}_neurons", []))]
+                  for s in ("zero", "active", "lopsided")}}
+              for k in sorted((k for k in layers if str(k).isdigit()), key=int)]
+    out = {"source": _plain(prov.get("source_file")), "source_kind": _plain(record.get("source_kind")),
+           "architecture": _json_field(prov, "architecture"), "layers": layers,
+           "active_per_layer": [len(lay["active_neurons"]) for lay in layers]}
+    out.update({k: _plain(record.get(k)) for k in SPARSITY_KEYS})
+    verify = record.get("verify")
+    if isinstance(verify, dict):
+        controls = verify.get("controls", {})
+        verify = {k: _plain(verify.get(k)) for k in VERIFY_KEYS if k != "controls"} | {
+            "controls": [{k: _plain(controls[p].get(k)) for k in CONTROL_KEYS}
+                         for p in ("rows", "columns") if p in controls]}
+        verify = {k: verify[k] for k in VERIFY_KEYS}
+    out["verify"] = verify if isinstance(verify, dict) else None
+    if out["source_kind"] == "kkt":
+        out.update(point=_plain(record.get("point")), ncf=_plain(record.get("ncf")))
+    return out
+
+
+#: What each ``ncfkit_kind`` of result file holds, for :func:`ncfkit.load`.
+SUMMARIES = {"kkt": kkt_summary, "escape": escape_summary, "sparsity": sparsity_summary}
+
+
+def write_result(path: str | os.PathLike, kind: str, record: dict[str, Any], force: bool = False) -> None:
+    """Write a result record (keys starting with "_" stay in memory)."""
+    write_h5(path, kind, {k: v for k, v in record.items() if not str(k).startswith("_")}, force=force)
+
+
+#: The run.h5 layout of :func:`escape_record`.
+RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
+
+/                  attrs: status (complete | diverged | failed | interrupted), message,
+                   homogeneity (NaN: not homogeneous), num_params, method, engine (what
+                   computed ∇𝓛: compiled | torch), lr, eps, max_time, ncfkit_version, and
+                   phase (interrupted files: the phase the command reached)
+/provenance        attrs: data_file, data_sha256, n, d, architecture (JSON of
+                   arch.to_dict()), loss, reduction, seed, dtype, device, init, lr, eps,
+                   max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...
+/kkt               attrs: the certificate (certificate_record), source,
+                   ascent_converged, ascent_steps, zero_preserving_size,
+                   ncf_flow_blowup_time (L_h > 2) / ncf_flow_log_amplitude (L_h = 2),
+                   ncf_flow_converged, ncf_flow_steps,
+                   active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
+                   norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
+/predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent
+/fit               attrs: slope, predicted_slope (along w*), relative_error, intercept,
+                   r2, n, regressor[, predicted_slope_gd (L_h = 2, GD),
+                   predicted_slope_w0 (NCF flow from w0)]      (with >= 2 escaped δ)
+/path_exponent     attrs: empirical, theory, r2, n
+/sparsity_exponent attrs: empirical, theory, r2, n, at
+/runs/<i>          one per --delta, in the order given; attrs RUN_KEYS (NaN where unknown)
+  records/         datasets step, time, loss, grad_norm, w_norm, cos_w_star, wz_ratio,
+                   phase (int8, names in attr phase_names: JSON list) — log-spaced in time
+                   plus event-driven, at most Settings.capacity rows
+  events/escape    attrs time (crossing time), step, loss, grad_norm
+  events/saddle    attrs time, step, loss, grad_norm
+  snapshots/<name> name in init, escape, saddle, final; attrs time, step, loss,
+                   grad_norm; datasets w (k,) and, for mlp, W1 … WL (nn.Linear layout)
+  trajectory/      datasets time (m,), w (m, k): bounded sample of ψ(t)
+/reference         the run from δ_ref·w* that stands for p(t): attrs delta_ref, escaped,
+                   escape_time, saddle_time, p_star_loss, p_star_grad_norm,
+                   p_star_min_hessian_eig, status; groups as a run (snapshots/saddle is p*)
+"""
