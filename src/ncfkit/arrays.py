@@ -11,12 +11,19 @@ and for autograd. Written with operators and the functions both libraries share
 
 from __future__ import annotations
 
+from typing import TypeAlias, Union
+
 import numpy as np
 
 from ._lazy import torch
 
-__all__ = ["is_numpy", "xp", "to_numpy", "norm", "finfo", "asarray_like", "zeros", "zeros_like_bool",
+__all__ = ["Array", "is_numpy", "xp", "to_numpy", "norm", "finfo", "asarray_like", "zeros", "zeros_like_bool",
            "nonzero"]
+
+
+#: A numpy array or a torch tensor: what the closed forms take and return (the same kind
+#: they were given). Written with ``Union`` and a string so torch is not imported.
+Array: TypeAlias = Union[np.ndarray, "torch.Tensor"]  # noqa: UP007 - "X | Y" cannot take a forward reference
 
 
 def is_numpy(x) -> bool:

@@ -6,7 +6,8 @@ Two engines compute the same numbers (up to floating-point summation order):
 
 - ``compiled``: ``ncfkit._gdkernel``, a small C kernel built with the package
   (``setup.py``; optional, skipped without a C compiler). It writes the closed-form
-  forward/backward pass of :class:`ncfkit.models.MLP` / :class:`~ncfkit.models.Diagonal`
+  forward/backward pass of the network families of :class:`ncfkit.models.KernelSpec`
+  (an architecture says, by its ``kernel_spec``, whether and how the kernel computes it)
   with the square, logistic or correlation (𝒩 = ỹᵀH, eq. 3) loss as loops over the
   samples, allocates nothing per step and runs K steps per call, so a step costs its
   arithmetic and no per-operation overhead (eager torch spends ~10x longer dispatching
@@ -29,8 +30,8 @@ import numpy as np
 
 from ._lazy import torch
 from ._runtime import row_workers
-from .arrays import asarray_like, is_numpy, to_numpy
-from .models import MLP, Diagonal
+from .arrays import Array, asarray_like, is_numpy, to_numpy
+from .models import Architecture
 from .ncf import loss_value_and_grad, ncf_value_and_grad
 
 __all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "value_and_grad_fn",
@@ -48,6 +49,8 @@ try:  # built by setup.py; absent when the package was installed without a C com
 except ImportError:  # pragma: no cover - depends on the build
     _gdkernel = None
 
+_FAMILY_CODES = {"mlp": 0, "diag": 1}  # the network families the C kernel implements
+_MAX_LAYERS = 62  # the C kernel's fixed-size arrays of widths (family "mlp")
 _ACT_CODES = {"square": 0, "linear": 1, "relu": 2, "tanh": 4, "gelu": 5}
 _LOSS_CODES = {"square": 0, "logistic": 1, "correlation": 2}
 _PARALLEL_WORK = 1 << 21  # multiply-adds per call above which rows go to threads
@@ -71,13 +74,14 @@ def compiled_unsupported(objective=None, *, arch=None, X=None, loss_name=None) -
         return f"the compiled engine needs float32 or float64 (got {X.dtype})"
     if loss_name not in _LOSS_CODES:
         return f"the compiled engine has no {loss_name!r} loss"
-    if isinstance(arch, Diagonal):
-        return None
-    if not isinstance(arch, MLP):
+    spec = getattr(arch, "kernel_spec", None)  # an object outside the registry may lack it
+    if spec is None or spec.family not in _FAMILY_CODES:
         return f"the compiled engine has no {type(arch).__name__} architecture"
-    if arch.depth > 62:
-        return "the compiled engine handles at most 62 layers"
-    act = arch.act
+    if spec.act is None:
+        return None
+    if len(spec.widths) - 1 > _MAX_LAYERS:
+        return f"the compiled engine handles at most {_MAX_LAYERS} layers"
+    act = spec.act
     if not act.homogeneous and act.name not in _ACT_CODES:
         return f"the compiled engine has no {act.name!r} activation"
     return None
@@ -100,18 +104,16 @@ def _act_code(act) -> tuple[int, float, float]:
 class _Kernel:
     """One network on one data set, ready for ``_gdkernel.gd_block``."""
 
-    def __init__(self, arch, X, y, loss_name: str, scale: float):
+    def __init__(self, arch: Architecture, X: Array, y: Array, loss_name: str, scale: float):
         """``X`` (n, d) and ``y`` (n,): numpy arrays or CPU tensors, float32 or float64."""
         X, y = to_numpy(X), to_numpy(y)
         self.np_dtype = np.float64 if X.dtype == np.float64 else np.float32
         self.XT = np.ascontiguousarray(X.T, dtype=self.np_dtype)
         self.y = np.ascontiguousarray(y, dtype=self.np_dtype)
-        if isinstance(arch, Diagonal):
-            self.widths = np.array([arch.d, arch.depth], dtype=np.int64)
-            self.kind, (self.act, self.p, self.alpha) = 1, (0, 0.0, 0.0)
-        else:
-            self.widths = np.array(arch.widths, dtype=np.int64)
-            self.kind, (self.act, self.p, self.alpha) = 0, _act_code(arch.act)
+        spec = arch.kernel_spec
+        self.widths = np.array(spec.widths, dtype=np.int64)
+        self.kind = _FAMILY_CODES[spec.family]
+        self.act, self.p, self.alpha = (0, 0.0, 0.0) if spec.act is None else _act_code(spec.act)
         self.loss = _LOSS_CODES[loss_name]
         self.scale = scale
         self.work = X.shape[0] * arch.num_params  # multiply-adds of one gradient, roughly
@@ -276,7 +278,7 @@ def value_and_grad_fn(objective, engine: str = "auto", *, host: bool = False):
     return _from_kernel(_kernel(objective), host)
 
 
-def ncf_value_and_grad_fn(arch, X: torch.Tensor, ytilde: torch.Tensor, engine: str = "auto", *,
+def ncf_value_and_grad_fn(arch: Architecture, X: Array, ytilde: Array, engine: str = "auto", *,
                           host: bool = False):
     """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): the compiled kernel with
     the correlation loss where it applies (``auto``), else

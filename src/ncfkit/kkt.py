@@ -22,7 +22,7 @@ import numpy as np
 from ._lazy import torch
 from .arrays import asarray_like, finfo, is_numpy, nonzero, norm, to_numpy
 from .fastgd import ncf_value_and_grad_fn
-from .models import MLP, Architecture
+from .models import Architecture
 from .ncf import ncf, ncf_hessian, ncf_hvp, ncf_value_and_grad
 from .sparsity import balance_error, neuron_activity
 
@@ -229,7 +229,7 @@ def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.
     kind = "zero" if abs(val) <= zero_tol * max(ytscale, 1e-300) else ("positive" if val > 0 else "negative")
     second = delta >= -second_order_tol * max(L_h * abs(val), 1e-300)
     bal = act_layers = act_neurons = None
-    if isinstance(arch, MLP):
+    if arch.neuron_layers is not None:
         bal = balance_error(arch, w)
         activity = neuron_activity(arch, w, active_tol)
         act_layers, act_neurons = tuple(activity.active_per_layer), activity.active
@@ -266,7 +266,7 @@ def _signature(arch, X, ytilde, w, active_tol: float):
     and the rescalings of Lemma 17."""
     w = w / norm(w)
     out = arch.forward(X, w)
-    active = tuple(neuron_activity(arch, w, active_tol).active_per_layer) if isinstance(arch, MLP) else None
+    active = tuple(neuron_activity(arch, w, active_tol).active_per_layer) if arch.neuron_layers is not None else None
     return float(out @ ytilde), active, out
 
 

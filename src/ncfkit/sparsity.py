@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._lazy import torch
-from .arrays import nonzero, to_numpy, zeros_like_bool
+from .arrays import Array, is_numpy, nonzero, to_numpy, xp, zeros_like_bool
 from .errors import InputError, RunError
 from .losses import Loss
-from .models import MLP
+from .models import Architecture
 from .ncf import loss_value, loss_value_and_grad
 
 __all__ = ["NeuronActivity", "neuron_activity", "zero_preserving_mask", "balance_error",
@@ -61,7 +61,7 @@ class NeuronActivity:
         return [len(a) for a in self.active]
 
 
-def neuron_activity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> NeuronActivity:
+def neuron_activity(arch: Architecture, w: Array, tol: float = 1e-3) -> NeuronActivity:
     """Classify hidden neurons of one weight vector ``w`` (k,).
 
     A row or column counts as zero when its norm is at most ``tol`` times the largest
@@ -76,15 +76,16 @@ def neuron_activity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> NeuronActi
         zero.append(tuple(nonzero(r_small & c_small)))
         active.append(tuple(nonzero(~r_small & ~c_small)))
         lopsided.append(tuple(nonzero(r_small ^ c_small)))
-    return NeuronActivity(tuple(arch.hidden), tuple(zero), tuple(active), tuple(lopsided),
+    return NeuronActivity(tuple(arch.neuron_layers or ()), tuple(zero), tuple(active), tuple(lopsided),
                           threshold)
 
 
-def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *,
-                         like: torch.Tensor | None = None, part: str = "both") -> torch.Tensor:
+def zero_preserving_mask(arch: Architecture, zero: tuple[tuple[int, ...], ...], *,
+                         like: Array | None = None, part: str = "both") -> Array:
     """Flat boolean mask (k,) of w_z: incoming and outgoing weights of the ``zero`` neurons.
 
-    ``zero[l]`` lists the neurons of hidden layer l + 1. ``part="rows"`` keeps only the
+    ``zero[l]`` lists the neurons of hidden layer l + 1, laid out as
+    :attr:`ncfkit.models.Architecture.neuron_layers` says. ``part="rows"`` keeps only the
     incoming weights W_l[j, :], ``part="columns"`` only the outgoing W_{l+1}[:, j] (the
     halves used as negative controls; neither alone is zero-preserving in general).
     """
@@ -102,7 +103,7 @@ def zero_preserving_mask(arch: MLP, zero: tuple[tuple[int, ...], ...], *,
     return flat
 
 
-def balance_error(arch: MLP, w: torch.Tensor) -> float:
+def balance_error(arch: Architecture, w: Array) -> float:
     """Lemma 17: max over hidden neurons of |‖W_l[j,:]‖² − p‖W_{l+1}[:,j]‖²| / ‖w‖²
     (0 at an exact KKT point of the constrained NCF)."""
     p = arch.act.p if arch.act.homogeneous else 1.0
@@ -121,13 +122,13 @@ class SparsityReport:
     mask of w_z (flat, ncfkit layout), and the Lemma-17 balance error."""
 
     activity: NeuronActivity
-    mask: torch.Tensor  # (k,) bool
+    mask: Array  # (k,) bool, of the kind of the weights analysed
     balance_error: float
     tol: float
 
     @property
     def num_params(self) -> int:
-        return int(self.mask.numel())
+        return int(self.mask.size if is_numpy(self.mask) else self.mask.numel())
 
     @property
     def zero_preserving_size(self) -> int:
@@ -143,14 +144,15 @@ class SparsityReport:
         """Neurons whose row is zero while the column is not, or the reverse."""
         return sum(len(j) for j in self.activity.lopsided)
 
-    def outside_per_matrix(self, arch: MLP) -> list[int]:
+    def outside_per_matrix(self, arch: Architecture) -> list[int]:
         """Weights of each W_l outside w_z (at a KKT point: the active block)."""
         return [int((~M).sum()) for M in arch.split(self.mask)]
 
 
-def analyse_sparsity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> SparsityReport:
-    """Classify the hidden neurons of ``w`` (k,) with relative threshold ``tol`` (see
-    :func:`neuron_activity`) and build the mask of the zero-preserving subset w_z.
+def analyse_sparsity(arch: Architecture, w: Array, tol: float = 1e-3) -> SparsityReport:
+    """Classify the hidden neurons of ``w`` (k,) — a numpy array or a tensor — with
+    relative threshold ``tol`` (see :func:`neuron_activity`) and build the mask of the
+    zero-preserving subset w_z (of the kind of ``w``).
 
     >>> from ncfkit.activations import parse_activation
     >>> arch = MLP(2, (2,), parse_activation("square"))
@@ -164,7 +166,7 @@ def analyse_sparsity(arch: MLP, w: torch.Tensor, tol: float = 1e-3) -> SparsityR
     if not (math.isfinite(tol) and 0.0 <= tol < 1.0):
         raise InputError(f"--tol must be in [0, 1) (a fraction of the largest neuron norm); "
                          f"got {tol:g}")
-    if not bool(torch.isfinite(w).all()):
+    if not bool(xp(w).isfinite(w).all()):
         raise InputError("the weights contain NaN or Inf")
     if not bool((w != 0).any()):
         raise InputError("the weights are all zero: every neuron is zero, there is no "
@@ -269,7 +271,7 @@ def _descend(arch, X, y, loss, w0, watch, lr, steps):
 
 
 def verify_zero_preserving(
-    arch: MLP, X: torch.Tensor, y: torch.Tensor, loss: Loss, zero: tuple[tuple[int, ...], ...],
+    arch: Architecture, X: torch.Tensor, y: torch.Tensor, loss: Loss, zero: tuple[tuple[int, ...], ...],
     *, steps: int = 3000, lr: float | None = None, init_scale: float = 0.1, seed: int = 0,
     move_tol: float = 1e-6, max_attempts: int = 6,
 ) -> VerifyResult:

@@ -1,52 +1,28 @@
-"""Homogeneous networks H(x; w) on one flat parameter vector (SPEC §1).
+"""The feed-forward network without biases (eq. 9 of the paper).
 
-- :class:`MLP`: feed-forward, no biases (eq. 9): H(x) = W_L σ(W_{L-1} … σ(W_1 x)),
-  W_l ∈ R^{k_l × k_{l-1}}, k_0 = d, k_L = 1. Order L_h = 1 + p + … + p^{L-1}.
-- :class:`Diagonal`: the diagonal model of Example 1, H(x; w) = Σ_k w_k^D x_k, order D.
-
-Every function takes ``w`` of shape (..., k): leading axes are a batch (restarts, several
-δ), so one call serves many parameter vectors. ``W_l`` are views into ``w`` in torch's
-``nn.Linear`` layout, concatenated row-major, layer 1 first. Data and weights are numpy
-arrays or torch tensors (:mod:`ncfkit.arrays`); each closed form — forward pass,
-gradient (``vjp``), Hessian-vector product (``hvp``) — is written once for both.
+H(x; w) = W_L σ(W_{L−1} … σ(W_1 x)), W_l ∈ R^{k_l × k_{l−1}}, k_0 = d, k_L = 1; with a
+homogeneous activation of order p it is homogeneous of order L_h = 1 + p + … + p^{L−1}.
+The W_l are views into the flat ``w`` in torch's ``nn.Linear`` layout, concatenated
+row-major, layer 1 first. Each closed form — forward pass, gradient (``vjp``),
+Hessian-vector product (``hvp``) — is written once for numpy arrays and tensors.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ._lazy import torch
-from .activations import Activation, parse_activation
-from .arrays import is_numpy, xp, zeros
-from .errors import InputError
+from .._lazy import torch
+from ..activations import Activation, parse_activation
+from ..arrays import Array, is_numpy, to_numpy, xp, zeros
+from ..errors import InputError
+from . import KernelSpec
 
-__all__ = ["Architecture", "MLP", "Diagonal", "parse_hidden", "make_architecture", "ARCHS"]
-
-
-class Architecture(Protocol):
-    """What the rest of ncfkit needs from a network."""
-
-    d: int
-
-    @property
-    def num_params(self) -> int: ...
-
-    @property
-    def homogeneity(self) -> float | None: ...
-
-    def forward(self, X: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """H(X; w): ``X`` (n, d), ``w`` (..., k) -> (..., n)."""
-
-    def vjp(self, X: torch.Tensor, w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """∇_w [gᵀ H(X; w)] in closed form: ``g`` (..., n) -> (..., k)."""
-
-    def to_dict(self) -> dict[str, Any]: ...
-
-    def describe(self) -> str: ...
+__all__ = ["MLP"]
 
 
 def _widths_text(widths: tuple[int, ...]) -> str:
@@ -55,13 +31,65 @@ def _widths_text(widths: tuple[int, ...]) -> str:
 
 @dataclass(frozen=True)
 class MLP:
-    """Feed-forward net without biases; ``hidden`` = (k_1, …, k_{L-1})."""
+    """Feed-forward net without biases; ``hidden`` = (k_1, …, k_{L-1}).
+
+    >>> net = MLP(3, (4,), parse_activation("square")); net.weight_shapes, net.num_params
+    (((4, 3), (1, 4)), 16)
+    """
 
     d: int
     hidden: tuple[int, ...]
     act: Activation
 
-    kind = "mlp"
+    kind: ClassVar[str] = "mlp"
+    weight_file_arrays: ClassVar[str] = "W1 … WL"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_options(cls, d: int, *, hidden: str | int | tuple[int, ...] | list[int] = "50",
+                     act: str | Activation = "relu", **_unused: Any) -> MLP:
+        """From ``--hidden`` (e.g. ``"20,20"`` or widths) and ``--act``; ``--depth`` is unused."""
+        from . import parse_hidden
+
+        return cls(d, parse_hidden(hidden), parse_activation(act) if isinstance(act, str) else act)
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> MLP:
+        return cls(int(spec["d"]), tuple(int(k) for k in spec["hidden"]), parse_activation(spec["act"]))
+
+    @classmethod
+    def from_weight_arrays(cls, arrays: Mapping[str, np.ndarray], source: str, *,
+                           act: str | Activation = "relu", **_unused: Any) -> MLP | None:
+        """The net of a file with matrices ``W1`` … ``WL`` (the last may be (k_{L−1},));
+        ``None`` without ``W1``. The activation is not stored in weight files: ``act``."""
+        if "W1" not in arrays:
+            return None
+        L = 1
+        while f"W{L + 1}" in arrays:
+            L += 1
+        shapes: list[tuple[int, int]] = []
+        for l in range(1, L + 1):
+            shape = tuple(np.shape(arrays[f"W{l}"]))
+            if l == L and len(shape) == 1:
+                shape = (1, shape[0])
+            if len(shape) != 2:
+                raise InputError(f"{source}: W{l} has shape {shape}; expected a matrix (k_l, k_l-1)")
+            if shapes and shape[1] != shapes[-1][0]:
+                raise InputError(f"{source}: W{l} has shape {shape} but W{l - 1} has {shapes[-1][0]} rows")
+            shapes.append((int(shape[0]), int(shape[1])))
+        if shapes[-1][0] != 1:
+            raise InputError(f"{source}: the last layer W{L} has shape {np.shape(arrays[f'W{L}'])}; the output "
+                             "must be scalar, (1, k) or (k,)")
+        return cls(shapes[0][1], tuple(r for r, _ in shapes[:-1]),
+                   parse_activation(act) if isinstance(act, str) else act)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch": "mlp", "d": self.d, "hidden": list(self.hidden), "act": self.act.name}
+
+    def describe(self) -> str:
+        return f"mlp {_widths_text(self.widths)} act={self.act.name}"
+
+    # ------------------------------------------------------------------ structure
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -76,6 +104,26 @@ class MLP:
     def shapes(self) -> list[tuple[int, int]]:
         k = self.widths
         return [(k[l + 1], k[l]) for l in range(self.depth)]
+
+    @property
+    def weight_shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.shapes)
+
+    @property
+    def weight_names(self) -> tuple[str, ...]:
+        return tuple(f"W{l}" for l in range(1, self.depth + 1))
+
+    @property
+    def neuron_layers(self) -> tuple[int, ...]:
+        return tuple(self.hidden)
+
+    @property
+    def has_hidden_neurons(self) -> bool:
+        return bool(self.hidden)
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        return KernelSpec("mlp", self.widths, self.act)
 
     @property
     def num_params(self) -> int:
@@ -102,12 +150,13 @@ class MLP:
         """(start, stop) of each W_l in the flat vector."""
         return tuple((a, b) for a, b, _, _ in self._blocks)
 
-    def split(self, w):
+    # ------------------------------------------------------------------ maths
+    def split(self, w: Array) -> list[Array]:
         """Views W_1, …, W_L of shape (..., k_l, k_{l-1}) (copies where w's layout needs)."""
         lead = tuple(w.shape[:-1])
         return [w[..., a:b].reshape(*lead, r, c) for a, b, r, c in self._blocks]
 
-    def join(self, Ws: list):
+    def join(self, Ws: list[Array]) -> Array:
         """Inverse of :meth:`split`."""
         return _flat_concat(Ws)
 
@@ -124,10 +173,10 @@ class MLP:
         out = (Ws[-1] @ hs[-1]).squeeze(-2)
         return Ws, hs, zs, out
 
-    def forward(self, X, w):
+    def forward(self, X: Array, w: Array) -> Array:
         return self._forward_cache(X, w)[-1]
 
-    def forward_and_vjp(self, X, w, g_of_out):
+    def forward_and_vjp(self, X: Array, w: Array, g_of_out) -> tuple[Array, Array]:
         """(H(X; w), ∇_w[gᵀH]) with ``g = g_of_out(H)``; one forward, one backward pass."""
         Ws, hs, zs, out = self._forward_cache(X, w)
         g = g_of_out(out)
@@ -140,10 +189,10 @@ class MLP:
         grads[0] = (back.reshape(-1, back.shape[-1]) @ X).reshape(*back.shape[:-1], self.d)
         return out, _flat_concat(grads)
 
-    def vjp(self, X, w, g):
+    def vjp(self, X: Array, w: Array, g: Array) -> Array:
         return self.forward_and_vjp(X, w, lambda _out: g)[1]
 
-    def hvp(self, X, w, V, g_of_out, dg=None):
+    def hvp(self, X: Array, w: Array, V: Array, g_of_out, dg=None) -> Array:
         """Directional derivative of the closed-form gradient J(w)ᵀg along each row of
         ``V`` (..., k): forward-over-reverse written out (Pearlmutter's R-operator), no
         autograd. With g = ∂F/∂H for F(w) = f(H(X; w)) it is ∇²F(w)·v; ``g_of_out(H)``
@@ -193,64 +242,42 @@ class MLP:
                              else xp(V).broadcast_to(G, (*lead, r, c))
                              for G, (r, c) in zip(grads, self.shapes, strict=True)], lead)
 
-    def neuron_norms(self, w) -> list[tuple]:
+    # ------------------------------------------------------------------ neurons
+    def neuron_norms(self, w: Array) -> list[tuple[Array, Array]]:
         """Per hidden layer l: (‖W_l[j,:]‖, ‖W_{l+1}[:,j]‖) for every neuron j."""
         Ws = self.split(w)
         return [((Ws[l] ** 2).sum(-1) ** 0.5, (Ws[l + 1] ** 2).sum(-2) ** 0.5)
                 for l in range(self.depth - 1)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"arch": "mlp", "d": self.d, "hidden": list(self.hidden), "act": self.act.name}
+    def zero_preserving_subset(self, w: Array, tol: float = 1e-3) -> tuple[Array, tuple]:
+        """The incoming and outgoing weights of the hidden neurons whose row and column
+        norms are ≤ ``tol`` × the largest neuron norm (Theorem 18), and those neurons."""
+        from ..sparsity import neuron_activity, zero_preserving_mask
 
-    def describe(self) -> str:
-        return f"mlp {_widths_text(self.widths)} act={self.act.name}"
+        zero = neuron_activity(self, w, tol).zero
+        return zero_preserving_mask(self, zero, like=w), zero
 
+    # ------------------------------------------------------------------ weight files
+    def weight_arrays(self, w: Array) -> dict[str, np.ndarray]:
+        return dict(zip(self.weight_names, self.split(to_numpy(w)), strict=True))
 
-@dataclass(frozen=True)
-class Diagonal:
-    """Example 1's diagonal model H(x; w) = Σ_k w_k^D x_k (homogeneous of order D)."""
-
-    d: int
-    depth: int = 2
-
-    kind = "diag"
-
-    @property
-    def num_params(self) -> int:
-        return self.d
-
-    @property
-    def homogeneity(self) -> float:
-        return float(self.depth)
-
-    def forward(self, X, w):
-        return w**self.depth @ X.T
-
-    def forward_and_vjp(self, X, w, g_of_out):
-        out = self.forward(X, w)
-        g = g_of_out(out)
-        return out, self.depth * w ** (self.depth - 1) * (g @ X)
-
-    def vjp(self, X, w, g):
-        return self.forward_and_vjp(X, w, lambda _out: g)[1]
-
-    def hvp(self, X, w, V, g_of_out, dg=None):
-        """As :meth:`MLP.hvp`: ∇ = D w^{D−1} ⊙ (gX), so its derivative along v is
-        D(D−1) w^{D−2} ⊙ v ⊙ (gX) + D w^{D−1} ⊙ (ġX) with ġ = dg(H, (D w^{D−1} ⊙ v) Xᵀ)."""
-        D = self.depth
-        out = self.forward(X, w)
-        gX = g_of_out(out) @ X
-        first = D * w ** (D - 1)
-        res = D * (D - 1) * w ** (D - 2) * V * gX if D > 1 else V * gX * 0
-        if dg is not None:
-            res = res + first * (dg(out, (first * V) @ X.T) @ X)
-        return res
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"arch": "diag", "d": self.d, "depth": self.depth}
-
-    def describe(self) -> str:
-        return f"diag d={self.d} D={self.depth}"
+    def weights_from_arrays(self, arrays: Mapping[str, np.ndarray], source: str) -> np.ndarray:
+        """W1 … WL of the shapes of this net (the last may be stored as (k_{L−1},))."""
+        parts, L = [], self.depth
+        for l, shape in enumerate(self.shapes, start=1):
+            key = f"W{l}"
+            if key not in arrays:
+                raise InputError(f"{source}: no array {key!r} (the network has {L} layers)")
+            W = np.asarray(arrays[key], dtype=np.float64)
+            if l == L and W.ndim == 1:
+                W = W[None, :]
+            if W.shape != tuple(shape):
+                raise InputError(f"{source}: {key} has shape {W.shape}, the network needs {tuple(shape)}")
+            parts.append(W.ravel())
+        extra = sorted(set(arrays) - set(self.weight_names))
+        if extra:
+            raise InputError(f"{source}: unexpected arrays {extra} (the network has {L} layers)")
+        return np.concatenate(parts)
 
 
 def _plus(a, b):
@@ -265,66 +292,3 @@ def _flat_concat(Ws: list, lead=None):
         lead = tuple(Ws[0].shape[:-2])
     flat = [W.reshape(*lead, -1) for W in Ws]
     return np.concatenate(flat, axis=-1) if is_numpy(flat[0]) else torch.cat(flat, dim=-1)
-
-
-ARCHS = ("mlp", "diag")
-
-
-def parse_hidden(text: str) -> tuple[int, ...]:
-    """Parse ``"50"`` or ``"20,30"`` into positive widths; raise :class:`InputError`."""
-    parts = [p.strip() for p in str(text).split(",")]
-    widths = []
-    for part in parts:
-        if not part:
-            raise InputError(f"--hidden {text!r}: empty width (use e.g. 50 or 20,20)")
-        try:
-            k = int(part)
-        except ValueError:
-            raise InputError(f"--hidden {text!r}: {part!r} is not an integer") from None
-        if k < 1:
-            raise InputError(f"--hidden {text!r}: widths must be >= 1 (got {k})")
-        widths.append(k)
-    return tuple(widths)
-
-
-def make_architecture(
-    arch: str, d: int, hidden: str | tuple[int, ...] = "50", act: str = "relu", depth: int = 2
-) -> MLP | Diagonal:
-    """Build an architecture by name (``mlp`` or ``diag``) for inputs of dimension ``d``."""
-    if d < 1:
-        raise InputError(f"data has d = {d} features; need at least 1")
-    if arch == "mlp":
-        widths = hidden if isinstance(hidden, tuple) else parse_hidden(hidden)
-        return MLP(d, widths, parse_activation(act) if isinstance(act, str) else act)
-    if arch == "diag":
-        if depth < 1:
-            raise InputError(f"--depth must be >= 1 (got {depth})")
-        return Diagonal(d, depth)
-    raise InputError(f"unknown architecture {arch!r}; expected one of: {', '.join(ARCHS)}")
-
-
-def architecture_from_dict(spec: dict[str, Any]) -> MLP | Diagonal:
-    """Rebuild an architecture from :meth:`to_dict` output (as stored in result files)."""
-    if spec.get("arch") == "mlp":
-        return MLP(int(spec["d"]), tuple(int(k) for k in spec["hidden"]), parse_activation(spec["act"]))
-    if spec.get("arch") == "diag":
-        return Diagonal(int(spec["d"]), int(spec["depth"]))
-    raise InputError(f"unknown architecture record {spec!r}")
-
-
-def random_direction(num_params: int, generator, batch: tuple[int, ...] = (), **kw):
-    """Unit-norm directions drawn uniformly on the sphere S^{k-1}, shape (*batch, k): a
-    tensor from a ``torch.Generator`` (``kw``: dtype, device), or a float64 numpy array
-    from a ``numpy.random.Generator``."""
-    if isinstance(generator, np.random.Generator):
-        u = generator.standard_normal((*batch, num_params))
-    else:
-        u = torch.randn(*batch, num_params, generator=generator, **kw)
-    return unit(u)
-
-
-def unit(w):
-    """w / ‖w‖ along the last axis."""
-    return w / ((w * w).sum(-1, keepdims=True) ** 0.5)
-
-
