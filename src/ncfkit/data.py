@@ -88,5 +88,9 @@ def teacher_dataset(
     X = X / X.norm(dim=1, keepdim=True)
     teacher = make_architecture(arch, d, hidden, act)
     w = torch.randn(teacher.num_params, generator=gen, dtype=torch.float64)
-    y = teacher.forward(X, w)
-    return X.numpy(), y.numpy()
+    y = teacher.forward(X, w).numpy()
+    if not np.isfinite(y).all():
+        bad = "NaN" if np.isnan(y).any() else "Inf"
+        raise InputError(f"--act {act} --hidden {hidden}: the teacher's labels overflow float64 ({bad}); "
+                         "use a smaller power, fewer or narrower layers")
+    return X.numpy(), y

@@ -269,6 +269,27 @@ def _load_csv(p: Path) -> tuple[Any, Any]:
     return arr[:, :-1], arr[:, -1]
 
 
+def declared_data_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes X and y of a data file take as float64, from its headers (npz, h5) or its
+    size (csv: ~8 bytes a number for ~3 characters of text); ``None`` if unreadable."""
+    p = Path(path)
+    try:
+        suffix = p.suffix.lower()
+        if suffix == ".npz":
+            h = _npz_headers(p)
+            return sum(_declared_bytes(h[k][0]) for k in ("X", "y") if k in h)
+        if suffix in H5_SUFFIXES:
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return sum(_declared_bytes(f[k].shape) for k in ("X", "y") if k in f)
+        if suffix == ".csv":
+            return 3 * p.stat().st_size
+    except Exception:
+        return None
+    return None
+
+
 _LOADERS = {".npz": _load_npz, ".h5": _load_h5, ".hdf5": _load_h5, ".csv": _load_csv}
 
 
@@ -730,20 +751,30 @@ def read_kkt_point(path: str | os.PathLike, point: int = 0) -> tuple[dict[str, A
     rec = points.get(str(point))
     if rec is None or "w" not in rec:
         raise InputError(f"{path}: point {point} is damaged (no weights)")
+    for key, value in rec.items():
+        if (key == "w" or key[:1] == "W") and isinstance(value, np.ndarray):
+            if value.dtype.kind not in "biuf":
+                raise InputError(f"{path}: point {point}: {key} is not a numeric array (dtype {value.dtype})")
+            if not np.isfinite(value).all():
+                raise InputError(f"{path}: point {point}: {key} holds NaN or Inf weights")
     return rec, tree.get("provenance", {})
 
 
-def architecture_of(prov: dict[str, Any]):
-    """The architecture recorded in a result's provenance."""
+def architecture_of(prov: dict[str, Any], source: str | os.PathLike | None = None):
+    """The architecture recorded in a result's provenance; errors name ``source`` (the
+    file), else the ``_source`` key :func:`read_h5` callers may set."""
     from .models import architecture_from_dict
 
+    where = str(source or prov.get("_source") or "result file")
     spec = prov.get("architecture")
     if spec is None:
-        raise InputError("result file has no architecture in its provenance")
+        raise InputError(f"{where}: no architecture in its provenance")
     try:
         return architecture_from_dict(json.loads(spec) if isinstance(spec, str) else spec)
-    except (ValueError, KeyError, TypeError):
-        raise InputError(f"result file has a malformed architecture record {spec!r}") from None
+    except InputError as e:
+        raise InputError(f"{where}: malformed architecture record ({e})") from None
+    except Exception:
+        raise InputError(f"{where}: malformed architecture record {str(spec)[:200]!r}") from None
 
 
 def weight_file_shapes(path: str | os.PathLike) -> list[tuple[int, int]] | None:

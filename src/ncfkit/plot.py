@@ -8,9 +8,14 @@
   every layer at initialization, escape and the saddle, one colour scale per layer, the
   zero-preserving subset w_z of w* hatched; with several δ also the escape times against
   x(δ) = ln(1/δ) (L_h = 2) or δ^{2−L_h} (L_h > 2) beside the line of Theorems 4/10;
-- an ``escape`` run of the diagonal model in 2-D: the trajectories ψ(t, δw0) for each δ
-  and the reference path p(t) over the loss contour, the saddle p* and the minimum marked
-  (the paper's Figure 2, Example 1).
+- an ``escape`` run of a model whose weights are one vector of two entries (the diagonal
+  model of Example 1 in 2-D): the trajectories ψ(t, δw0) for each δ and the reference path
+  p(t) over the loss contour, the saddle p* and the minimum marked (the paper's Figure 2).
+
+Which figure a file gets follows from its architecture (:mod:`ncfkit.models`): weights in
+matrices (``weight_shapes`` of two axes) are drawn as heat maps, with per-neuron bars for
+its hidden layers (``neuron_layers``); weights in one vector as bars or, with two entries,
+as points of the plane. No figure tests the architecture's name.
 
 Every ``*_figure`` function is pure: it takes the nested dict :func:`ncfkit.io.read_h5`
 returns and gives back a :class:`matplotlib.figure.Figure` built without pyplot (so no
@@ -31,6 +36,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .errors import InputError
+from .models import Architecture
 
 __all__ = ["FIGURE_SUFFIXES", "SCALES", "figure_for", "kkt_figure", "escape_figure",
            "save_figure"]
@@ -66,31 +72,32 @@ def _bad(tree: dict, what: str) -> InputError:
 # --------------------------------------------------------------------------- helpers
 
 
-def _architecture(tree: dict) -> dict[str, Any]:
-    """The architecture record of the provenance, as a dict (no torch needed)."""
+def _architecture(tree: dict) -> Architecture:
+    """The architecture of the provenance's record (:func:`ncfkit.models.architecture_from_dict`;
+    no torch needed)."""
+    from .models import architecture_from_dict
+
     spec = tree.get("provenance", {}).get("architecture")
     if spec is None:
         raise _bad(tree, "no architecture in its provenance; not a complete ncfkit result")
     try:
-        spec = json.loads(spec) if isinstance(spec, str) else dict(spec)
-        if spec["arch"] == "mlp":
-            widths = [int(spec["d"]), *(int(k) for k in spec["hidden"]), 1]
-            spec["shapes"] = [(widths[l + 1], widths[l]) for l in range(len(widths) - 1)]
-        elif spec["arch"] != "diag":
-            raise KeyError(spec["arch"])
-    except (ValueError, KeyError, TypeError):
+        return architecture_from_dict(json.loads(spec) if isinstance(spec, str) else dict(spec))
+    except (ValueError, KeyError, TypeError, AttributeError, InputError):
         raise _bad(tree, f"malformed architecture record {spec!r}") from None
-    return spec
 
 
-def _layers(node: dict, shapes: list[tuple[int, int]]) -> list[np.ndarray]:
-    """W_1 … W_L of a point or snapshot: datasets ``W1`` … or the flat ``w`` split."""
-    if all(f"W{l}" in node for l in range(1, len(shapes) + 1)):
-        Ws = [np.asarray(node[f"W{l}"]) for l in range(1, len(shapes) + 1)]
-        return [W.reshape(shape) for W, shape in zip(Ws, shapes, strict=True)]
-    w = np.asarray(node["w"]).ravel()
-    sizes = np.cumsum([r * c for r, c in shapes])[:-1]
-    return [part.reshape(shape) for part, shape in zip(np.split(w, sizes), shapes, strict=True)]
+def _layered(arch: Architecture) -> bool:
+    """Whether the weights are matrices (heat maps), not one vector."""
+    return all(len(shape) == 2 for shape in arch.weight_shapes)
+
+
+def _layers(node: dict, arch: Architecture) -> list[np.ndarray]:
+    """The weight blocks (W_1 … W_L) of a point or snapshot: its datasets named as the
+    architecture names them, else the flat ``w`` split."""
+    if all(name in node for name in arch.weight_names):
+        return [np.asarray(node[name]).reshape(shape)
+                for name, shape in zip(arch.weight_names, arch.weight_shapes, strict=True)]
+    return [np.asarray(W) for W in arch.split(np.asarray(node["w"]).ravel())]
 
 
 def _layer_names(L: int) -> list[str]:
@@ -190,23 +197,23 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         raise _bad(tree, "the kkt file holds no point to plot")
     shown = order[:MAX_KKT_POINTS]
     lh = _lh_text(tree)
-    if arch["arch"] == "diag":
-        return _kkt_diag_figure(arch, [points[i] for i in shown], len(order), lh)
-    shapes = arch["shapes"]
-    L = len(shapes)
-    fig = Figure(figsize=(3.0 * L + 2.6 * (L - 1) + 0.4, 2.5 * len(shown) + 0.5),
+    if not _layered(arch):
+        return _kkt_vector_figure(arch, [points[i] for i in shown], len(order), lh)
+    shapes = arch.weight_shapes
+    L, H = len(shapes), len(arch.neuron_layers or ())
+    fig = Figure(figsize=(3.0 * L + 2.6 * H + 0.4, 2.5 * len(shown) + 0.5),
                  layout="constrained")
-    title = f"KKT points of the constrained NCF — {_describe(arch)}{lh}"
+    title = f"KKT points of the constrained NCF — {arch.describe()}{lh}"
     if len(order) > len(shown):
         title += f" (first {len(shown)} of {len(order)} points)"
     fig.suptitle(title + "; hatched: zero-preserving subset w_z", fontsize=10)
     subfigs = np.atleast_1d(fig.subfigures(len(shown), 1))
     for sub, key in zip(subfigs, shown, strict=True):
         p = points[key]
-        Ws = _layers(p, shapes)
-        masks = _zero_preserving_masks(tree, np.asarray(p["w"], dtype=float), shapes)
-        ratios = _width_ratios(shapes) + [2.2] * (L - 1)
-        axes = sub.subplots(1, 2 * L - 1, width_ratios=ratios)
+        Ws = _layers(p, arch)
+        masks = _zero_preserving_masks(arch, np.asarray(p["w"], dtype=float))
+        ratios = _width_ratios(shapes) + [2.2] * H
+        axes = sub.subplots(1, L + H, width_ratios=ratios)
         active = p.get("active_per_layer")
         active = "" if active is None else f", active per layer {np.atleast_1d(active).tolist()}"
         sub.suptitle(f"point {key}: {NCF} = {p.get('ncf', float('nan')):.6g}, "
@@ -222,22 +229,11 @@ def kkt_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
     return fig
 
 
-def _describe(arch: dict) -> str:
-    if arch["arch"] == "diag":
-        return f"diagonal model d={arch['d']}, D={arch['depth']}"
-    return f"mlp {'-'.join(str(k) for k in (arch['d'], *arch['hidden'], 1))}, act={arch['act']}"
-
-
-def _zero_preserving_masks(tree: dict, w: np.ndarray, shapes) -> list[np.ndarray]:
-    """Per layer, the boolean mask of w_z of the KKT point ``w`` (:mod:`ncfkit.sparsity`,
-    its default relative threshold)."""
-    from ._lazy import torch
-    from .io import architecture_of
-    from .sparsity import analyse_sparsity
-
-    arch = architecture_of(tree["provenance"])
-    mask = analyse_sparsity(arch, torch.as_tensor(w, dtype=torch.float64)).mask
-    return _layers({"w": mask.numpy()}, shapes)
+def _zero_preserving_masks(arch: Architecture, w: np.ndarray) -> list[np.ndarray]:
+    """Per block, the boolean mask of w_z of the KKT point ``w`` (the architecture's
+    :meth:`~ncfkit.models.Architecture.zero_preserving_subset`, the default threshold)."""
+    mask, _zero = arch.zero_preserving_subset(np.asarray(w, dtype=np.float64))
+    return _layers({"w": np.asarray(mask)}, arch)
 
 
 def _neuron_bars(ax, W_in: np.ndarray, W_out: np.ndarray, layer: int) -> None:
@@ -254,11 +250,12 @@ def _neuron_bars(ax, W_in: np.ndarray, W_out: np.ndarray, layer: int) -> None:
     ax.legend(fontsize=6, frameon=False)
 
 
-def _kkt_diag_figure(arch, points, total, lh: str) -> Figure:
-    d = int(arch["d"])
+def _kkt_vector_figure(arch: Architecture, points, total, lh: str) -> Figure:
+    """|w_k| of each point as bars: weights in one vector (the diagonal model)."""
+    d = arch.num_params
     fig = Figure(figsize=(max(6.0, 0.35 * d + 2.5), 1.8 * len(points) + 0.6), layout="constrained")
     more = f" (first {len(points)} of {total})" if total > len(points) else ""
-    fig.suptitle(f"KKT points of the constrained NCF — {_describe(arch)}{lh}{more}",
+    fig.suptitle(f"KKT points of the constrained NCF — {arch.describe()}{lh}{more}",
                  fontsize=9)
     axes = np.atleast_1d(fig.subplots(len(points), 1))
     for i, (ax, p) in enumerate(zip(axes, points, strict=True)):
@@ -362,20 +359,20 @@ def _predicted_from_w0(tree: dict, delta):
 
 
 def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> Figure:
-    """The figure of an ``escape`` run: :func:`_diagonal_figure` for the 2-D diagonal
-    model, else loss curve, escape-time fit (several δ) and |W_l| snapshots."""
+    """The figure of an ``escape`` run: :func:`_plane_figure` for weights in one vector of
+    two entries (the 2-D diagonal model), else loss curve, escape-time fit (several δ) and
+    |W_l| snapshots."""
     arch = _architecture(tree)
     runs = _escape_runs(tree)
     if run is not None and not 0 <= run < len(runs):
         raise InputError(f"--run {run} out of range; the file has runs 0..{len(runs) - 1}")
-    if arch["arch"] == "diag":
-        if int(arch["d"]) != 2:
-            raise _bad(tree, "the diagonal-model figure is a 2-D picture; this run has "
-                             f"d = {arch['d']}")
-        return _diagonal_figure(tree, arch, runs)
+    if not _layered(arch):
+        if arch.num_params != 2:
+            raise _bad(tree, f"the figure of weights in one vector is a 2-D picture; this run ({arch.describe()}) "
+                             f"has {arch.num_params} weights (d = {arch.d})")
+        return _plane_figure(tree, arch, runs)
     chosen = run if run is not None else int(np.argmin([r.delta for r in runs]))
-    shapes = arch["shapes"]
-    L = len(shapes)
+    L = len(arch.weight_shapes)
     shown = runs[chosen]
     names = [n for n in ("init", "escape", "saddle") if n in shown.snapshots]
     if "saddle" not in names and "final" in shown.snapshots:
@@ -383,14 +380,14 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
     many = len(runs) > 1
     width = max(9.0, 3.0 * L + 1.0)
     fig = Figure(figsize=(width, 2.9 + 2.4 * len(names)), layout="constrained")
-    fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
+    fig.suptitle(f"escape from small initialization — {arch.describe()}{_lh_text(tree)}",
                  fontsize=10)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.4 * len(names)])
     axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
     _loss_panel(axes[0], runs, chosen, _predicted_escape(tree, shown))
     if many:
         _escape_fit_panel(axes[1], tree, runs)
-    _snapshot_grid(bottom, shown, names, shapes, _wz_mask(tree), scale)
+    _snapshot_grid(bottom, shown, names, arch, _wz_mask(tree), scale)
     return fig
 
 
@@ -511,11 +508,12 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
     ax.legend(fontsize=7, frameon=False)
 
 
-def _snapshot_grid(sub, run: _Run, names: list[str], shapes, wz_mask, scale: str) -> None:
+def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask, scale: str) -> None:
+    shapes = arch.weight_shapes
     L = len(shapes)
     axes = np.atleast_2d(sub.subplots(len(names), L, width_ratios=_width_ratios(shapes)))
-    layers = {n: _layers(run.snapshots[n], shapes) for n in names}
-    masks = _layers({"w": wz_mask}, shapes) if wz_mask is not None else [None] * L
+    layers = {n: _layers(run.snapshots[n], arch) for n in names}
+    masks = _layers({"w": wz_mask}, arch) if wz_mask is not None else [None] * L
     times = {"init": 0.0, "escape": run.escape_time, "saddle": run.saddle_time}
     labels = {}
     for n in names:
@@ -543,7 +541,7 @@ def _snapshot_grid(sub, run: _Run, names: list[str], shapes, wz_mask, scale: str
                      "zero-preserving subset w_z of the governing KKT point w*", fontsize=8)
 
 
-def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
+def _plane_figure(tree: dict, arch: Architecture, runs: list[_Run]) -> Figure:
     """Example 1 / Figure 2: the trajectories ψ(t, δw0) and the reference path p(t) over
     the contour of 𝓛, the saddle p* (where p(t) ends) and the end point of the runs; the
     loss of each run; with two or more escaped δ the escape times against ln(1/δ)."""
@@ -593,7 +591,7 @@ def _diagonal_figure(tree: dict, arch: dict, runs: list[_Run]) -> Figure:
     smallest = int(np.argmin([r.delta for r in runs]))
     _loss_panel(ax_loss, runs, smallest, _predicted_escape(tree, runs[smallest]),
                 heading=f"loss; events labelled for δ = {runs[smallest].delta:g}")
-    fig.suptitle(f"escape from small initialization — {_describe(arch)}{_lh_text(tree)}",
+    fig.suptitle(f"escape from small initialization — {arch.describe()}{_lh_text(tree)}",
                  fontsize=10)
     return fig
 

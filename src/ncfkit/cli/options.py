@@ -119,6 +119,9 @@ def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dt
     if require_homogeneous and order is None:
         raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
                          "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
+    from ..validate import check_numeric_range  # X ~ 1e200, leaky:1e308, poly:1e9: exit 2 up front
+
+    check_numeric_range(network, ds.X, ds.y, dtype, ds.source, act if arch == "mlp" else None)
     host = False
     if host_engine in ("auto", "compiled") and device.strip() == "cpu":
         from ..fastgd import compiled_unsupported
@@ -230,9 +233,27 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 
 def _out_of_memory():
-    click.echo("error: out of memory; try a smaller problem (fewer --restarts, narrower "
-               "--hidden) or another --device", err=True)
+    click.echo(f"error: {_out_of_memory_advice()}", err=True)
     sys.exit(1)
+
+
+def _out_of_memory_advice() -> str:
+    """Name the real cause: the data file when it is what does not fit (it was being
+    read, or it alone takes a quarter of the memory available), else the problem size."""
+    from .._phases import current_phase
+    from .._runtime import available_memory, human_bytes
+
+    ctx = click.get_current_context(silent=True)
+    data = ctx.params.get("data") if ctx is not None else None
+    if data:
+        from ..io import declared_data_bytes
+
+        size = declared_data_bytes(data)
+        if size is not None and (current_phase() in ("load", "data") or 4 * size > available_memory()):
+            return (f"out of memory: the data file {data} ({human_bytes(size)} as float64) does not fit "
+                    f"with the work it needs ({human_bytes(available_memory())} available); use less data "
+                    "or a machine with more memory")
+    return ("out of memory; try a smaller problem (fewer --restarts, narrower --hidden) or another --device")
 
 
 def _one_line(message) -> str:

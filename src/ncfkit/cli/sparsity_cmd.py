@@ -57,7 +57,7 @@ def _load_kkt(path: str, point: int) -> Source:
     from ..models import MLP
 
     rec, prov = read_kkt_point(path, point)
-    arch = architecture_of(prov)
+    arch = architecture_of(prov, path)
     if not isinstance(arch, MLP):
         raise _no_hidden(path, f"the point is of the diagonal model ({arch.describe()}), which")
     w = torch.as_tensor(rec["w"], dtype=torch.float64).flatten()
