@@ -50,7 +50,7 @@ def _register() -> None:
     import importlib
 
     for name in ("data_cmd", "kkt_cmd", "sparsity_cmd", "escape_cmd", "collect_cmd",
-                 "plot_cmd", "info_cmd"):
+                 "plot_cmd", "info_cmd", "sweep_cmd"):
         try:
             module = importlib.import_module(f".{name}", __package__)
         except ModuleNotFoundError as e:

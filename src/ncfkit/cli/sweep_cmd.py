@@ -1,0 +1,139 @@
+"""``ncfkit sweep``: a grid of escape / kkt / sparsity runs on a Dask cluster (the library:
+:mod:`ncfkit.sweep`)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import emit_json, guarded, stderr_console
+
+
+def _inputs(args, grids, spec, outdir, workers, retries):
+    """(command, the command's args, grid [(name, values)], outdir, workers, retries) from
+    the command line and the --spec file (the command line wins)."""
+    from ..errors import InputError
+    from ..sweep import COMMANDS, command_object, flags_to_args, load_spec, parse_grid_option
+
+    s = load_spec(spec) if spec else {}
+    args = list(args)
+    command = args.pop(0) if args and args[0] in COMMANDS else s.get("command")
+    if command is None:
+        got = f" (got {args[0]!r})" if args and not args[0].startswith("-") else ""
+        raise InputError(f"sweep: give the COMMAND to sweep first: {', '.join(COMMANDS)}{got}")
+    if s.get("command") not in (None, command):
+        raise InputError(f"--spec {spec}: sweeps {s['command']!r}, the command line {command!r}")
+    cmd = command_object(command)
+    front = [str(s["data"])] if "data" in s else []
+    grid = dict(s.get("grid", {}))
+    for text in grids:
+        name, values = parse_grid_option(text)
+        grid.pop(next((k for k in grid if k.replace("_", "-") == name.replace("_", "-")), name), None)
+        grid[name] = values
+    outdir = outdir or s.get("outdir")
+    if not outdir:
+        raise InputError("sweep: give --outdir DIR (where the point files and sweep.json go)")
+    return (command, front + flags_to_args(cmd, s.get("flags", {})) + args, list(grid.items()), outdir,
+            workers or s.get("workers"), s.get("retries", 2) if retries is None else retries)
+
+
+def _progress_bar(console):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("sweep"), BarColumn(),
+                    TextColumn("{task.fields[done]}/{task.total} done · {task.fields[running]} running · "
+                               "[red]{task.fields[failed]} failed[/]"),
+                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console)
+
+
+@click.command("sweep", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="COMMAND DATA [FLAGS]...")
+@click.option("--grid", "grids", multiple=True, metavar="NAME=V1,V2,…",
+              help="A grid axis over a flag of COMMAND (its name without dashes) or over data: "
+                   "delta=1e-2,1e-3, seed=0:16 (integers 0..15; a:b:step), hidden=20;50,50 (';' when "
+                   "values hold commas), data=a.npz,b.npz. Repeat for more axes (all combinations).")
+@click.option("--spec", type=click.Path(dir_okay=False), help="A TOML file: command, data, outdir, [flags], [grid].")
+@click.option("--outdir", type=click.Path(file_okay=False), help="Folder of the point files, sweep.json, sweep.csv.")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local cluster [default: cores].")
+@click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler, or in-process (no cluster).")
+@click.option("--retries", type=click.IntRange(min=0), help="Reruns of a point whose worker died [default: 2].")
+@click.option("--force", is_flag=True, help="Rerun every point, overwriting what --outdir holds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (counts, failures, table) on stdout.")
+@guarded
+def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_json):
+    """Run COMMAND (escape, kkt or sparsity) at every point of a grid, each point one result
+    file DIR/<settings>.h5, on a local Dask cluster (default), a running Dask cluster
+    (--scheduler), or in this process when Dask is not installed.
+
+    Rerunning the same sweep skips complete points (their provenance checked) and reruns
+    failed or interrupted ones. Ctrl-C stops it (exit 130; finished points are kept).
+    Exit 1 if any point failed. At the end DIR/sweep.csv and DIR/sweep.json hold the
+    table of all points (for escape, the columns of `ncfkit collect`).
+    """
+    from ..errors import RunError
+    from ..sweep import plan, run_sweep, write_table
+
+    command_name, cmd_args, grid, outdir, workers, retries = _inputs(args, grids, spec, outdir, workers, retries)
+    if workers is not None and scheduler is not None:
+        raise click.UsageError("--workers sizes the local cluster; a --scheduler's cluster has its own workers")
+    sweep = plan(command_name, cmd_args, grid, outdir)
+    console = stderr_console()
+    bar = _progress_bar(console)
+    task = None
+
+    def on_start(info):
+        nonlocal task
+        if info["note"]:
+            console.print(f"[yellow]note:[/] {info['note']}")
+        console.print(f"sweep {command_name}: {info['total']} points, {info['skipped']} already complete, "
+                      f"{info['to_run']} to run on {info['where']}")
+        task = bar.add_task("sweep", total=info["to_run"], done=0, running=0, failed=0, rate="")
+        bar.start()
+
+    def progress(c):
+        speed = bar.tasks[task].speed if task is not None and bar.tasks else None
+        bar.update(task, completed=c["done"] + c["failed"], done=c["done"], failed=c["failed"],
+                   running=c["running"], rate=f"{speed * 60:.3g} points/min" if speed else "")
+
+    try:
+        report = run_sweep(sweep, scheduler=scheduler, workers=workers, retries=retries, force=force,
+                           progress=progress, on_start=on_start)
+    except KeyboardInterrupt as e:
+        bar.stop()
+        r = getattr(e, "sweep_report", None)
+        if r is not None:
+            write_table(sweep)
+            console.print(f"interrupted: {len(r.done)} points finished in this run "
+                          f"({', '.join(x['name'] for x in r.done[:8])}{' …' if len(r.done) > 8 else ''}), "
+                          f"{len(r.skipped)} were complete before, {len(r.failed)} failed, {len(r.not_run)} not "
+                          f"run; rerun the same command to finish the sweep")
+        raise
+    bar.stop()
+    columns, rows = write_table(sweep)
+    _report(console, sweep, report)
+    if as_json:
+        emit_json({"outdir": str(sweep.outdir), "points": report.total, "ran": len(report.done),
+                   "skipped": len(report.skipped), "failed": [{"name": f["name"], "error": f.get("error")}
+                                                             for f in report.failed],
+                   "busy": [b["name"] for b in report.busy], "where": report.where,
+                   "table": {"columns": columns, "rows": rows}})
+    if report.failed:
+        raise RunError(f"{len(report.failed)} of {report.total} points failed (table above); rerun the same "
+                       "command to retry them")
+
+
+def _report(console, sweep, report):
+    from rich.table import Table
+
+    console.print(f"{len(report.done)} points ran, {len(report.skipped)} were already complete, "
+                  f"{len(report.failed)} failed; table: {sweep.outdir / 'sweep.csv'}")
+    if report.busy:
+        console.print(f"[yellow]{len(report.busy)} points are being run by another sweep[/] "
+                      f"({report.busy[0].get('error')}); rerun later to collect them")
+    if report.failed:
+        t = Table(title=f"{len(report.failed)} failed points")
+        for col in ("point", "error"):
+            t.add_column(col, overflow="fold")
+        for f in report.failed:
+            t.add_row(f["name"], f.get("error") or "")
+        console.print(t)
