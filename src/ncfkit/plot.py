@@ -29,7 +29,6 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -627,7 +626,7 @@ def _path(run: _Run) -> np.ndarray | None:
 def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
     """Contour of 𝓛 over the plotted window, from the data stored in the file or the data
     file its provenance names; a note instead when neither can be read."""
-    loss_grid = _diagonal_loss_grid(tree, xlim, ylim)
+    loss_grid = _plane_loss_grid(tree, xlim, ylim)
     if loss_grid is None:
         ax.text(0.02, 0.02, "no data to draw the loss contour", fontsize=7, transform=ax.transAxes)
         return
@@ -644,21 +643,22 @@ def _loss_contour(ax, tree: dict, xlim, ylim) -> None:
     ax.contour(G1, G2, Z, levels=levels, colors="#4a6b8a", linewidths=0.4)
 
 
-def _diagonal_loss_grid(tree, xlim, ylim, n: int = 160):
-    from ._lazy import torch
+def _plane_loss_grid(tree, xlim, ylim, n: int = 160):
+    """(G1, G2, 𝓛) on an n × n grid of the plane of the two weights (the architecture's
+    forward pass on numpy arrays), or None without the run's data."""
     from .losses import make_loss
 
     X, y = _run_data(tree)
     if X is None:
         return None
     prov = tree.get("provenance", {})
-    depth = int(_architecture(tree)["depth"])
+    arch = _architecture(tree)
     loss = make_loss(prov.get("loss", "square"), prov.get("reduction", "sum"))
     g1, g2 = np.linspace(*xlim, n), np.linspace(*ylim, n)
     G1, G2 = np.meshgrid(g1, g2)
-    W = torch.as_tensor(np.column_stack([G1.ravel(), G2.ravel()]), dtype=torch.float64)
-    pred = W**depth @ torch.as_tensor(X, dtype=torch.float64).T
-    Z = loss.value(pred, torch.as_tensor(y, dtype=torch.float64)).numpy().reshape(G1.shape)
+    W = np.column_stack([G1.ravel(), G2.ravel()])
+    pred = arch.forward(np.asarray(X, dtype=np.float64), W)
+    Z = np.asarray(loss.value(pred, np.asarray(y, dtype=np.float64))).reshape(G1.shape)
     return G1, G2, Z
 
 
