@@ -27,7 +27,6 @@ twice the slowest run (its escape time grows like δ_ref^{2−L_h}).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -35,7 +34,8 @@ import numpy as np
 
 from . import theory
 from ._lazy import torch
-from .arrays import asarray_like, nonzero, norm, to_numpy, xp
+from ._phases import phase
+from .arrays import asarray_like, norm, to_numpy, xp
 from .dynamics import (
     Objective,
     RunResult,
@@ -45,14 +45,14 @@ from .dynamics import (
     min_hessian_eigenvalue,
     simulate,
 )
-from .events import PHASE_NAMES
+from .errors import InputError
+from .io import RUN_H5_LAYOUT, RUN_KEYS
 from .kkt import Certificate, certify, normalized_ascent
-from .models import MLP
 
 __all__ = ["GoverningPoint", "zero_preserving_subset", "governing_point", "certified_point",
            "default_delta_ref", "default_max_time", "RunSummary", "Reference", "Fits",
-           "EscapeReport", "run_escape", "path_distance", "RUN_KEYS", "kkt_json", "report_json",
-           "report_tree", "RUN_H5_LAYOUT"]
+           "EscapeReport", "run_escape", "path_distance", "check_settings", "kkt_point_from_file",
+           "initial_direction", "find_governing_point", "report_json", "RUN_KEYS", "RUN_H5_LAYOUT"]
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,12 @@ class GoverningPoint:
 
 
 def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
-    """(mask (k,) bool, zero neurons per hidden layer or None) of w_z at w*.
-
-    MLP: the incoming and outgoing weights of hidden neurons whose row and column norms
-    are ≤ tol × the largest neuron norm (Theorem 18). Diagonal: the coordinates with
-    |w*_k| ≤ tol·max|w*|.
-    """
-    if isinstance(arch, MLP):
-        from .sparsity import neuron_activity, zero_preserving_mask
-
-        activity = neuron_activity(arch, w_star, tol)
-        return zero_preserving_mask(arch, activity.zero, like=w_star), activity.zero
-    a = abs(w_star)
-    return a <= tol * a.max(), None
+    """(mask (k,) bool, zero neurons per hidden layer or None) of w_z at w* (the
+    architecture's :meth:`~ncfkit.models.Architecture.zero_preserving_subset`: for a
+    feed-forward net the incoming and outgoing weights of hidden neurons whose row and
+    column norms are ≤ tol × the largest neuron norm, Theorem 18; for the diagonal model
+    the coordinates with |w*_k| ≤ tol·max|w*|)."""
+    return arch.zero_preserving_subset(w_star, tol)
 
 
 def certified_point(arch, X, ytilde, w, source: str, *, active_tol: float = 1e-3,
@@ -158,12 +151,6 @@ class RunSummary:
     final_loss: float
     result: RunResult = field(repr=False)
 
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "result"}
-        d["steps"] = self.result.steps
-        d["final_w_norm"] = float(np.linalg.norm(self.result.snapshots["final"].w))
-        return d
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -178,14 +165,6 @@ class Reference:
     @property
     def escaped(self) -> bool:
         return self.result.escape is not None
-
-    def to_dict(self) -> dict:
-        r = self.result
-        return {"delta_ref": self.delta_ref, "escaped": self.escaped,
-                "escape_time": None if r.escape is None else r.escape.time,
-                "saddle_time": None if r.saddle is None else r.saddle.time,
-                "p_star_loss": self.p_star_loss, "p_star_grad_norm": self.p_star_grad_norm,
-                "p_star_min_hessian_eig": self.p_star_min_hessian_eig, "status": r.status}
 
 
 @dataclass(frozen=True)
@@ -202,29 +181,6 @@ class Fits:
     predicted_slope_gd: float | None = None  # L_h = 2 and GD: η/ln(1 + 2𝒩η)
     predicted_slope_w0: float | None = None  # from the NCF flow from w0 (T_b for L_h > 2)
 
-    def to_dict(self) -> dict:
-        out: dict = {}
-        if self.escape is not None:
-            rel = None
-            if self.predicted_slope and math.isfinite(self.predicted_slope):
-                rel = self.escape.slope / self.predicted_slope - 1.0
-            out["fit"] = {"slope": self.escape.slope, "predicted_slope": self.predicted_slope,
-                          "relative_error": rel, "intercept": self.escape.intercept,
-                          "r2": self.escape.r2, "n": self.escape.n, "regressor": self.regressor}
-            if self.predicted_slope_gd is not None:
-                out["fit"]["predicted_slope_gd"] = self.predicted_slope_gd
-            if self.predicted_slope_w0 is not None:
-                out["fit"]["predicted_slope_w0"] = self.predicted_slope_w0
-        if self.path is not None:
-            out["path_exponent"] = {"empirical": self.path.slope, "theory": self.path_exponent_theory,
-                                    "r2": self.path.r2, "n": self.path.n}
-        if self.sparsity is not None:
-            out["sparsity_exponent"] = {"empirical": self.sparsity.slope,
-                                        "theory": self.sparsity_exponent_theory,
-                                        "r2": self.sparsity.r2, "n": self.sparsity.n,
-                                        "at": "escape event"}
-        return out
-
 
 @dataclass(frozen=True)
 class EscapeReport:
@@ -236,10 +192,44 @@ class EscapeReport:
     reference: Reference | None
     fits: Fits
     simulation: Simulation = field(repr=False)
+    interrupted: KeyboardInterrupt | None = None  # what stopped the command, if anything
+    phase: str | None = None  # the phase it stopped in (ncfkit._phases)
 
     @property
     def status(self) -> str:
-        return self.simulation.status
+        """``interrupted`` if the command was, else ``diverged`` or ``failed`` if a
+        requested run was, else ``complete``. The reference run does not count: when only it
+        fails, its status and message say so and every requested δ stands."""
+        if self.interrupted is not None or self.simulation.interrupted is not None:
+            return "interrupted"
+        for s in ("diverged", "failed"):
+            if any(r.status == s for r in self.runs):
+                return s
+        return "complete"
+
+    @property
+    def message(self) -> str:
+        """One line on what went wrong ('' when every run is complete and the reference too)."""
+        if self.status == "interrupted":
+            return self.runs[0].message if self.runs and self.runs[0].message else "interrupted"
+        parts = [f"δ = {r.delta:g}: {r.message}" for r in self.runs if r.status in ("diverged", "failed")]
+        if self.reference is not None and self.reference.result.status in ("diverged", "failed"):
+            parts.append(f"reference run: {self.reference.result.message}")
+        return "; ".join(parts)
+
+    @property
+    def predictions(self) -> dict | None:
+        """The theorems' numbers for w* (None without a homogeneous governing point):
+        the escape-time slope (Theorems 4, 10) and the exponents of the path distance and of
+        the sparsity ratio (Corollaries 6, 12; Theorem 18)."""
+        point, L_h = self.point, self.homogeneity
+        if point is None or L_h is None or L_h < 2:
+            return None
+        ncf, Delta = point.cert.ncf, point.cert.delta
+        pos = ncf > 0 and Delta > 0
+        return {"escape_slope": theory.escape_slope(ncf, L_h), "regressor": self.fits.regressor,
+                "path_distance_exponent": theory.path_distance_exponent(Delta, ncf, L_h) if pos else None,
+                "sparsity_exponent": theory.sparsity_exponent(Delta, ncf, L_h) if pos else None}
 
 
 def _ratio(mask, w: np.ndarray) -> float | None:
@@ -315,27 +305,42 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
     if delta_ref is not None:
         rows.append(float(delta_ref) * asarray_like(point.w_star, w0))
     W0 = xp(w0).stack(rows)
-    sim = simulate(objective, W0, settings, method=method,
-                   w_star=None if point is None else asarray_like(point.w_star, w0),
-                   wz_mask=None if point is None else point.wz_mask, observer=observer)
+    with phase("train"):
+        sim = simulate(objective, W0, settings, method=method,
+                       w_star=None if point is None else asarray_like(point.w_star, w0),
+                       wz_mask=None if point is None else point.wz_mask, observer=observer)
+
+    # λ_min(∇²𝓛) at each saddle (the reference's first); an interruption here keeps the
+    # finished runs, with the eigenvalues not yet computed left unknown
+    n = len(deltas)
+    order = ([n] if delta_ref is not None else []) + list(range(n))
+    hessians: dict[int, tuple[float | None, str | None]] = {}
+    interrupted, stopped_in = None, None
+    try:
+        with phase("hessians"):
+            for i in order:
+                r = sim.runs[i]
+                if i == n and (r.saddle is None or r.status == "interrupted"):
+                    continue
+                if i < n and r.status == "interrupted" and r.saddle is None:
+                    continue
+                hessians[i] = _saddle_info(objective, r, w0)
+    except KeyboardInterrupt as e:
+        interrupted, stopped_in = e, "hessians"
 
     reference = None
     if delta_ref is not None:
         ref = sim.runs[-1]
-        lam = None
-        if ref.saddle is not None and ref.status != "interrupted":
-            lam, _ = _saddle_info(objective, ref, w0)
         reference = Reference(float(delta_ref), ref,
                               None if ref.saddle is None else ref.saddle.loss,
-                              None if ref.saddle is None else ref.saddle.grad_norm, lam)
+                              None if ref.saddle is None else ref.saddle.grad_norm,
+                              hessians.get(n, (None, None))[0])
 
     ncf = point.cert.ncf if point is not None else None
     mask = point.wz_mask if point is not None else None
     runs = []
-    for d, r in zip(deltas, sim.runs, strict=False):
-        lam, kind = (None, None)
-        if r.status != "interrupted" or r.saddle is not None:
-            lam, kind = _saddle_info(objective, r, w0)
+    for i, (d, r) in enumerate(zip(deltas, sim.runs, strict=False)):
+        lam, kind = hessians.get(i, (None, None))
         pred = theory.escape_time(d, ncf, L_h) if theory_ok and ncf > 0 else None
         pred_w0 = None
         if theory_ok and point.flow is not None and point.flow.ncf > 0:
@@ -362,7 +367,10 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
     fits = Fits(None, None, None, None, None, None, None)
     if theory_ok:
         fits = _fits(runs, point, L_h, settings.lr if method == "gd" else None)
-    return EscapeReport(arch, L_h, arch.num_params, point, runs, reference, fits, sim)
+    if sim.interrupted is not None and interrupted is None:
+        interrupted, stopped_in = sim.interrupted, "train"
+    return EscapeReport(arch, L_h, arch.num_params, point, runs, reference, fits, sim,
+                        interrupted, stopped_in)
 
 
 def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: float | None) -> Fits:
@@ -398,156 +406,153 @@ def _flow_slope(flow: theory.NcfFlowEscape | None) -> float | None:
     return 1.0 / (2.0 * flow.ncf) if flow.L_h == 2 else flow.blowup_time
 
 
+# --------------------------------------------------------------------------- the command's set-up
+
+
+def check_settings(deltas, *, lr: float, eps: float, max_time: float | None, point: int,
+                   delta_ref, restarts: int, max_steps: int, tol: float, rtol: float | None):
+    """Validate the settings of an escape experiment with the CLI's messages (each names
+    its flag); return ``delta_ref`` as :func:`run_escape` takes it (``"auto"``, None or a
+    number). Raise :class:`~ncfkit.errors.InputError`."""
+    for name, value in (("--restarts", restarts), ("--max-steps", max_steps)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1 (got {value})")
+    if not (math.isfinite(tol) and tol > 0):
+        raise InputError(f"--tol {tol:g}: must be finite and > 0")
+    if not deltas:
+        raise InputError("give at least one --delta")
+    for d in deltas:
+        if not (math.isfinite(d) and d > 0):
+            raise InputError(f"--delta {d:g}: the initialization scale must be finite and > 0")
+    if not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr {lr:g}: the step size must be finite and > 0")
+    if not 0 < eps < 1:
+        raise InputError(f"--eps {eps:g}: must lie in (0, 1) (escape: loss < (1 - eps)·loss(0))")
+    if max_time is not None and not (math.isfinite(max_time) and max_time > 0):
+        raise InputError(f"--max-time {max_time:g}: must be finite and > 0")
+    if point < 0:
+        raise InputError(f"--point {point}: must be >= 0")
+    if rtol is not None and not (rtol > 0 and rtol < 1):
+        raise InputError(f"--rtol must be in (0, 1) (got {rtol:g})")
+    if delta_ref is None or delta_ref in ("auto", "none"):
+        return None if delta_ref in (None, "none") else "auto"
+    try:
+        v = float(delta_ref)
+    except ValueError:
+        raise InputError(f"--delta-ref {delta_ref!r}: a number, 'auto' or 'none'") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InputError(f"--delta-ref {delta_ref}: must be finite and > 0")
+    return v
+
+
+def kkt_point_from_file(path, index: int, problem):
+    """(w* as the problem's kind of array, its record) of point ``index`` of a kkt file
+    made for this data and architecture (checked against the file's provenance: data
+    sha256 and architecture). Raise :class:`~ncfkit.errors.InputError` otherwise."""
+    import json
+
+    from .io import read_kkt_point
+
+    rec, prov = read_kkt_point(path, index)
+    sha = prov.get("data_sha256")
+    if sha != problem.data.sha256:
+        raise InputError(f"{path}: made for other data (data sha256 {str(sha)[:12]}…, "
+                         f"this data {problem.data.sha256[:12]}…)")
+    spec = prov.get("architecture")
+    try:
+        spec = json.loads(spec) if isinstance(spec, str) else spec
+    except ValueError:
+        spec = None
+    if spec != problem.arch.to_dict():
+        raise InputError(f"{path}: made for another architecture ({spec}; this run: "
+                         f"{problem.arch.to_dict()})")
+    w = np.asarray(rec["w"], dtype=np.float64).ravel()
+    if w.size != problem.arch.num_params or not np.isfinite(w).all() or not np.linalg.norm(w) > 0:
+        raise InputError(f"{path}: point {index} has unusable weights")
+    return problem.array(w), rec
+
+
+def initial_direction(init: str, problem, seed: int):
+    """(w0 unit (k,), how) for ``init`` ``"random"`` or a weight FILE. random: torch's
+    generator seeded with ``seed``, in the problem's dtype (the directions of every ncfkit
+    version so far, so published seeds still give the same runs; this imports torch, also
+    on the host)."""
+    from . import models
+    from .io import read_weights
+
+    arch = problem.arch
+    if init == "random":
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        dtype = getattr(torch, np.dtype(problem.dtype).name) if problem.host else problem.dtype
+        w0 = models.random_direction(arch.num_params, gen, dtype=dtype)
+        return problem.array(w0.numpy()), f"random (seed {seed})"
+    w = np.asarray(read_weights(init, arch), dtype=np.float64)
+    norm_w = float(np.linalg.norm(w))
+    if not norm_w > 0:
+        raise InputError(f"--init {init}: the weights are all zero; no direction to start along")
+    return problem.array(w / norm_w), f"file {init}"
+
+
+def _say(notify, event: str, text: str) -> None:
+    if notify is not None:
+        notify(event, text)
+
+
+def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int, restarts: int,
+                         max_steps: int, tol: float, notify=None):
+    """(w0, GoverningPoint or None, how w0 was chosen) for the three ``init`` modes:
+    ``"kkt"`` (w* of ``kkt_file``'s point, or of a fresh KKT search), ``"random"`` or a
+    weight FILE (then the NCF flow from w0 finds the governing point, Definition 2).
+    ``notify(event, text)`` hears ``status`` (a phase starts), ``info``, ``note`` and
+    ``warning``."""
+    from .kkt import find_kkt_points
+
+    arch = problem.arch
+    homogeneous = arch.homogeneity is not None
+    from_file = kkt_point_from_file(kkt_file, point, problem) if kkt_file else None  # checked first
+    if init == "kkt":
+        if not homogeneous:
+            raise InputError(f"--init kkt: the activation {arch.act.name} is not homogeneous; "
+                             "there is no NCF and no KKT point to start along")
+        if from_file is not None:
+            gp = certified_point(arch, problem.X, problem.ytilde, from_file[0],
+                                 f"kkt file {kkt_file} point {point}", max_steps=max_steps)
+        else:
+            _say(notify, "status", f"finding KKT points ({restarts} restarts)…")
+            res = find_kkt_points(arch, problem.X, problem.ytilde, restarts, seed, max_steps, tol)
+            if not res.points:
+                raise InputError("--init kkt: no KKT point converged (raise --max-steps or --restarts)")
+            if point >= len(res.points):
+                raise InputError(f"--point {point} out of range: found points 0..{len(res.points) - 1}")
+            gp = certified_point(arch, problem.X, problem.ytilde, res.points[point].cert.w,
+                                 f"find_kkt_points (seed {seed}, {restarts} restarts) point {point}",
+                                 max_steps=max_steps)
+        return gp.w_star, gp, "along w*"
+    w0, how = initial_direction(init, problem, seed)
+    if not homogeneous:
+        _say(notify, "note", f"{arch.act.name} is not homogeneous: no NCF, no KKT point, "
+                             "no predictions (training and events only)")
+        return w0, None, how
+    _say(notify, "status", "NCF flow from w0 (Definition 2)…")
+    gp = governing_point(arch, problem.X, problem.ytilde, w0, max_steps=max_steps, tol=tol)
+    if not gp.converged:
+        _say(notify, "warning", f"the NCF flow / ascent from w0 did not settle within "
+                                f"{max_steps} steps (--tol {tol:g}); the governing point is approximate")
+    if from_file is not None:  # say whether the file's point is the one that governs
+        ncf = from_file[1].get("ncf")
+        same = ncf is not None and abs(ncf - gp.cert.ncf) <= 1e-6 * max(abs(ncf), 1e-300)
+        shown = "—" if ncf is None or ncf != ncf else format(ncf, ".8g")
+        _say(notify, "info", f"the governing point {'is' if same else 'is not'} point {point} of "
+                             f"{kkt_file} (𝒩 = {gp.cert.ncf:.8g} vs {shown})")
+    return w0, gp, how
+
+
 # --------------------------------------------------------------------------- serialisation
-
-#: Summary keys of one run, in JSON and as attributes of ``runs/<i>`` in run.h5.
-RUN_KEYS = ("delta", "escaped", "escape_time", "predicted_escape_time",
-            "predicted_escape_time_w0", "saddle_time",
-            "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig", "saddle_kind",
-            "saddle_left", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
-            "saddle_distance_to_p_star", "status", "message", "final_time", "final_loss",
-            "steps", "final_w_norm")
-
-
-def kkt_json(point: GoverningPoint | None) -> dict | None:
-    """The ``kkt`` object of the JSON output (SPEC §4)."""
-    if point is None:
-        return None
-    c = point.cert
-    out = {"ncf": c.ncf, "delta": c.delta, "residual": c.residual, "kind": c.kind,
-           "second_order": c.second_order, "lam": c.lam, "source": point.source,
-           "ascent_converged": point.converged, "ascent_steps": point.steps,
-           "zero_preserving_size": int(point.wz_mask.sum())}
-    if point.flow is not None:
-        out["ncf_flow"] = {"blowup_time": point.flow.blowup_time,
-                           "log_amplitude": point.flow.log_amplitude,
-                           "converged": point.flow.converged, "steps": point.flow.steps}
-    if c.active_per_layer is not None:
-        out["active_per_layer"] = list(c.active_per_layer)
-        out["active_neurons"] = [list(a) for a in c.active_neurons]
-    else:
-        out["zero_coordinates"] = nonzero(point.wz_mask)
-    return out
 
 
 def report_json(report: EscapeReport) -> dict:
-    """The JSON object of ``ncfkit escape --json`` (SPEC §4 keys, and more)."""
-    L_h = report.homogeneity
-    out = {"homogeneity": L_h, "num_params": report.num_params,
-           "kkt": kkt_json(report.point),
-           "runs": [r.to_dict() for r in report.runs],
-           "status": report.status, "method": report.simulation.method,
-           "engine": report.simulation.engine,
-           "lr": report.simulation.settings.lr, "eps": report.simulation.settings.events.eps,
-           "max_time": report.simulation.settings.max_time,
-           "wall_time": report.simulation.wall_time}
-    out.update(report.fits.to_dict())
-    if report.reference is not None:
-        out["reference"] = report.reference.to_dict()
-    return out
+    """The JSON object of ``ncfkit escape --json`` (read off the run.h5 record of
+    :func:`ncfkit.io.escape_record`, so the two agree)."""
+    from .io import escape_record, escape_summary
 
-
-def _nan(v):
-    return float("nan") if v is None else v
-
-
-def _run_tree(r: RunResult, arch) -> dict:
-    """records / events / snapshots / trajectory of one run."""
-    snaps = {}
-    for name, s in r.snapshots.items():
-        node = {"time": s.time, "step": s.step, "loss": s.loss, "grad_norm": s.grad_norm, "w": s.w}
-        if isinstance(arch, MLP):
-            for l, W in enumerate(arch.split(np.asarray(s.w)), start=1):
-                node[f"W{l}"] = W
-        snaps[name] = node
-    events = {name: {"time": e.time, "step": e.step, "loss": e.loss, "grad_norm": e.grad_norm}
-              for name, e in (("escape", r.escape), ("saddle", r.saddle)) if e is not None}
-    tree = {"records": dict(r.records), "events": events, "snapshots": snaps}
-    tree["records"]["phase_names"] = json.dumps(list(PHASE_NAMES.values()))
-    if r.trajectory is not None:
-        tree["trajectory"] = {"time": r.trajectory["time"], "w": r.trajectory["w"]}
-    return tree
-
-
-def report_tree(report: EscapeReport, provenance: dict, message: str = "") -> dict:
-    """The run.h5 layout (kind ``escape``), documented in :data:`RUN_H5_LAYOUT`."""
-    sim = report.simulation
-    tree: dict = {"status": report.status, "message": message, "homogeneity": _nan(report.homogeneity),
-                  "num_params": report.num_params, "method": sim.method,
-                  "engine": sim.engine or "", "provenance": provenance}
-    point = report.point
-    if point is not None:
-        c = point.cert
-        tree["kkt"] = {"ncf": c.ncf, "delta": c.delta, "lam": c.lam, "residual": c.residual,
-                       "kind": c.kind, "second_order": c.second_order, "source": point.source,
-                       "ascent_converged": point.converged, "ascent_steps": point.steps,
-                       "zero_preserving_size": int(point.wz_mask.sum()),
-                       "w_star": to_numpy(c.w),
-                       "wz_mask": to_numpy(point.wz_mask).astype(np.uint8)}
-        if point.flow is not None:
-            tree["kkt"]["ncf_flow_blowup_time"] = point.flow.blowup_time
-            tree["kkt"]["ncf_flow_log_amplitude"] = point.flow.log_amplitude
-        if c.active_per_layer is not None:
-            tree["kkt"]["active_per_layer"] = np.asarray(c.active_per_layer, dtype=np.int64)
-            tree["kkt"]["active_neurons"] = json.dumps([list(a) for a in c.active_neurons])
-            tree["kkt"]["zero_neurons"] = json.dumps([list(z) for z in point.zero_neurons])
-    L_h = report.homogeneity
-    if point is not None and L_h is not None and L_h >= 2:
-        ncf, Delta = point.cert.ncf, point.cert.delta
-        pos = ncf > 0 and Delta > 0
-        tree["predictions"] = {
-            "escape_slope": theory.escape_slope(ncf, L_h),
-            "regressor": report.fits.regressor,
-            "path_distance_exponent": _nan(theory.path_distance_exponent(Delta, ncf, L_h) if pos else None),
-            "sparsity_exponent": _nan(theory.sparsity_exponent(Delta, ncf, L_h) if pos else None),
-        }
-    fits = report.fits.to_dict()
-    for key in ("fit", "path_exponent", "sparsity_exponent"):
-        if key in fits:
-            tree[key] = {k: _nan(v) if k != "regressor" and k != "at" else v for k, v in fits[key].items()}
-    arch = report.arch
-    runs = {}
-    for i, r in enumerate(report.runs):
-        node = {k: _nan(v) for k, v in r.to_dict().items()}
-        node.update(_run_tree(r.result, arch))
-        runs[str(i)] = node
-    tree["runs"] = runs
-    if report.reference is not None:
-        ref = {k: _nan(v) for k, v in report.reference.to_dict().items()}
-        ref.update(_run_tree(report.reference.result, arch))
-        tree["reference"] = ref
-    return tree
-
-
-RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
-
-/                  attrs: status (complete | diverged | interrupted), message, homogeneity
-                   (NaN: not homogeneous), num_params, method, engine (what computed
-                   ∇𝓛: compiled | torch), ncfkit_version
-/provenance        attrs: data_file, data_sha256, n, d, architecture (JSON of
-                   arch.to_dict()), loss, reduction, seed, dtype, device, init, lr, eps,
-                   max_time, until, deltas (JSON), delta_ref, kkt_file, point, command_line, ...
-/kkt               attrs: ncf, delta (Δ), lam, residual, kind, second_order, source,
-                   ascent_converged, ascent_steps, zero_preserving_size,
-                   ncf_flow_blowup_time (L_h > 2) / ncf_flow_log_amplitude (L_h = 2),
-                   active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
-                   norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
-/predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent
-/fit               attrs: slope, predicted_slope (along w*), relative_error, intercept,
-                   r2, n, regressor[, predicted_slope_gd (L_h = 2, GD),
-                   predicted_slope_w0 (NCF flow from w0)]      (with >= 2 escaped δ)
-/path_exponent     attrs: empirical, theory, r2, n
-/sparsity_exponent attrs: empirical, theory, r2, n, at
-/runs/<i>          one per --delta, in the order given; attrs RUN_KEYS (NaN where unknown)
-  records/         datasets step, time, loss, grad_norm, w_norm, cos_w_star, wz_ratio,
-                   phase (int8, names in attr phase_names: JSON list) — log-spaced in time
-                   plus event-driven, at most Settings.capacity rows
-  events/escape    attrs time (crossing time), step, loss, grad_norm
-  events/saddle    attrs time, step, loss, grad_norm
-  snapshots/<name> name in init, escape, saddle, final; attrs time, step, loss,
-                   grad_norm; datasets w (k,) and, for mlp, W1 … WL (nn.Linear layout)
-  trajectory/      datasets time (m,), w (m, k): bounded sample of ψ(t)
-/reference         the run from δ_ref·w* that stands for p(t): attrs delta_ref, escaped,
-                   escape_time, saddle_time, p_star_loss, p_star_grad_norm,
-                   p_star_min_hessian_eig, status; groups as a run (snapshots/saddle is p*)
-"""
+    return escape_summary(escape_record(report, {}, report.message))

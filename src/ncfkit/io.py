@@ -844,12 +844,12 @@ def certificate_record(cert) -> dict[str, Any]:
 
 
 def _layer_weights(arch, w) -> dict[str, np.ndarray]:
-    """W1 … WL of a flat weight vector (nn.Linear layout), for architectures with layers."""
+    """W1 … WL of a flat weight vector (nn.Linear layout), for architectures with hidden neurons."""
     from .arrays import to_numpy
 
-    if not hasattr(arch, "hidden"):
+    if not arch.has_hidden_neurons:
         return {}
-    return {f"W{l}": np.asarray(W) for l, W in enumerate(arch.split(to_numpy(w)), start=1)}
+    return {k: v for k, v in arch.weight_arrays(to_numpy(w)).items() if k != "w"}
 
 
 def kkt_record(result, arch, prov: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,9 @@ from .ncf import loss_value, loss_value_and_grad
 
 __all__ = ["NeuronActivity", "neuron_activity", "zero_preserving_mask", "balance_error",
            "SparsityReport", "analyse_sparsity", "ControlRun", "VerifyResult",
-           "verify_zero_preserving", "PARTS"]
+           "verify_zero_preserving", "PARTS", "Source", "DEFAULT_TOL", "load_kkt_source",
+           "load_weights_source", "source_from_cli", "resolve_source", "parse_lr", "training_data",
+           "verify_problem"]
 
 #: Which weights of the zero neurons a mask holds: all of w_z, or one half of it.
 PARTS = ("both", "rows", "columns")
@@ -325,3 +327,160 @@ def verify_zero_preserving(
     return VerifyResult(int(mask.sum()), float(peak[0]), change, float(loss0[0]), float(final[0]),
                         controls, steps, float(eta), float(init_scale), seed, attempts, move_tol,
                         w0, w)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+#: Default relative thresholds: KKT points have exact zeros (up to round-off), snapshots
+#: of training only approximately small rows and columns.
+DEFAULT_TOL = {"kkt": 1e-3, "weights": 1e-2}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The weights to analyse and where they came from."""
+
+    kind: str  # "kkt" or "weights"
+    path: str
+    sha256: str
+    arch: object
+    w: object  # (k,) float64 (tensor)
+    point: int | None = None
+    ncf: float | None = None
+    prov: dict | None = None  # the kkt file's provenance
+
+
+def _no_hidden(path, what: str) -> InputError:
+    return InputError(f"{path}: {what} has no hidden neurons, so it has no zero-preserving "
+                      "subsets of neurons (Lemma 16 concerns feed-forward nets with a hidden "
+                      "layer)")
+
+
+def _kkt_source(path: str, point: int, rec: dict, prov: dict, sha256: str) -> Source:
+    from .io import architecture_of
+
+    arch = architecture_of(prov, path)
+    if not arch.has_hidden_neurons:
+        raise _no_hidden(path, f"the point is of {arch.describe()}, which")
+    w = torch.as_tensor(np.asarray(rec["w"]), dtype=torch.float64).flatten()
+    if w.numel() != arch.num_params:
+        raise InputError(f"{path}: point {point} has {w.numel()} weights but the recorded architecture "
+                         f"({arch.describe()}) has {arch.num_params}")
+    ncf = float(rec.get("ncf", float("nan")))
+    return Source("kkt", path, sha256, arch, w, point, ncf, prov)
+
+
+def load_kkt_source(path: str, point: int) -> Source:
+    """Point ``point`` of a kkt file (``ncfkit kkt --out``)."""
+    from .io import read_kkt_point, sha256_of
+
+    rec, prov = read_kkt_point(path, point)
+    return _kkt_source(path, point, rec, prov, sha256_of(path))
+
+
+def load_weights_source(path: str, act: str) -> Source:
+    """A weight snapshot ``.npz`` (W1 … WL), the architecture read off the array shapes."""
+    from .io import architecture_of_weights, read_weights, sha256_of
+
+    arch = architecture_of_weights(path, act=act)
+    if not arch.has_hidden_neurons:
+        raise _no_hidden(path, f"a weight file of {arch.describe()}, which")
+    w = torch.as_tensor(read_weights(path, arch), dtype=torch.float64)
+    return Source("weights", path, sha256_of(path), arch, w)
+
+
+def source_from_cli(source: str | None, weights: str | None, point: int, act: str | None) -> tuple[Source, None]:
+    """The source of ``ncfkit sparsity SOURCE | --weights FILE`` (a ``.npz`` SOURCE is a
+    weight snapshot), with the CLI's checks of which options apply."""
+    if source is not None and weights is not None:
+        raise InputError("give either a KKT file or --weights FILE, not both")
+    if source is None and weights is None:
+        raise InputError("missing input: give a KKT file (from `ncfkit kkt --out`) "
+                         "or --weights FILE")
+    source, weights = (None, str(source)) if source is not None and str(source).lower().endswith(".npz") \
+        else (source, weights)
+    if source is not None and act is not None:
+        raise InputError("--act applies to --weights only; a KKT file records its activation")
+    if source is None and point != 0:
+        raise InputError("--point applies to a KKT file only")
+    if source is not None:
+        return load_kkt_source(str(source), point), None
+    return load_weights_source(str(weights), act or "relu"), None
+
+
+def resolve_source(source, weights, point: int, act: str | None, data):
+    """(Source, the problem it was computed on or None) for :func:`ncfkit.sparsity`:
+    ``source`` an in-memory kkt result (:class:`ncfkit.api.KKTResult`) or as in
+    :func:`source_from_cli`."""
+    record = getattr(source, "record", None)
+    if record is None:
+        return source_from_cli(source, weights, point, act)
+    if weights is not None or act is not None:
+        raise InputError("--weights and --act apply without a KKT result")
+    if getattr(source, "kind", None) != "kkt":
+        raise InputError(f"sparsity analyses a kkt result or file, not a {getattr(source, 'kind', '?')} result")
+    points = record.get("points", {})
+    name = source.path or "<kkt result>"
+    if not 0 <= point < len(points):
+        raise InputError(f"{name}: --point {point} out of range; the result has points 0..{len(points) - 1}"
+                         if points else f"{name}: the kkt result holds no converged point")
+    return _kkt_source(name, point, points[str(point)], record.get("provenance", {}), ""), source.problem
+
+
+def parse_lr(text) -> float | None:
+    """``--lr`` of ``--verify``: a positive number, or ``auto``/None (the automatic step)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "auto"):
+        return None
+    try:
+        lr = float(text)
+    except ValueError:
+        raise InputError(f"--lr {text!r}: not a number (or 'auto')") from None
+    if not lr > 0 or lr == float("inf"):
+        raise InputError(f"--lr must be a positive number (got {text})")
+    return lr
+
+
+def training_data(source: Source, data: str | None):
+    """The data set for ``--verify``: ``data``, else the one the KKT file was computed on
+    (checked by sha256)."""
+    from pathlib import Path
+
+    from .io import load_data
+
+    if data is not None:
+        return load_data(data)
+    if source.kind == "weights":
+        raise InputError("--verify on --weights needs the training data: pass --data FILE")
+    recorded = (source.prov or {}).get("data_file")
+    if not recorded:
+        raise InputError(f"{source.path}: no data file recorded in its provenance; "
+                         "pass --data FILE")
+    candidates = [Path(recorded), Path(source.path).parent / recorded]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise InputError(f"data file {recorded!r} recorded in {source.path} does not exist; "
+                         "pass --data FILE")
+    ds = load_data(found)
+    expected = source.prov.get("data_sha256")
+    if expected and ds.sha256 != expected:
+        raise InputError(f"data file {str(found)!r} has changed since the KKT point was computed "
+                         "(sha256 differs); pass --data FILE to use it anyway")
+    return ds
+
+
+def verify_problem(source: Source, problem, data: str | None, loss_name: str | None, reduction: str | None):
+    """(dataset, X, y, loss) of ``--verify``, float64 tensors: ``problem``'s data when
+    given (an in-memory KKT result), else :func:`training_data`; the loss and reduction
+    default to the KKT file's, else square and sum."""
+    from .losses import make_loss
+
+    ds = problem.data if problem is not None else training_data(source, data)
+    if ds.d != source.arch.d:
+        raise InputError(f"data {ds.source} has d = {ds.d} features but the network takes "
+                         f"d = {source.arch.d}")
+    recorded = source.prov or {}
+    loss = make_loss(loss_name or recorded.get("loss", "square"), reduction or recorded.get("reduction", "sum"))
+    X, y = ds.tensors(torch.float64)
+    loss.check_labels(y)
+    return ds, X, y, loss

@@ -10,16 +10,12 @@ import functools
 import json
 import math
 import sys
-from dataclasses import dataclass
-from typing import Any
 
 import click
-import numpy as np
 
 from .._lazy import loaded, torch
-from ..errors import InputError
-from ..losses import LOSSES, REDUCTIONS, make_loss
-from ..models import ARCHS, make_architecture
+from ..losses import LOSSES, REDUCTIONS
+from ..models import ARCHS
 
 DTYPES = ("float64", "float32")
 
@@ -59,89 +55,17 @@ def output_options(f):
     return f
 
 
-@dataclass
-class Problem:
-    """The data, network and loss one command works on: tensors on one device, or numpy
-    arrays on the host (``host``: every gradient from the compiled kernel, so the command
-    never imports torch; :mod:`ncfkit._lazy`)."""
-
-    data: Any
-    arch: Any
-    loss: Any
-    X: Any
-    y: Any
-    ytilde: Any
-    dtype: Any  # torch.dtype, or numpy's float64/float32 on the host
-    device: Any  # torch.device, or "cpu" on the host
-    settings: dict
-    host: bool = False
-
-    def array(self, a):
-        """A numpy array as the problem's kind of array (dtype, device)."""
-        if self.host:
-            return np.asarray(a, dtype=self.dtype)
-        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name!r}: not a device name (use cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: only cpu and cuda are supported")
-    return device
-
-
 def build_problem(data, arch, hidden, depth, act, loss_name, reduction, seed, dtype, device,
-                  require_homogeneous: bool = False, host_engine: str | None = None) -> Problem:
-    """Load DATA and build the architecture and loss; every failure is an :class:`InputError`.
+                  require_homogeneous: bool = False, host_engine: str | None = None):
+    """The options of :func:`model_options` as an :class:`ncfkit.api.Problem` (host-side
+    for ``host_engine`` auto/compiled where the kernel applies)."""
+    from ..api import Problem
 
-    ``host_engine``: the ``--engine`` of a command that can run on numpy arrays alone
-    (``escape``); the problem is then host-side when that engine is ``auto`` or
-    ``compiled``, the device is the CPU and the compiled kernel handles the network and
-    loss (:func:`ncfkit.fastgd.compiled_unsupported`). Otherwise tensors on ``device``.
-    """
-    from ..io import load_data
-
-    loss = make_loss(loss_name, reduction)
-    ds = load_data(data)
-    network = make_architecture(arch, ds.d, hidden, act, depth)
-    try:
-        order = network.homogeneity
-    except OverflowError:  # poly:P with a huge P: p**l overflows
-        order = math.inf
-    if order is not None and not math.isfinite(order):
-        raise InputError(f"--act {act}: the homogeneity order L_h = 1 + p + … + p^(L-1) of "
-                         f"{network.describe()} overflows; use a smaller power P")
-    if require_homogeneous and order is None:
-        raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
-                         "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
-    from ..validate import check_numeric_range  # X ~ 1e200, leaky:1e308, poly:1e9: exit 2 up front
-
-    check_numeric_range(network, ds.X, ds.y, dtype, ds.source, act if arch == "mlp" else None)
-    host = False
-    if host_engine in ("auto", "compiled") and device.strip() == "cpu":
-        from ..fastgd import compiled_unsupported
-
-        np_dtype = np.dtype(dtype)
-        host = compiled_unsupported(arch=network, X=np.empty((0, ds.d), dtype=np_dtype),
-                                    loss_name=loss_name) is None
-    if host:
-        X, y, the_dtype, the_device = ds.X.astype(np_dtype), ds.y.astype(np_dtype), np_dtype.type, "cpu"
-    else:
-        the_device = resolve_device(device)
-        the_dtype = getattr(torch, dtype)
-        X, y = ds.tensors(the_dtype, the_device)
-    try:
-        loss.check_labels(y)
-    except InputError as e:
-        raise InputError(f"{ds.source}: {e}") from None
-    settings = {"architecture": network.to_dict(), "loss": loss_name, "reduction": reduction,
-                "seed": seed, "dtype": dtype, "device": str(the_device)}
-    return Problem(ds, network, loss, X, y, loss.ytilde(y), the_dtype, the_device, settings, host)
+    problem = Problem.load(data, arch=arch, hidden=hidden, depth=depth, act=act, loss=loss_name,
+                           reduction=reduction, seed=seed, dtype=dtype, device=device, engine=host_engine)
+    if require_homogeneous:
+        problem.require_homogeneous()
+    return problem
 
 
 def emit_json(obj: dict) -> None:
@@ -151,7 +75,6 @@ def emit_json(obj: dict) -> None:
 
 
 def _finite(o):
-    import math
 
     if isinstance(o, float):
         return o if math.isfinite(o) else None
