@@ -56,6 +56,9 @@ class Architecture(Protocol):
     kind: ClassVar[str]
     #: The arrays of this architecture's weight files, for messages (``"W1 … WL"``).
     weight_file_arrays: ClassVar[str]
+    #: The CLI's architecture options (``--hidden``, ``--act``, ``--depth``) that
+    #: :meth:`from_options` reads; the others do not apply to this architecture.
+    options: ClassVar[tuple[str, ...]]
     #: Input dimension (features of the data).
     d: int
 
@@ -115,6 +118,10 @@ class Architecture(Protocol):
         row j of block l−1 (its incoming weights) and column j of block l (its outgoing
         weights) of :meth:`split` — the layout the sparsity analysis (Definition 15,
         Lemma 16, Theorem 18) reads."""
+
+    @property
+    def activation(self) -> Activation | None:
+        """σ of the hidden neurons; ``None`` when the network has none (no ``--act``)."""
 
     @property
     def has_hidden_neurons(self) -> bool:

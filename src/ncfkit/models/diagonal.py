@@ -34,6 +34,7 @@ class Diagonal:
 
     kind: ClassVar[str] = "diag"
     weight_file_arrays: ClassVar[str] = "w"
+    options: ClassVar[tuple[str, ...]] = ("depth",)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -86,6 +87,10 @@ class Diagonal:
 
     @property
     def neuron_layers(self) -> None:
+        return None
+
+    @property
+    def activation(self) -> None:
         return None
 
     @property

@@ -43,6 +43,7 @@ class MLP:
 
     kind: ClassVar[str] = "mlp"
     weight_file_arrays: ClassVar[str] = "W1 … WL"
+    options: ClassVar[tuple[str, ...]] = ("hidden", "act")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -116,6 +117,10 @@ class MLP:
     @property
     def neuron_layers(self) -> tuple[int, ...]:
         return tuple(self.hidden)
+
+    @property
+    def activation(self) -> Activation:
+        return self.act
 
     @property
     def has_hidden_neurons(self) -> bool:
