@@ -108,7 +108,8 @@ def zero_preserving_mask(arch: Architecture, zero: tuple[tuple[int, ...], ...], 
 def balance_error(arch: Architecture, w: Array) -> float:
     """Lemma 17: max over hidden neurons of |‖W_l[j,:]‖² − p‖W_{l+1}[:,j]‖²| / ‖w‖²
     (0 at an exact KKT point of the constrained NCF)."""
-    p = arch.act.p if arch.act.homogeneous else 1.0
+    act = arch.activation
+    p = act.p if act is not None and act.homogeneous else 1.0
     errs = [float(abs(r**2 - p * c**2).max()) for r, c in arch.neuron_norms(w)]
     if not errs:
         return 0.0
@@ -318,7 +319,7 @@ def verify_zero_preserving(
     others = ~mask
     tiny = torch.finfo(X.dtype).tiny
     change = float((w[0] - w0[0])[others].norm() / w0[0].norm().clamp_min(tiny))
-    rows_move = bool(arch.act.derivative(torch.zeros((), dtype=X.dtype)) != 0)
+    rows_move = bool(arch.activation.derivative(torch.zeros((), dtype=X.dtype)) != 0)
     controls = tuple(
         ControlRun(part, int(h.sum()), float(peak[i + 1]), expected)
         for i, (part, h, expected) in enumerate(
