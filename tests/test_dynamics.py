@@ -298,3 +298,35 @@ def test_random_start_escapes_on_the_ncf_flow_line(tiny_square_net):
     # T_esc = δ^{-1}·T_b + O(1): the same offset for both δ (the 1% drop precedes blow-up)
     offsets = [r.escape_time - r.predicted_escape_time_w0 for r in rep.runs]
     assert offsets[0] == pytest.approx(offsets[1], abs=0.02) and abs(offsets[0]) < 0.1 * rep.runs[1].escape_time
+
+
+# --------------------------------------------------------------------------- plateaus
+
+
+@pytest.mark.parametrize("until", ["converged", "saddles:2", "saddles:3"])
+def test_example1_until_converged_reports_saddle_then_minimum(example1, until):
+    """GD from δ·w0 with until converged (or more saddles than there are): the saddle
+    (2, 0) at loss 1, left, then the minimum (2, 1) where the run becomes stationary —
+    nothing in between; their snapshots are ``saddle`` and ``saddle_2``."""
+    run = _example1_run(example1, 1e-3, 1e-3, until=until, max_time=8.0)
+    assert run.status == "stationary" and "stationary point" in run.message
+    sad, minimum = run.plateaus
+    assert sad.left and sad.confirmed and sad.saddle.loss == pytest.approx(1.0, abs=1e-3)
+    assert_close(run.snapshots["saddle"].w, EXAMPLE1["saddle"], atol=0.05, what="first saddle")
+    assert minimum.stationary and not minimum.left and minimum.saddle.loss < 1e-12
+    assert_close(run.snapshots["saddle_2"].w, EXAMPLE1["minimum"], atol=1e-6, what="minimum")
+    assert run.snapshots["saddle_2"].step == minimum.saddle.step == run.steps
+    assert run.saddle == sad.saddle and run.saddle_left
+
+
+def test_until_saddle_is_saddles_1_and_max_time_says_how_far(example1):
+    one = _example1_run(example1, 1e-3, 1e-3, until="saddle")
+    same = _example1_run(example1, 1e-3, 1e-3, until="saddles:1")
+    assert one.status == same.status == "passed saddle" and one.message == "passed the first saddle at " \
+        f"t = {one.final_time:.6g}"
+    assert len(one.plateaus) == 1 and one.plateaus[0].left and one.steps == same.steps
+    assert set(one.snapshots) == {"init", "escape", "saddle", "final"}
+    short = _example1_run(example1, 1e-3, 1e-3, until="saddles:2", max_time=2.0)
+    assert short.status == "max time" and "after 1 of 2 saddle(s)" in short.message
+    conv = _example1_run(example1, 1e-3, 1e-3, until="converged", max_time=2.0)
+    assert conv.status == "max time" and "before converging" in conv.message

@@ -2,10 +2,11 @@
 
 One public entry point, :func:`simulate`, advances a batch of initial points w0 (B, k)
 together (several δ, or a run and its reference path) with a method looked up by name in
-:data:`METHODS`, and returns one :class:`RunResult` per row: the escape and first-saddle
-events (:mod:`ncfkit.events`), a bounded record of loss, ‖w‖, ‖∇𝓛‖, cos(w, w*) and
-‖ψ_wz‖/‖ψ‖, weight snapshots (init, escape, saddle, final) and, optionally, a bounded
-sample of the trajectory itself.
+:data:`METHODS`, and returns one :class:`RunResult` per row: the escape event and every
+plateau with its saddle (:mod:`ncfkit.events`), a bounded record of loss, ‖w‖, ‖∇𝓛‖,
+cos(w, w*) and ‖ψ_wz‖/‖ψ‖, weight snapshots (init, escape, saddle, saddle_2, …, final)
+and, optionally, a bounded sample of the trajectory itself. ``Settings.until`` says how
+many plateaus a run follows (:func:`parse_until`).
 
 A method is a function ``method(objective, w0, settings, tracker) -> None``. It owns the
 numerics (how w moves); the :class:`Tracker` owns everything else (events, records,
@@ -37,17 +38,56 @@ import numpy as np
 
 from ._lazy import torch
 from .arrays import asarray_like, is_numpy, to_numpy
-from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Recorder
+from .events import PHASE_NAMES, Event, EventDetector, EventSettings, Phase, Plateau, Recorder
 from .fastgd import ENGINES, make_stepper, resolve_engine
 from .flow import gradient_flow
 from .ncf import loss_hessian, loss_hvp, loss_value_and_grad
 
 __all__ = ["Objective", "Settings", "Verdict", "Progress", "Snapshot", "RunResult",
            "Simulation", "Tracker", "gradient_descent", "METHODS", "simulate",
-           "min_hessian_eigenvalue", "HessianExtremes", "hermite_interpolate", "STOP_REASONS"]
+           "min_hessian_eigenvalue", "HessianExtremes", "hermite_interpolate", "STOP_REASONS",
+           "parse_until", "UNTIL_HELP", "snapshot_name"]
 
 #: Why a run stopped.
 STOP_REASONS = ("passed saddle", "stationary", "max time", "diverged", "interrupted", "failed")
+
+#: What ``Settings.until`` (and ``escape --until``) accepts.
+UNTIL_HELP = ("saddle (stop once past the first saddle; = saddles:1), saddles:K (follow the run through "
+              "K plateaus and stop once past the K-th), converged (run until the gradient vanishes, "
+              "‖∇𝓛‖ ≤ 1e-10 × its peak, or --max-time) or max-time (run to --max-time)")
+
+
+def parse_until(until: str) -> int | None:
+    """How many plateaus a run follows before it stops: ``"saddle"`` → 1,
+    ``"saddles:K"`` → K (an integer ≥ 1), ``"converged"`` and ``"max-time"`` → None
+    (no plateau stops the run; it ends stationary or at ``max_time``).
+
+    Raises:
+        ValueError: anything else, with a message naming what is accepted.
+    """
+    if not isinstance(until, str):
+        raise ValueError(f"until must be a string (got {until!r})")
+    if until in ("converged", "max-time"):
+        return None
+    if until == "saddle":
+        return 1
+    head, sep, tail = until.partition(":")
+    if head == "saddles" and sep:
+        try:
+            k = int(tail.strip())
+        except ValueError:
+            raise ValueError(f"until {until!r}: K in saddles:K must be a whole number >= 1 "
+                             f"(got {tail!r})") from None
+        if k < 1:
+            raise ValueError(f"until {until!r}: K in saddles:K must be >= 1 (got {k})")
+        return k
+    raise ValueError(f"until must be saddle, saddles:K, converged or max-time (got {until!r})")
+
+
+def snapshot_name(index: int) -> str:
+    """The snapshot name of the saddle of plateau ``index`` (1-based): ``saddle`` for the
+    first (the name it has always had), ``saddle_2``, ``saddle_3``, ... after it."""
+    return "saddle" if index == 1 else f"saddle_{index}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +114,10 @@ class Settings:
         rtol, atol: error tolerances of adaptive methods (unused by ``gd``).
         block: the longest stretch of GD steps between two checkpoints.
         until: ``"saddle"`` stops a run once it has passed its first saddle;
-            ``"max-time"`` runs every row to ``max_time``.
+            ``"saddles:K"`` once it has passed its K-th plateau (:mod:`ncfkit.events`);
+            ``"converged"`` runs a row until it is stationary (‖∇𝓛‖ ≤
+            ``events.stationary_rtol`` × its peak) or ``max_time``, and says which;
+            ``"max-time"`` runs every row to ``max_time`` (a stationary row stops too).
         capacity: rows of each run's scalar record.
         state_capacity: trajectory samples kept per run (0: none); fewer when
             2·k·8·state_capacity bytes would exceed ``state_memory``.
@@ -101,8 +144,7 @@ class Settings:
             raise ValueError(f"max_time must be finite and > 0 (got {self.max_time})")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"the step size must be finite and > 0 (got {self.lr})")
-        if self.until not in ("saddle", "max-time"):
-            raise ValueError(f"until must be 'saddle' or 'max-time' (got {self.until!r})")
+        parse_until(self.until)
         if self.block < 1:
             raise ValueError("block must be >= 1")
         if self.engine not in ENGINES:
@@ -163,6 +205,9 @@ class RunResult:
     final_time: float
     loss0: float
     divergence_time: float | None = None
+    #: every plateau (:class:`ncfkit.events.Plateau`), the last one open if the run ended in
+    #: it; the saddle of plateau i has the snapshot :func:`snapshot_name` (i)
+    plateaus: tuple[Plateau, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,6 +261,8 @@ class Tracker:
         self._before: dict[int, tuple[float, float]] = {}  # row -> (t, loss) one step before
         self._last = None  # (step, t, w, values, grad) at the previous checkpoint, active rows
         self._last_loss = [float("nan")] * batch
+        self._candidate: list[Snapshot | None] = [None] * batch  # the current saddle candidate
+        self._stop_after = parse_until(settings.until)
 
     # ------------------------------------------------------------------ helpers
     def _values(self, W: np.ndarray, loss: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -324,19 +371,29 @@ class Tracker:
                 keep[i] = False
                 continue
             fired = det.update(t, step, float(v[0]), float(v[1]), prev=self._before.pop(r, None))
-            # escape / passed / stationary samples are kept for good; saddle candidates
-            # come every checkpoint on the way into a plateau and are not.
-            self._offer(r, step, t, v, w[i], grad[i], force=bool(set(fired) - {"saddle"}))
+            # escape / plateau / passed / stationary samples are kept for good; saddle
+            # candidates come every checkpoint on the way into a plateau and are not.
+            self._offer(r, step, t, v, w[i], grad[i], force=bool(set(fired) - {"saddle", "dropped"}))
             if "escape" in fired:
                 self._snap(r, "escape", step, t, v, w[i])
+            if "passed" in fired:  # the plateau just left: its saddle is the last candidate
+                self.snapshots[r][snapshot_name(len(det.plateaus))] = self._candidate[r]
+                self._candidate[r] = None
             if "saddle" in fired:
-                self._snap(r, "saddle", step, t, v, w[i])
+                self._candidate[r] = Snapshot(t, step, float(v[0]), float(v[1]), w[i].copy())
+                if not det.plateaus:  # the first plateau's candidate, as it always was
+                    self.snapshots[r]["saddle"] = self._candidate[r]
+            elif "dropped" in fired and not det.plateaus:
+                self.snapshots[r].pop("saddle", None)
             change = max(change, self._change(v_prev[i], v, det.loss0))
-            if "passed" in fired and s.until == "saddle":
-                self._stop(r, "passed saddle", f"passed the first saddle at t = {t:.6g}", step, t)
+            k = self._stop_after
+            if "passed" in fired and k is not None and len(det.plateaus) >= k:
+                which = "the first saddle" if k == 1 else f"saddle {k}"
+                self._stop(r, "passed saddle", f"passed {which} at t = {t:.6g}", step, t)
             elif "stationary" in fired:
+                conv = " (converged)" if s.until == "converged" else ""
                 self._stop(r, "stationary",
-                           f"reached a stationary point at t = {t:.6g} (‖∇𝓛‖ = {v[1]:.3g})", step, t)
+                           f"reached a stationary point{conv} at t = {t:.6g} (‖∇𝓛‖ = {v[1]:.3g})", step, t)
             if self.status[r] is not None:
                 self._snap(r, "final", step, t, v, w[i])
                 keep[i] = False
@@ -365,8 +422,15 @@ class Tracker:
         self.stop_step[r] = step
         self.stop_time[r] = t
 
+    @staticmethod
+    def _phase_name(det: EventDetector) -> str:
+        n = len(det.plateaus)
+        if n == 0:
+            return PHASE_NAMES[det.phase]
+        return f"at saddle {n + 1}" if det.confirmed else ("past saddle" if n == 1 else f"past saddle {n}")
+
     def progress(self, t: float, step: int) -> Progress:
-        phases = tuple(self.status[r] if self.status[r] is not None else PHASE_NAMES[det.phase]
+        phases = tuple(self.status[r] if self.status[r] is not None else self._phase_name(det)
                        for r, det in enumerate(self.detectors))
         return Progress(t, self.settings.max_time, step, phases, tuple(self._last_loss), len(self.active))
 
@@ -382,6 +446,9 @@ class Tracker:
                 self._offer(r, step, t, v_last[i], w_last[i], g_last[i], force=True)
             msg = message or (f"reached --max-time {self.settings.max_time:g}" if status == "max time"
                               else f"interrupted at t = {t:.6g} (step {step})")
+            if status == "max time" and message is None and self.settings.until not in ("max-time", "saddle"):
+                msg += (f" before converging (‖∇𝓛‖ = {v_last[i][1]:.3g})" if self.settings.until == "converged"
+                        else f" after {len(self.detectors[r].plateaus)} of {self._stop_after} saddle(s)")
             self._stop(r, status, msg, step, t)
             self._snap(r, "final", step, t, v_last[i], w_last[i])
         self.active = self.active[:0]
@@ -399,13 +466,19 @@ class Tracker:
             rec = self.records[r].arrays()
             rec["step"] = rec["step"].astype(np.int64)
             rec["phase"] = rec["phase"].astype(np.int8)
+            plateaus = tuple(det.all_plateaus())
+            snaps = dict(self.snapshots[r])
+            cur = det.current_plateau()
+            cand = self._candidate[r]
+            if cur is not None and cand is not None and cand.step == cur.saddle.step:
+                snaps[snapshot_name(cur.index)] = cand
             out.append(RunResult(
                 status=self.status[r] or "max time", message=self.message[r],
                 escape=det.escape, saddle=det.saddle, phase=PHASE_NAMES[det.phase],
-                saddle_left=det.phase == Phase.PAST_SADDLE, snapshots=self.snapshots[r],
+                saddle_left=det.phase == Phase.PAST_SADDLE, snapshots=snaps,
                 records=rec, trajectory=traj, steps=self.stop_step[r],
                 final_time=self.stop_time[r], loss0=det.loss0,
-                divergence_time=self.divergence_time[r]))
+                divergence_time=self.divergence_time[r], plateaus=plateaus))
         return out
 
 
@@ -465,8 +538,9 @@ def simulate(objective: Objective, w0: torch.Tensor, settings: Settings, *, meth
              w_star: torch.Tensor | None = None, wz_mask: torch.Tensor | None = None,
              observer: Callable[[Progress], None] | None = None) -> Simulation:
     """Train every row of ``w0`` (B, k) with ``method`` until ``settings.max_time``, or
-    until the row has passed its first saddle (``until="saddle"``), reached a stationary
-    point, or diverged.
+    until the row has passed its first saddle (``until="saddle"``) or its K-th plateau
+    (``until="saddles:K"``), reached a stationary point, or diverged. Every plateau met
+    on the way is in :attr:`RunResult.plateaus` (:mod:`ncfkit.events`).
 
     Args:
         objective: the training loss.

@@ -5,20 +5,45 @@ Escape from the origin (Theorems 4 and 10): the first time the training loss fal
 weights have grown enough to change the loss by 1%, and the time of that crossing scales
 like the theory's escape time (T_esc + O(1)).
 
-The first saddle after escape (Corollaries 5, 6, 11, 12): the loss drops, ‖∇𝓛‖ rises to
-a peak and then falls as the trajectory slows down near the saddle p* of the reference
-path. The saddle is the point where ‖∇𝓛‖ takes its minimum on that plateau, before the
-loss drops again or the run ends. Online, per run:
+Plateaus and their saddles (Corollaries 5, 6, 11, 12 for the first; Appendix G for the
+saddle-to-saddle phases after it). After escape the loss drops, ‖∇𝓛‖ rises to a peak and
+falls again as the trajectory slows down near a saddle, stays there a while, and drops
+again. A *plateau* is a stretch where the loss stays within a relative band
+[(1 − m)·𝓛_s, (1 + m)·𝓛_s] (m = ``leave_margin``, 1%) around the loss 𝓛_s of its
+saddle for a time long compared with the drop that led into it; its *saddle* is the
+sample of least ‖∇𝓛‖ inside it (the band's half-width also has a floor of
+``loss_atol``·𝓛(0), for losses at round-off). Online, per run and per drop:
 
-1. *near origin* until the escape crossing;
-2. *escaping*: track the peak ``g_peak`` of ‖∇𝓛‖ since escape;
-3. *at saddle* once ‖∇𝓛‖ ≤ ``saddle_dip``·g_peak: the candidate saddle is the sample of
-   least ‖∇𝓛‖ so far;
-4. *past saddle* once the loss has fallen below (1 − ``leave_margin``)·𝓛(candidate):
-   the trajectory has left the plateau, the candidate is final, and a run may stop.
+1. *candidate*: once ‖∇𝓛‖ ≤ ``saddle_dip`` × its peak since the drop began, the sample
+   of least ‖∇𝓛‖ so far is the candidate saddle s;
+2. *confirmed*: the candidate's plateau is real once the time since the loss entered the
+   band, t − t_in (t_in: first time 𝓛 ≤ (1 + m)·𝓛_s), is at least ``plateau_ratio`` ×
+   (t_in − t_½), the time the second half of the drop took (t_½: first time the loss had
+   covered half the drop from its top 𝓛_top — 𝓛(0), or the previous saddle's loss — to
+   𝓛_s). Measuring the drop from its half-way point, not from its start, makes the rule
+   blind to the slow exponential start of an escape;
+3. *left*: once 𝓛 < (1 − m)·𝓛_s. A confirmed plateau is then final (event ``passed``)
+   and the next drop begins with 𝓛_top = 𝓛_s; an unconfirmed candidate was a transient
+   slow-down inside the drop and is dropped (the search goes on in the same drop).
 
-A run whose candidate is never left (it ends on the plateau, or at a minimum) reports the
-candidate; the smallest Hessian eigenvalue there tells a strict saddle from a minimum.
+While a plateau is confirmed its saddle keeps moving to any sample of smaller ‖∇𝓛‖ (the
+band follows it), so a plateau approached slowly (Figure 4: ‖∇𝓛‖ dips to 2.2 at loss 436
+on the way to the saddle at 433.765 where it is 0.006) reports its real saddle. A slow-down
+between two stages of a drop (Figure 4's loss 574.8 with ‖∇𝓛‖ = 108.5, 10× below the
+drop's peak) leaves its 1% band in about a sixth of the time the drop took: not a
+plateau. Example 1 (Section 3.1) at δ = 10⁻², the shortest plateau of the test suite,
+stays 1.2 drop-halves in its band; δ = 10⁻⁴ 6.8.
+
+A run that reaches ‖∇𝓛‖ ≤ ``stationary_rtol`` × its peak since escape is *stationary*
+(converged: nothing more happens in finite time); its candidate there is confirmed and
+later samples only move it to a smaller ‖∇𝓛‖ (no plateau starts or ends at round-off). A
+run that ends inside an unconfirmed band reports that candidate as an open plateau
+(``confirmed`` False). The smallest Hessian eigenvalue at a saddle tells a strict saddle
+from a minimum (:mod:`ncfkit.phases`).
+
+``phase`` follows the first saddle only (near origin → escaping → at saddle → past
+saddle), as the records' ``phase`` field always has; :attr:`EventDetector.plateaus` holds
+every plateau.
 
 :class:`Recorder` keeps samples log-spaced in time plus whenever the loss, ‖∇𝓛‖ or ‖w‖
 changed by a set amount, in a fixed-capacity buffer that thins itself (every other
@@ -33,7 +58,7 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["EventSettings", "Phase", "PHASE_NAMES", "Event", "EventDetector",
+__all__ = ["EventSettings", "Phase", "PHASE_NAMES", "Event", "Plateau", "EventDetector",
            "detect_events", "Recorder"]
 
 
@@ -43,8 +68,13 @@ class EventSettings:
 
     Attributes:
         eps: escape when 𝓛 < (1 − eps)·𝓛(0).
-        saddle_dip: the saddle plateau starts when ‖∇𝓛‖ ≤ saddle_dip × its peak since escape.
-        leave_margin: the saddle is left when 𝓛 ≤ (1 − leave_margin)·𝓛(saddle).
+        saddle_dip: a saddle candidate needs ‖∇𝓛‖ ≤ saddle_dip × its peak since the drop began.
+        leave_margin: m, the relative half-width of a plateau's band: the loss enters it at
+            (1 + m)·𝓛(saddle) and leaves it (the saddle is passed) at (1 − m)·𝓛(saddle).
+        plateau_ratio: a plateau is confirmed once it has lasted plateau_ratio × the time
+            the second half of the drop into it took.
+        loss_atol: added to the band's half-width, relative to 𝓛(0): a loss at the
+            round-off floor of a zero-loss minimum is one plateau, not a chain of them.
         stationary_rtol: after escape, a run whose ‖∇𝓛‖ ≤ stationary_rtol × peak has
             reached a stationary point (it stops there; nothing more happens in finite time).
         explode: diverged when 𝓛 is not finite or exceeds explode·max(𝓛(0), 1e-300).
@@ -53,6 +83,8 @@ class EventSettings:
     eps: float = 0.01
     saddle_dip: float = 0.1
     leave_margin: float = 0.01
+    plateau_ratio: float = 0.5
+    loss_atol: float = 1e-12
     stationary_rtol: float = 1e-10
     explode: float = 1e6
 
@@ -61,11 +93,15 @@ class EventSettings:
             v = getattr(self, name)
             if not 0 < v < 1:
                 raise ValueError(f"{name} must lie in (0, 1) (got {v})")
-        if not self.stationary_rtol >= 0 or not self.explode > 1:
-            raise ValueError("stationary_rtol must be >= 0 and explode > 1")
+        if not (math.isfinite(self.plateau_ratio) and self.plateau_ratio >= 0):
+            raise ValueError(f"plateau_ratio must be finite and >= 0 (got {self.plateau_ratio})")
+        if not self.loss_atol >= 0 or not self.stationary_rtol >= 0 or not self.explode > 1:
+            raise ValueError("loss_atol and stationary_rtol must be >= 0 and explode > 1")
 
 
 class Phase(IntEnum):
+    """Where a run stands with respect to its first saddle."""
+
     NEAR_ORIGIN = 0
     ESCAPING = 1
     AT_SADDLE = 2
@@ -86,21 +122,86 @@ class Event:
     grad_norm: float
 
 
+@dataclass(frozen=True)
+class Plateau:
+    """One plateau of a run (see the module doc).
+
+    Attributes:
+        index: 1 for the first plateau after escape, 2 for the next, ...
+        saddle: the sample of least ‖∇𝓛‖ inside it.
+        enter_time: t_in, the first time the loss was ≤ (1 + m)·𝓛(saddle).
+        exit: the first sample with loss < (1 − m)·𝓛(saddle), or None (the run ended there).
+        drop_top: 𝓛_top, the loss the drop into it started from.
+        drop_half_time: t_½, when the drop into it had covered half of 𝓛_top − 𝓛(saddle).
+        drop_peak_grad: the peak of ‖∇𝓛‖ during that drop.
+        confirmed: it lasted long enough (or the run became stationary there); False only
+            for a run that ended inside a band too young to tell.
+        stationary: the run became stationary (converged) on it.
+    """
+
+    index: int
+    saddle: Event
+    enter_time: float
+    exit: Event | None
+    drop_top: float
+    drop_half_time: float
+    drop_peak_grad: float
+    confirmed: bool
+    stationary: bool = False
+
+    @property
+    def left(self) -> bool:
+        return self.exit is not None
+
+    @property
+    def duration(self) -> float | None:
+        """Time in the band (None while the run is still in it)."""
+        return None if self.exit is None else self.exit.time - self.enter_time
+
+    @property
+    def drop_time(self) -> float:
+        """t_in − t_½: the second half of the drop into it."""
+        return self.enter_time - self.drop_half_time
+
+
+def _first_crossing(ts: np.ndarray, L: np.ndarray, level: float) -> float:
+    """The first time the sampled loss is ≤ ``level``, interpolated linearly between the
+    samples around it (the first sample's time if it already is, the last's if never)."""
+    below = L <= level
+    if not below.any():
+        return float(ts[-1])
+    i = int(below.argmax())
+    if i == 0 or not L[i - 1] > L[i]:
+        return float(ts[i])
+    frac = (L[i - 1] - level) / (L[i - 1] - L[i])
+    return float(ts[i - 1] + min(max(frac, 0.0), 1.0) * (ts[i] - ts[i - 1]))
+
+
 class EventDetector:
-    """Online escape / first-saddle detection for one run (host floats only).
+    """Online escape / plateau detection for one run (host floats only).
 
     Feed it every sample in time order with :meth:`update`; it returns which events this
     sample triggered, so the caller can snapshot the weights there.
     """
+
+    #: samples of the current drop kept for the band-entry look-ups (thinned beyond)
+    HISTORY = 4096
 
     def __init__(self, loss0: float, settings: EventSettings = EventSettings()):
         self.loss0 = float(loss0)
         self.settings = settings
         self.phase = Phase.NEAR_ORIGIN
         self.escape: Event | None = None
-        self.saddle: Event | None = None  # the current candidate, final once PAST_SADDLE
-        self.peak_grad = 0.0
+        self.plateaus: list[Plateau] = []  # the plateaus left so far
+        self.candidate: Event | None = None  # the current saddle candidate
+        self.confirmed = False  # the candidate's plateau is confirmed
+        self.peak_grad = 0.0  # peak of ‖∇𝓛‖ since escape
+        self.drop_peak = 0.0  # ... since the current drop began
+        self.drop_top = self.loss0
         self.stationary = False
+        self._hist = np.empty((self.HISTORY + 1, 2))  # (t, loss) since the drop began
+        self._n = 0
+        self._enter = self._half = math.nan  # t_in, t_½ of the current candidate
         self._last: tuple[float, float] | None = None  # (t, loss) of the previous sample
 
     @property
@@ -108,23 +209,79 @@ class EventDetector:
         """The loss level whose first crossing is the escape event."""
         return (1.0 - self.settings.eps) * self.loss0
 
+    @property
+    def saddle(self) -> Event | None:
+        """The first plateau's saddle (the current candidate while there is none yet)."""
+        return self.plateaus[0].saddle if self.plateaus else self.candidate
+
+    def current_plateau(self) -> Plateau | None:
+        """The plateau the run is in now (confirmed or not), or None."""
+        if self.candidate is None:
+            return None
+        return Plateau(len(self.plateaus) + 1, self.candidate, self._enter, None, self.drop_top,
+                       self._half, self.drop_peak, self.confirmed, self.stationary)
+
+    def all_plateaus(self) -> list[Plateau]:
+        """The plateaus left so far and the current one, if any."""
+        cur = self.current_plateau()
+        return self.plateaus + ([cur] if cur is not None else [])
+
+    def _band(self, loss_s: float) -> tuple[float, float]:
+        """(lower, upper) edge of the band around a saddle's loss."""
+        h = self.settings.leave_margin * abs(loss_s) + self.settings.loss_atol * abs(self.loss0)
+        return loss_s - h, loss_s + h
+
     def diverged(self, loss: float) -> bool:
         return not math.isfinite(loss) or loss > self.settings.explode * max(abs(self.loss0), 1e-300)
+
+    def _remember(self, t: float, loss: float) -> None:
+        self._hist[self._n] = (t, loss)
+        self._n += 1
+        if self._n > self.HISTORY:  # keep the first, every other, the last
+            keep = np.r_[np.arange(0, self._n - 1, 2), self._n - 1]
+            self._hist[: keep.size] = self._hist[keep]
+            self._n = keep.size
+
+    def _new_drop(self, t: float, loss: float, top: float, grad_norm: float) -> None:
+        self.drop_top = top
+        self.drop_peak = grad_norm
+        self.candidate = None
+        self.confirmed = False
+        self._n = 0
+        self._remember(t, loss)
+
+    def _locate(self) -> None:
+        """t_in and t_½ of the current candidate, from the drop's history."""
+        c = self.candidate
+        ts, ls = self._hist[: self._n, 0], self._hist[: self._n, 1]
+        self._enter = _first_crossing(ts, ls, self._band(c.loss)[1])
+        self._half = min(_first_crossing(ts, ls, self.drop_top - 0.5 * (self.drop_top - c.loss)), self._enter)
 
     def update(self, t: float, step: int, loss: float, grad_norm: float,
                prev: tuple[float, float] | None = None) -> tuple[str, ...]:
         """Advance on one sample; return the events it triggered among ``"escape"``,
-        ``"saddle"`` (a new, lower candidate), ``"passed"`` and ``"stationary"``.
+        ``"saddle"`` (a new saddle candidate, or a lower point of a confirmed plateau),
+        ``"plateau"`` (the candidate's plateau is confirmed), ``"passed"`` (a confirmed
+        plateau was left; :attr:`plateaus` has it), ``"dropped"`` (an unconfirmed
+        candidate was left: a transient) and ``"stationary"``.
 
         The escape time is the level crossing interpolated linearly between the previous
         point ``prev`` = (t, loss) (default: the previous sample) and this one; the
         escape event's ``step`` is this sample's.
         """
         s = self.settings
+        t, loss, grad_norm = float(t), float(loss), float(grad_norm)
         fired: list[str] = []
         prev = self._last if prev is None else prev
         self._last = (t, loss)
-        if self.phase == Phase.NEAR_ORIGIN and loss < self.escape_level:
+        if self.stationary:  # nothing more happens in finite time: the saddle settles
+            if grad_norm < self.candidate.grad_norm:
+                self.candidate = Event(t, step, loss, grad_norm)
+                return ("saddle",)
+            return ()
+        if self.phase == Phase.NEAR_ORIGIN:
+            if not loss < self.escape_level:
+                return ()
             self.phase = Phase.ESCAPING
             t_cross = t
             if prev is not None and prev[1] > loss and prev[0] < t:
@@ -132,22 +289,54 @@ class EventDetector:
                 t_cross = prev[0] + min(max(frac, 0.0), 1.0) * (t - prev[0])
             self.escape = Event(t_cross, step, loss, grad_norm)
             fired.append("escape")
-        if self.phase == Phase.ESCAPING:
-            self.peak_grad = max(self.peak_grad, grad_norm)
-            if grad_norm <= s.saddle_dip * self.peak_grad:
-                self.phase = Phase.AT_SADDLE
-        if self.phase == Phase.AT_SADDLE:
-            if self.saddle is None or grad_norm < self.saddle.grad_norm:
-                self.saddle = Event(t, step, loss, grad_norm)
-                fired.append("saddle")
-            elif loss <= (1.0 - s.leave_margin) * self.saddle.loss:
-                self.phase = Phase.PAST_SADDLE
+            self.drop_top, self.drop_peak = self.loss0, grad_norm
+            if prev is not None and prev[0] < t:  # the sample before the crossing
+                self._remember(float(prev[0]), float(prev[1]))
+            self._remember(t, loss)
+        else:
+            self._remember(t, loss)
+        self.peak_grad = max(self.peak_grad, grad_norm)
+        self.drop_peak = max(self.drop_peak, grad_norm)
+        c = self.candidate
+        if c is not None and loss < self._band(c.loss)[0]:  # the band is left
+            if self.confirmed:
+                self.plateaus.append(Plateau(len(self.plateaus) + 1, c, self._enter,
+                                             Event(t, step, loss, grad_norm), self.drop_top, self._half,
+                                             self.drop_peak, True))
+                if len(self.plateaus) == 1:
+                    self.phase = Phase.PAST_SADDLE
                 fired.append("passed")
+                self._new_drop(t, loss, c.loss, grad_norm)
+            else:
+                self.candidate = None
+                fired.append("dropped")
+        c = self.candidate
+        if grad_norm <= s.saddle_dip * self.drop_peak and (c is None or grad_norm < c.grad_norm):
+            self.candidate = Event(t, step, loss, grad_norm)
+            fired.append("saddle")
+            self._locate()
+        if self.candidate is not None and not self.confirmed:
+            dur = t - self._enter
+            if dur > 0 and dur >= s.plateau_ratio * (self._enter - self._half):
+                self._confirm(fired)
         if (self.phase >= Phase.ESCAPING and not self.stationary
                 and grad_norm <= s.stationary_rtol * self.peak_grad):
             self.stationary = True
             fired.append("stationary")
+            if self.candidate is None or grad_norm < self.candidate.grad_norm:
+                self.candidate = Event(t, step, loss, grad_norm)
+                if "saddle" not in fired:
+                    fired.append("saddle")
+                self._locate()
+            if not self.confirmed:
+                self._confirm(fired)
         return tuple(fired)
+
+    def _confirm(self, fired: list[str]) -> None:
+        self.confirmed = True
+        fired.append("plateau")
+        if not self.plateaus and self.phase == Phase.ESCAPING:
+            self.phase = Phase.AT_SADDLE
 
 
 def detect_events(t, loss, grad_norm, settings: EventSettings = EventSettings(),
