@@ -152,6 +152,23 @@ def test_weight_file_round_trip(kind):
         arch.weights_from_arrays({**arrays, "extra": np.zeros(1)} if len(arrays) > 1 else {}, "w.npz")
 
 
+def test_weight_files_through_io(kind, tmp_path):
+    """io reads a weight file the way the architecture says, finds its architecture from
+    the arrays, rejects NaN, and keeps the 0.1 call read_weights(path, shapes | None, d)."""
+    from ncfkit.io import architecture_of_weights, read_weights, write_weights
+
+    arch = _arch(kind)
+    w = np.random.default_rng(2).standard_normal(arch.num_params)
+    write_weights(tmp_path / "w.npz", arch.weight_arrays(w))
+    assert np.array_equal(read_weights(tmp_path / "w.npz", arch), w)
+    assert architecture_of_weights(tmp_path / "w.npz", **UNIT_OPTIONS.get(kind, {})) == arch
+    legacy = [tuple(s) for s in arch.weight_shapes] if all(len(s) == 2 for s in arch.weight_shapes) else None
+    assert np.array_equal(read_weights(tmp_path / "w.npz", legacy, d=arch.d if legacy is None else None), w)
+    write_weights(tmp_path / "nan.npz", arch.weight_arrays(np.full(arch.num_params, np.nan)))
+    with pytest.raises(InputError, match=r"nan\.npz.*NaN"):
+        read_weights(tmp_path / "nan.npz", arch)
+
+
 def test_no_architecture_claims_other_arrays():
     with pytest.raises(InputError, match="not a weight snapshot"):
         architecture_of_weight_arrays({"X": np.zeros((2, 2))}, "data.npz")
