@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..models import ARCHS
+from ..models import ARCHS, architectures_help
 from .options import guarded
 
 
@@ -19,7 +19,7 @@ def command() -> None:
 @click.option("--n", "n", type=int, default=100, show_default=True, help="Number of samples.")
 @click.option("--d", "d", type=int, default=20, show_default=True, help="Input dimension.")
 @click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
-              help="Teacher architecture (the registry of ncfkit.models).")
+              help="Teacher architecture: " + architectures_help())
 @click.option("--hidden", default="2", show_default=True, help="Teacher hidden widths, e.g. 2 or 3,3.")
 @click.option("--act", default="square", show_default=True, help="Teacher activation.")
 @click.option("--seed", type=int, default=0, show_default=True)

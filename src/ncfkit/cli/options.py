@@ -15,7 +15,7 @@ import click
 
 from .._lazy import loaded, torch
 from ..losses import LOSSES, REDUCTIONS
-from ..models import ARCHS
+from ..models import ARCHS, architectures_help
 
 DTYPES = ("float64", "float32")
 
@@ -25,7 +25,7 @@ def model_options(f):
     decorators = [
         click.argument("data", type=click.Path(dir_okay=False)),
         click.option("--arch", type=click.Choice(ARCHS), default="mlp", show_default=True,
-                     help="Feed-forward net (mlp) or the diagonal model of Example 1 (diag)."),
+                     help=architectures_help()),
         click.option("--hidden", default="50", show_default=True,
                      help="Hidden widths of the mlp, e.g. 50 or 20,20."),
         click.option("--depth", type=int, default=2, show_default=True,

@@ -26,7 +26,7 @@ from ..arrays import Array
 from ..errors import InputError
 
 __all__ = ["Architecture", "KernelSpec", "ARCHITECTURES", "ARCHS", "MLP", "Diagonal",
-           "make_architecture", "architecture_from_dict", "architecture_of_weight_arrays",
+           "make_architecture", "architecture_from_dict", "architectures_help", "architecture_of_weight_arrays",
            "parse_hidden", "random_direction", "unit"]
 
 
@@ -54,6 +54,8 @@ class Architecture(Protocol):
     #: The registry name (:data:`ARCHITECTURES`), the CLI's ``--arch`` value and the
     #: ``"arch"`` key of :meth:`to_dict`.
     kind: ClassVar[str]
+    #: One line for the CLI's ``--arch`` help, e.g. "feed-forward net without biases".
+    title: ClassVar[str]
     #: The arrays of this architecture's weight files, for messages (``"W1 … WL"``).
     weight_file_arrays: ClassVar[str]
     #: The CLI's architecture options (``--hidden``, ``--act``, ``--depth``) that
@@ -181,6 +183,11 @@ from .mlp import MLP  # noqa: E402
 #: Every architecture, by its CLI name. Adding one: its module, and one line here.
 ARCHITECTURES: dict[str, type[Architecture]] = {"mlp": MLP, "diag": Diagonal}
 ARCHS = tuple(ARCHITECTURES)
+
+
+def architectures_help() -> str:
+    """The CLI's ``--arch`` help: every registered architecture with its title."""
+    return "; ".join(f"{name}: {cls.title}" for name, cls in ARCHITECTURES.items()) + "."
 
 
 def parse_hidden(text: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:

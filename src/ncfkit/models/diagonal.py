@@ -33,6 +33,7 @@ class Diagonal:
     depth: int = 2
 
     kind: ClassVar[str] = "diag"
+    title: ClassVar[str] = "the diagonal model H = Σ w_k^D x_k of Example 1 (--depth)"
     weight_file_arrays: ClassVar[str] = "w"
     options: ClassVar[tuple[str, ...]] = ("depth",)
 

@@ -42,6 +42,7 @@ class MLP:
     act: Activation
 
     kind: ClassVar[str] = "mlp"
+    title: ClassVar[str] = "feed-forward net without biases (--hidden, --act)"
     weight_file_arrays: ClassVar[str] = "W1 … WL"
     options: ClassVar[tuple[str, ...]] = ("hidden", "act")
 
