@@ -162,8 +162,9 @@ def test_weight_files_through_io(kind, tmp_path):
     write_weights(tmp_path / "w.npz", arch.weight_arrays(w))
     assert np.array_equal(read_weights(tmp_path / "w.npz", arch), w)
     assert architecture_of_weights(tmp_path / "w.npz", **UNIT_OPTIONS.get(kind, {})) == arch
-    legacy = [tuple(s) for s in arch.weight_shapes] if all(len(s) == 2 for s in arch.weight_shapes) else None
-    assert np.array_equal(read_weights(tmp_path / "w.npz", legacy, d=arch.d if legacy is None else None), w)
+    if kind in ("mlp", "diag"):  # the 0.1 call knew these two
+        legacy = [tuple(s) for s in arch.weight_shapes] if kind == "mlp" else None
+        assert np.array_equal(read_weights(tmp_path / "w.npz", legacy, d=arch.d if legacy is None else None), w)
     write_weights(tmp_path / "nan.npz", arch.weight_arrays(np.full(arch.num_params, np.nan)))
     with pytest.raises(InputError, match=r"nan\.npz.*NaN"):
         read_weights(tmp_path / "nan.npz", arch)
@@ -235,16 +236,20 @@ def test_homogeneity_is_the_order_of_H(kind, data):
 
 
 def test_zero_preserving_subset_gets_zero_gradient(kind, data):
-    """Lemma 16 at one step: with w_z = 0 the gradient of 𝓛 vanishes exactly on w_z."""
+    """Lemma 16 at one step: with w_z = 0 the gradient of 𝓛 vanishes exactly on w_z (an
+    architecture may declare w_z empty for every w: then every mask must be empty)."""
     X, y = data
     arch = _arch(kind)
+    masks = []
     for seed in range(20):
         w = torch.randn(arch.num_params, generator=seeded(seed), dtype=F64)
         mask, zero = arch.zero_preserving_subset(w, tol=0.5)
+        masks.append(mask)
         if 0 < int(mask.sum()) < arch.num_params:
             break
     else:
-        pytest.fail("no seed gave a proper zero-preserving subset at tol 0.5")
+        assert not any(bool(m.any()) for m in masks), "w_z is everything or nothing, seed by seed"
+        return
     assert (zero is None) == (arch.neuron_layers is None)
     assert tuple(mask.shape) == (arch.num_params,) and mask.dtype == torch.bool
     mask_np, _ = arch.zero_preserving_subset(w.numpy(), tol=0.5)  # numpy in, numpy out
