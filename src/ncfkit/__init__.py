@@ -1,6 +1,16 @@
 """ncfkit: the neural correlation function (NCF) of homogeneous networks, its KKT
 points, their sparsity, and gradient-flow escape from small initialization.
 
+In a notebook::
+
+    import ncfkit
+    problem = ncfkit.Problem.load("data.npz", hidden=[50], act="square", reduction="mean")
+    kkt = ncfkit.find_kkt_points(problem)
+    run = ncfkit.escape(problem, deltas=[0.02], method="flow")
+    run.summary(); run.save("run.h5"); ncfkit.plot(run, "run.png")
+
+(:mod:`ncfkit.api`; every command of the ``ncfkit`` CLI is one call of it.)
+
 The science follows Kumar & Haupt, "Towards Understanding Gradient Flow Dynamics of
 Homogeneous Neural Networks Beyond the Origin". Each idea lives in one module:
 
@@ -22,4 +32,36 @@ on first use, so a CPU run on the kernel never pays for it).
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+#: The public API (:mod:`ncfkit.api`), loaded on first use: ``import ncfkit`` imports
+#: neither torch nor the numerics.
+__all__ = [
+    # the problem: data, network, loss
+    "Problem",
+    # the analyses
+    "find_kkt_points", "sparsity", "escape",
+    # results
+    "load", "plot", "KKTResult", "SparsityResult", "EscapeResult",
+    # errors
+    "NcfkitError", "InputError", "RunError",
+    "__version__",
+]
+
+_ERRORS = ("NcfkitError", "InputError", "RunError")
+#: Names that are modules too (callable ones, :mod:`ncfkit._callable`).
+_MODULES = ("escape", "sparsity", "plot")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _ERRORS:
+        return getattr(importlib.import_module(".errors", __name__), name)
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in __all__:
+        return getattr(importlib.import_module(".api", __name__), name)
+    raise AttributeError(f"module 'ncfkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -346,6 +346,7 @@ def plot(result: Result | str | os.PathLike, path: str | os.PathLike, *, run: in
         tree = io.read_h5(result)
         tree["_source"] = str(result)
     fig = figure_for(tree, run=run, scale=scale)
+    fig.set_label(str(tree.get("ncfkit_kind")))  # the kind of result drawn
     save_figure(fig, path, force=force, dpi=dpi, palette=palette)
     return fig
 

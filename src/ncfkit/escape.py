@@ -556,3 +556,8 @@ def report_json(report: EscapeReport) -> dict:
     from .io import escape_record, escape_summary
 
     return escape_summary(escape_record(report, {}, report.message))
+
+
+from ._callable import make_callable  # noqa: E402  (ncfkit.escape(...) calls ncfkit.api.escape)
+
+make_callable(__name__)

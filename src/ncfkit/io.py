@@ -1192,6 +1192,108 @@ def write_result(path: str | os.PathLike, kind: str, record: dict[str, Any], for
     write_h5(path, kind, {k: v for k, v in record.items() if not str(k).startswith("_")}, force=force)
 
 
+# --------------------------------------------------------------------------- ncfkit info
+
+#: Datasets of more elements than this are described by shape, not read.
+_INFO_SMALL = 64
+
+_INFO_ROOT_META = ("ncfkit_kind", "ncfkit_version", "interrupted", "status")
+#: Per-row keys of the kkt points in ``ncfkit info``, in display order (escape runs: :data:`RUN_INFO_KEYS`).
+_INFO_POINT_KEYS = ("ncf", "delta", "residual", "kind", "second_order", "count", "converged")
+
+
+def _info_architecture(spec: Any) -> tuple[Any, str | None]:
+    """(the record as a dict if it parses, a one-line description or None)."""
+    from .models import architecture_from_dict
+
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError:
+            return spec, None
+    try:
+        arch = architecture_from_dict(spec)
+    except Exception:  # a record this version cannot rebuild: show it as stored
+        return spec, None
+    order = arch.homogeneity
+    return spec, arch.describe() + (f", L_h = {order:g}" if order is not None else "")
+
+
+def _info_value(value: Any) -> Any:
+    """JSON-ready: arrays to lists, :class:`~ncfkit.io.ArrayInfo` to {shape, dtype}."""
+    if isinstance(value, ArrayInfo):
+        return {"shape": list(value.shape), "dtype": value.dtype}
+    if isinstance(value, dict):
+        return {k: _info_value(v) for k, v in value.items()}
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+def _info_is_scalar(v: Any) -> bool:
+    return not isinstance(v, dict) and getattr(v, "ndim", 0) == 0 and not hasattr(v, "dtype")
+
+
+def _info_scalars(node: dict[str, Any], skip=()) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if _info_is_scalar(v) and k not in skip}
+
+
+def _info_length(node: Any) -> int | None:
+    """Rows of a dataset (read or described)."""
+    shape = getattr(node, "shape", None)
+    return int(shape[0]) if shape else None
+
+
+def _info_rows(group: Any, keys: tuple[str, ...], label: str) -> list[dict[str, Any]]:
+    """One row per numbered subgroup (points/<i>, runs/<i>) with ``keys`` where present."""
+    if not isinstance(group, dict):
+        return []
+    rows = []
+    for k in sorted((k for k in group if k.isdigit() and isinstance(group[k], dict)), key=int):
+        node = group[k]
+        row = {label: int(k), **{name: node[name] for name in keys if name in node}}
+        active = node.get("active_per_layer")
+        if active is not None and hasattr(active, "tolist"):
+            row["active_per_layer"] = [int(a) for a in active.tolist()]
+        records = node.get("records")
+        if isinstance(records, dict) and _info_length(records.get("time")) is not None:
+            row["records"] = _info_length(records["time"])
+        rows.append(row)
+    return rows
+
+
+def result_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything ``ncfkit info`` reports of a result file, as one JSON-ready dict: the
+    provenance, the root attributes, the scalar attributes of each other top-level group,
+    and one row per kkt point or escape run. Only attributes and small datasets are read."""
+    tree = read_h5(path, max_array=_INFO_SMALL)
+    prov = tree.get("provenance")
+    prov = dict(prov) if isinstance(prov, dict) else {}
+    described = None
+    if "architecture" in prov:
+        prov["architecture"], described = _info_architecture(prov["architecture"])
+    status = tree.get("status")
+    interrupted = bool(tree.get("interrupted", False)) or status == "interrupted"
+    if not isinstance(status, str):
+        status = "interrupted" if interrupted else "complete"
+    tables = {"points": _INFO_POINT_KEYS, "runs": RUN_INFO_KEYS}
+    out = {
+        "file": str(path), "kind": tree["ncfkit_kind"],
+        "ncfkit_version": tree.get("ncfkit_version", prov.get("ncfkit_version")),
+        "status": status, "interrupted": interrupted,
+        "architecture_description": described, "provenance": prov,
+        "summary": _info_scalars(tree, _INFO_ROOT_META),
+        "groups": {k: _info_scalars(v) for k, v in tree.items()
+                   if isinstance(v, dict) and k != "provenance" and k not in tables},
+    }
+    for name, keys in tables.items():
+        if isinstance(tree.get(name), dict):
+            out[name] = _info_rows(tree[name], keys, name[:-1])
+    return _info_value(out)
+
+
 #: The run.h5 layout of :func:`escape_record`.
 RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
 

@@ -773,3 +773,8 @@ def _png_info():
     info = PngInfo()
     info.add_text("Software", "ncfkit")
     return info
+
+
+from ._callable import make_callable  # noqa: E402  (ncfkit.plot(...) calls ncfkit.api.plot)
+
+make_callable(__name__)

@@ -485,3 +485,8 @@ def verify_problem(source: Source, problem, data: str | None, loss_name: str | N
     X, y = ds.tensors(torch.float64)
     loss.check_labels(y)
     return ds, X, y, loss
+
+
+from ._callable import make_callable  # noqa: E402  (ncfkit.sparsity(...) calls ncfkit.api.sparsity)
+
+make_callable(__name__)

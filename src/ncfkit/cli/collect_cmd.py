@@ -1,71 +1,14 @@
-"""``ncfkit collect``: one table of the run summaries of many ``escape`` result files."""
+"""``ncfkit collect``: one table of the run summaries of many ``escape`` result files (the rows:
+:func:`ncfkit.io.escape_rows`)."""
 
 from __future__ import annotations
 
 import csv
 import io as _io
-import math
 
 import click
 
 from .options import emit_json, guarded, stderr_console
-
-#: Columns, in order: per file, then per run (``runs/<i>`` attributes of run.h5).
-FILE_COLUMNS = ("file", "run", "file_status", "homogeneity", "ncf", "kkt_delta", "active_per_layer",
-                "method", "init", "lr", "seed", "loss", "reduction", "fit_slope", "predicted_slope")
-RUN_COLUMNS = ("delta", "escaped", "escape_time", "predicted_escape_time", "escape_ratio",
-               "predicted_escape_time_w0",
-               "saddle_time", "saddle_loss", "saddle_grad_norm", "saddle_min_hessian_eig",
-               "saddle_kind", "sparsity_ratio_escape", "sparsity_ratio_saddle", "path_distance",
-               "saddle_distance_to_p_star", "status", "final_time", "final_loss", "steps")
-
-
-def _clean(v):
-    """HDF5 scalars to plain Python; NaN to None."""
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, bytes):
-        v = v.decode()
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    return v
-
-
-def rows_of(path: str) -> list[dict]:
-    """One dict per run of an escape result file."""
-    from ..errors import InputError
-    from ..io import read_h5
-
-    tree = read_h5(path, ("escape",), max_array=64)
-    prov = tree.get("provenance", {})
-    kkt = tree.get("kkt", {})
-    fit = tree.get("fit", {})
-    runs = tree.get("runs", {})
-    if not isinstance(runs, dict) or not runs:
-        raise InputError(f"{path}: the escape file holds no runs")
-    bad = [k for k, v in runs.items() if not (str(k).isdigit() and isinstance(v, dict))]
-    if bad:
-        raise InputError(f"{path}: malformed runs group (entry {bad[0]!r} is not a run 0, 1, …)")
-    active = kkt.get("active_per_layer")
-    base = {
-        "file": str(path), "file_status": tree.get("status"), "homogeneity": tree.get("homogeneity"),
-        "ncf": kkt.get("ncf"), "kkt_delta": kkt.get("delta"),
-        "active_per_layer": None if active is None or not hasattr(active, "tolist")
-        else ",".join(str(a) for a in active.tolist()),
-        "method": tree.get("method"), "init": prov.get("init"), "lr": prov.get("lr"),
-        "seed": prov.get("seed"), "loss": prov.get("loss"), "reduction": prov.get("reduction"),
-        "fit_slope": fit.get("slope"), "predicted_slope": fit.get("predicted_slope"),
-    }
-    out = []
-    for key in sorted(runs, key=int):
-        r = runs[key]
-        row = dict(base, run=int(key))
-        for c in RUN_COLUMNS:
-            row[c] = r.get(c)
-        esc, pred = _clean(row["escape_time"]), _clean(row["predicted_escape_time"])
-        row["escape_ratio"] = esc / pred if esc is not None and pred else None
-        out.append({c: _clean(row.get(c)) for c in FILE_COLUMNS + RUN_COLUMNS})
-    return out
 
 
 def _fmt(v) -> str:
@@ -88,10 +31,11 @@ def command(files, as_csv, as_json):
     Without --csv or --json the table goes to stdout as text.
     """
     from ..errors import InputError
+    from ..io import FILE_COLUMNS, RUN_COLUMNS, escape_rows
 
     if as_csv and as_json:
         raise InputError("give --csv or --json, not both")
-    rows = [row for path in files for row in rows_of(path)]
+    rows = [row for path in files for row in escape_rows(path)]
     columns = FILE_COLUMNS + RUN_COLUMNS
     if as_json:
         emit_json({"columns": list(columns), "rows": rows})

@@ -62,7 +62,8 @@ def command(data, as_json, out, force, **params):
     """
     from ..api import run_command
     from ..errors import RunError
-    from .render import ConsoleProgress, escape_lines, escape_table
+    from .progress import ConsoleProgress
+    from .render_escape import escape_lines, escape_table
 
     console = stderr_console()
     try:

@@ -21,9 +21,6 @@ import click
 
 from .options import emit_json, guarded
 
-#: Datasets of more elements than this are described by shape, not read.
-_SMALL = 64
-
 #: Provenance keys shown first, in this order, with their labels.
 _HEADLINE = (
     ("ncfkit_version", "ncfkit version"), ("command_line", "command line"),
@@ -32,107 +29,6 @@ _HEADLINE = (
     ("reduction", "reduction"), ("seed", "seed"), ("dtype", "dtype"), ("device", "device"),
     ("start_time", "start time"), ("end_time", "end time"),
 )
-_ROOT_META = ("ncfkit_kind", "ncfkit_version", "interrupted", "status")
-#: Per-row keys of the kkt points and escape runs, in display order.
-_POINT_KEYS = ("ncf", "delta", "residual", "kind", "second_order", "count", "converged")
-_RUN_KEYS = ("delta", "status", "escaped", "escape_time", "predicted_escape_time",
-             "saddle_time", "saddle_loss", "steps")
-
-
-def _architecture(spec: Any) -> tuple[Any, str | None]:
-    """(the record as a dict if it parses, a one-line description or None)."""
-    from ..models import architecture_from_dict
-
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError:
-            return spec, None
-    try:
-        arch = architecture_from_dict(spec)
-    except Exception:  # a record this version cannot rebuild: show it as stored
-        return spec, None
-    order = arch.homogeneity
-    return spec, arch.describe() + (f", L_h = {order:g}" if order is not None else "")
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready: arrays to lists, :class:`~ncfkit.io.ArrayInfo` to {shape, dtype}."""
-    from ..io import ArrayInfo
-
-    if isinstance(value, ArrayInfo):
-        return {"shape": list(value.shape), "dtype": value.dtype}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return value
-
-
-def _is_scalar(v: Any) -> bool:
-    return not isinstance(v, dict) and getattr(v, "ndim", 0) == 0 and not hasattr(v, "dtype")
-
-
-def _scalars(node: dict[str, Any], skip=()) -> dict[str, Any]:
-    return {k: v for k, v in node.items() if _is_scalar(v) and k not in skip}
-
-
-def _length(node: Any) -> int | None:
-    """Rows of a dataset (read or described)."""
-    shape = getattr(node, "shape", None)
-    return int(shape[0]) if shape else None
-
-
-def _rows(group: Any, keys: tuple[str, ...], label: str) -> list[dict[str, Any]]:
-    """One row per numbered subgroup (points/<i>, runs/<i>) with ``keys`` where present."""
-    if not isinstance(group, dict):
-        return []
-    rows = []
-    for k in sorted((k for k in group if k.isdigit() and isinstance(group[k], dict)), key=int):
-        node = group[k]
-        row = {label: int(k), **{name: node[name] for name in keys if name in node}}
-        active = node.get("active_per_layer")
-        if active is not None and hasattr(active, "tolist"):
-            row["active_per_layer"] = [int(a) for a in active.tolist()]
-        records = node.get("records")
-        if isinstance(records, dict) and _length(records.get("time")) is not None:
-            row["records"] = _length(records["time"])
-        rows.append(row)
-    return rows
-
-
-def summarise(path: str) -> dict[str, Any]:
-    """Everything ``ncfkit info`` reports, as one JSON-ready dict."""
-    from ..io import read_h5
-
-    tree = read_h5(path, max_array=_SMALL)
-    prov = tree.get("provenance")
-    prov = dict(prov) if isinstance(prov, dict) else {}
-    described = None
-    if "architecture" in prov:
-        prov["architecture"], described = _architecture(prov["architecture"])
-    status = tree.get("status")
-    interrupted = bool(tree.get("interrupted", False)) or status == "interrupted"
-    if not isinstance(status, str):
-        status = "interrupted" if interrupted else "complete"
-    tables = {"points": _POINT_KEYS, "runs": _RUN_KEYS}
-    out = {
-        "file": str(path), "kind": tree["ncfkit_kind"],
-        "ncfkit_version": tree.get("ncfkit_version", prov.get("ncfkit_version")),
-        "status": status, "interrupted": interrupted,
-        "architecture_description": described, "provenance": prov,
-        "summary": _scalars(tree, _ROOT_META),
-        "groups": {k: _scalars(v) for k, v in tree.items()
-                   if isinstance(v, dict) and k != "provenance" and k not in tables},
-    }
-    for name, keys in tables.items():
-        if isinstance(tree.get(name), dict):
-            out[name] = _rows(tree[name], keys, name[:-1])
-    return _plain(out)
-
-
 def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
@@ -196,7 +92,9 @@ def command(file, as_json):
 
     FILE is any HDF5 file written by an ncfkit command's --out.
     """
-    info = summarise(file)
+    from ..io import result_info
+
+    info = result_info(file)
     if as_json:
         emit_json(info)
     else:

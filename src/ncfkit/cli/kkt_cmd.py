@@ -32,7 +32,8 @@ def command(data, as_json, out, force, **params):
     DATA is a .npz (X, y), .h5/.hdf5 (X, y) or .csv (last column y) file.
     """
     from ..api import run_command
-    from .render import ConsoleProgress, kkt_report
+    from .progress import ConsoleProgress
+    from .render import kkt_report
 
     console = stderr_console()
     with ConsoleProgress(console, restarts=params["restarts"]) as progress:

@@ -1,12 +1,10 @@
-"""``ncfkit plot``: the figure of a result file (see :mod:`ncfkit.plot`)."""
+"""``ncfkit plot``: the figure of a result file (:func:`ncfkit.plot`; what it shows: :mod:`ncfkit.plot`)."""
 
 from __future__ import annotations
 
 import click
 
 from .options import guarded
-
-MIN_DPI, MAX_DPI = 10, 1200
 
 
 @click.command("plot")
@@ -36,17 +34,9 @@ def command(result, out, dpi, run_index, scale, palette, force):
     the escape times against the theory line; the 2-D diagonal model of Example 1: the
     trajectories over the loss contour (the paper's Figure 2).
     """
-    from ..errors import InputError
-    from ..io import check_output_path, read_h5
-    from ..plot import FIGURE_SUFFIXES, figure_for, save_figure
+    from ..api import plot
 
-    if not MIN_DPI <= dpi <= MAX_DPI:  # (a figure under one pixel crashes Agg with SIGFPE)
-        raise InputError(f"--dpi must be in [{MIN_DPI}, {MAX_DPI}] (got {dpi:g})")
-    check_output_path(out, force, FIGURE_SUFFIXES)
-    tree = read_h5(result)
-    tree["_source"] = str(result)
-    fig = figure_for(tree, run=run_index, scale=scale)
-    save_figure(fig, out, force=force, dpi=dpi, palette=palette)
+    fig = plot(result, out, run=run_index, scale=scale, dpi=dpi, palette=palette, force=force)
     size = fig.get_size_inches() * dpi
-    click.echo(f"wrote {out} ({tree['ncfkit_kind']} figure, "
+    click.echo(f"wrote {out} ({fig.get_label()} figure, "
                f"{int(round(size[0]))}×{int(round(size[1]))} px at {dpi:g} dpi)", err=True)

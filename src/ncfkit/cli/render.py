@@ -1,70 +1,15 @@
-"""What the commands print on stderr: progress, notes, and the tables of each result."""
+"""What the commands print on stderr: the tables and lines of each result (progress:
+:mod:`ncfkit.cli.progress`; escape: :mod:`ncfkit.cli.render_escape`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 
 def fmt(v, spec: str = ".4g") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
-
-
-class ConsoleProgress:
-    """The ``progress(event, value)`` of :mod:`ncfkit.api` on a rich console: a spinner
-    per phase, notes and warnings as lines, the KKT ascent in the spinner, training as a
-    bar on a terminal (a line every few seconds off one, :mod:`ncfkit._progress`).
-    Use as a context manager, so the live displays stop however the call ends."""
-
-    def __init__(self, console, *, restarts: int | None = None, n_deltas: int = 1):
-        self.console, self.restarts, self.n_deltas = console, restarts, n_deltas
-        self._status = self._bar = None
-
-    def __call__(self, event: str, value: Any) -> None:
-        if event == "status":
-            self._stop()
-            self._status = self.console.status(value)
-            self._status.start()
-        elif event in ("info", "note", "warning"):
-            prefix = "" if event == "info" else f"[yellow]{event}:[/] "
-            self.console.print(prefix + value)
-        elif event == "ascent" and self._status is not None:
-            step, running = value
-            self._status.update(f"ascent: step {step}, {running}/{self.restarts} starts still running")
-        elif event == "training":
-            self._training(value)
-
-    def _training(self, p) -> None:
-        from .._progress import make_progress
-
-        if self._bar is None:
-            self._stop()
-            self._bar = make_progress("escape", total=p.max_time, unit="t", console=self.console)
-            self._bar.__enter__()
-        phases = p.phases[:self.n_deltas]
-        counts: dict[str, int] = {}
-        for ph in phases:
-            counts[ph] = counts.get(ph, 0) + 1
-        desc = ", ".join(f"{ph} ×{c}" if len(phases) > 1 else ph for ph, c in counts.items())
-        losses = [x for x in p.losses[:self.n_deltas] if x == x]
-        text = desc + (f", loss {min(losses):.6g}" if losses else "")
-        self._bar.update(min(p.time, p.max_time), text)
-
-    def _stop(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def __enter__(self) -> ConsoleProgress:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop()
 
 
 # --------------------------------------------------------------------------- kkt
@@ -102,76 +47,6 @@ def kkt_report(console, result, arch, tol: float, max_steps: int) -> None:
     if result.unconverged:
         console.print(f"[yellow]warning:[/] {len(result.unconverged)} starts did not reach "
                       f"--tol {tol:g} in {max_steps} steps (raise --max-steps)")
-
-
-# --------------------------------------------------------------------------- escape
-
-
-def escape_table(report, arch, how: str):
-    from rich.table import Table
-
-    c = report.point.cert if report.point is not None else None
-    title = f"escape — {arch.describe()}, init {how}"
-    if c is not None:
-        title += f", L_h = {report.homogeneity:g}, 𝒩(w*) = {c.ncf:.6g}, Δ = {c.delta:.4g}"
-    t = Table(title=title)
-    cols = ["δ", "T_esc", "predicted", "ratio", "pred. (w0)", "T_saddle", "𝓛(saddle)", "‖∇𝓛‖", "λ_min(∇²𝓛)",
-            "‖ψ_wz‖/‖ψ‖ esc", "saddle", "‖ψ−p‖", "status"]
-    for col in cols:
-        t.add_column(col, justify="right")
-    for r in report.runs:
-        ratio = (r.escape_time / r.predicted_escape_time
-                 if r.escape_time is not None and r.predicted_escape_time else None)
-        t.add_row(fmt(r.delta, ".3g"), fmt(r.escape_time, ".6g"), fmt(r.predicted_escape_time, ".6g"),
-                  fmt(ratio, ".4f"), fmt(r.predicted_escape_time_w0, ".6g"), fmt(r.saddle_time, ".6g"),
-                  fmt(r.saddle_loss, ".6g"), fmt(r.saddle_grad_norm, ".2e"), fmt(r.saddle_min_hessian_eig, ".4g"),
-                  fmt(r.sparsity_ratio_escape, ".2e"), fmt(r.sparsity_ratio_saddle, ".2e"),
-                  fmt(r.path_distance, ".2e"), r.status)
-    return t
-
-
-def escape_lines(report, arch) -> list[str]:
-    lines = []
-    p = report.point
-    if p is not None and p.cert.active_neurons is not None:
-        act = "; ".join(f"layer {l}: {list(a)}" for l, a in enumerate(p.cert.active_neurons, start=1))
-        lines.append(f"governing KKT point ({p.source}): active neurons {act}; "
-                     f"w_z = {int(p.wz_mask.sum())} of {arch.num_params} weights")
-    elif p is not None:
-        lines.append(f"governing KKT point ({p.source}): w* = "
-                     f"{[round(float(x), 6) + 0.0 for x in p.w_star[:8]]}; w_z = {int(p.wz_mask.sum())} coordinates")
-    f = report.fits
-    if f.escape is not None:
-        extra = f"; GD with this step: {f.predicted_slope_gd:.6g}" if f.predicted_slope_gd else ""
-        if f.predicted_slope_w0 is not None and report.homogeneity != 2:
-            extra += f"; NCF flow from w0: {f.predicted_slope_w0:.6g}"
-        lines.append(f"escape-time fit against {f.regressor}: slope {f.escape.slope:.6g}, "
-                     f"predicted {f.predicted_slope:.6g} (along w*){extra}, r² = {f.escape.r2:.6f}")
-    if f.path is not None:
-        lines.append(f"path distance ~ δ^{f.path.slope:.3f} (Theorem bound exponent {fmt(f.path_exponent_theory)})")
-    if f.sparsity is not None:
-        lines.append(f"‖ψ_wz‖/‖ψ‖ at escape ~ δ^{f.sparsity.slope:.3f} (Theorem 18 bound exponent "
-                     f"{fmt(f.sparsity_exponent_theory)})")
-    ref = report.reference
-    if ref is not None:
-        lines.append(f"reference p(t) from δ_ref = {ref.delta_ref:.3g}: "
-                     + (f"p* loss {fmt(ref.p_star_loss, '.6g')}, ‖∇𝓛(p*)‖ {fmt(ref.p_star_grad_norm, '.2e')}, "
-                        f"λ_min {fmt(ref.p_star_min_hessian_eig, '.4g')}"
-                        if ref.p_star_loss is not None else f"no saddle reached ({ref.result.status})"))
-        if ref.result.status in ("diverged", "failed"):
-            lines.append(f"[yellow]warning:[/] the reference run {ref.result.status}: {ref.result.message} "
-                         "(the requested runs stand; no path distances)")
-    for r in report.runs:
-        if r.saddle_kind is not None:
-            what = {"strict saddle": "a strict saddle (λ_min < 0)", "minimum": "a minimum (λ_min > 0)",
-                    "degenerate": "degenerate to second order (λ_min ≈ 0)"}[r.saddle_kind]
-            lines.append(f"δ = {r.delta:.3g}: the first plateau after escape is {what}"
-                         + ("" if r.saddle_left else " (the run ended there)"))
-        elif r.escaped:
-            lines.append(f"δ = {r.delta:.3g}: escaped but no saddle plateau by t = {r.final_time:.6g}")
-        else:
-            lines.append(f"δ = {r.delta:.3g}: did not escape by t = {r.final_time:.6g}")
-    return lines
 
 
 # --------------------------------------------------------------------------- sparsity

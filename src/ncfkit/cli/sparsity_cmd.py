@@ -55,7 +55,8 @@ def command(source, as_json, out, force, **params):
     one of which must leave 0.
     """
     from ..api import run_command
-    from .render import ConsoleProgress, sparsity_report
+    from .progress import ConsoleProgress
+    from .render import sparsity_report
 
     console = stderr_console()
     with ConsoleProgress(console) as progress:
