@@ -417,33 +417,74 @@ def _check_points(command: str, points: list[Point]) -> None:
             check(p)
 
 
-def _settings_checker(command: str) -> Callable[[Point], None] | None:
-    """The command's validation of its settings without running it, where the library
-    has one (``ncfkit.api.check_command``), else the CLI's own checks for escape."""
+def _api():
+    """:mod:`ncfkit.api`, or None in a version without it."""
     try:
-        from . import api  # noqa: F401
-
-        check = getattr(api, "check_command", None)
+        from . import api
     except ImportError:
-        check = None
-    if check is not None:
-        return lambda p: check(command, p.data, **p.params)
-    if command == "escape":
-        from .cli import escape_cmd
+        return None
+    return api
 
-        inner = getattr(escape_cmd, "_check_settings", None)
-        if inner is None:
-            return None
 
-        def check_escape(p: Point) -> None:
+#: The click names of the options that define a command's problem (data, network, loss, numerics).
+MODEL_KEYS = ("arch", "hidden", "depth", "act", "loss_name", "reduction", "seed", "dtype", "device")
+
+
+def _settings_checker(command: str) -> Callable[[Point], None] | None:
+    """The command's own validation of a point's settings, without running it: the data
+    and network (:meth:`ncfkit.Problem.load`, once per distinct combination; on the host,
+    so torch is imported only where the point itself would need it) and, for escape, the
+    experiment's settings (:func:`ncfkit.escape.check_settings`)."""
+    api = _api()
+    checks: list[Callable[[Point], None]] = []
+    if command in ("escape", "kkt") and api is not None and hasattr(api, "Problem"):
+        seen: set = set()
+
+        def check_problem(p: Point) -> None:
+            key = (p.data, *(repr(p.params.get(k)) for k in MODEL_KEYS))
+            if key in seen:
+                return
+            seen.add(key)
             q = p.params
-            inner(q["deltas"], q["lr"], q["eps"], q["max_time"], q["point"], q["delta_ref"], q["restarts"],
-                  q["max_steps"], q["tol"])
-            if not 0 < q["rtol"] < 1:
-                raise InputError(f"--rtol must be in (0, 1) (got {q['rtol']:g})")
+            problem = api.Problem.load(p.data, arch=q["arch"], hidden=q["hidden"], depth=q["depth"], act=q["act"],
+                                       loss=q["loss_name"], reduction=q["reduction"], seed=q["seed"],
+                                       dtype=q["dtype"], device=q["device"], engine="auto")
+            if command == "kkt":
+                problem.require_homogeneous()
 
-        return check_escape
-    return None
+        checks.append(check_problem)
+    if command == "escape":
+        try:
+            from .escape import check_settings
+        except ImportError:
+            check_settings = None
+        if check_settings is not None:
+            def check_escape(p: Point) -> None:
+                q = p.params
+                check_settings(q["deltas"], lr=q["lr"], eps=q["eps"], max_time=q["max_time"], point=q["point"],
+                               delta_ref=q["delta_ref"], restarts=q["restarts"], max_steps=q["max_steps"],
+                               tol=q["tol"], rtol=q["rtol"])
+        else:  # an older version: the CLI's checks
+            from .cli import escape_cmd
+
+            inner = escape_cmd._check_settings
+
+            def check_escape(p: Point) -> None:
+                q = p.params
+                inner(q["deltas"], q["lr"], q["eps"], q["max_time"], q["point"], q["delta_ref"], q["restarts"],
+                      q["max_steps"], q["tol"])
+                if not 0 < q["rtol"] < 1:
+                    raise InputError(f"--rtol must be in (0, 1) (got {q['rtol']:g})")
+
+        checks.append(check_escape)
+    if not checks:
+        return None
+
+    def check(p: Point) -> None:
+        for c in checks:
+            c(p)
+
+    return check
 
 
 # --------------------------------------------------------------------------- the command line of one point
@@ -547,13 +588,19 @@ def _same_number(a, b) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (a zombie, killed but not yet
+    reaped by its parent, is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 class PointLock:
@@ -565,6 +612,7 @@ class PointLock:
         self.owner = owner
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.broken: dict | None = None  # the stale lock this one replaced
 
     @staticmethod
     def read(path: Path) -> dict | None:
@@ -596,6 +644,7 @@ class PointLock:
                     info = self.read(self.path)
                 if not self.stale(info):
                     return False, info
+                self.broken = info
                 broken = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}.{time.monotonic_ns()}")
                 try:
                     os.rename(self.path, broken)  # one breaker wins; the others retry
@@ -665,11 +714,14 @@ def _prepare_worker(in_process: bool) -> None:
 def _call_command(command: str, data: str | None, out: str, force: bool, params: dict):
     """One point through the library: :func:`ncfkit.api.run_command` (the summary dict it
     returns is the CLI's ``--json`` object). Tests replace this function."""
-    try:
-        from .api import run_command
-    except ImportError:  # the library API is not in this version: the command's body, in-process
+    api = _api()
+    if api is None or not hasattr(api, "run_command"):  # a version without the library API: the CLI's body
         return _call_click_body(command, data, out, force, params)
-    result = run_command(command, data, out=out, force=force, **params)
+    known = getattr(api, "COMMAND_PARAMS", {}).get(command, {})
+    if "data" in params and "data" not in known and "training_data" in known:  # sparsity --data
+        params = dict(params)
+        params["training_data"] = params.pop("data")
+    result = api.run_command(command, data, out=out, force=force, **params)
     return result.summary() if hasattr(result, "summary") else None
 
 
@@ -715,8 +767,9 @@ def run_point(task: dict) -> dict:
     taken, holder = lock.acquire()
     record = {"name": point.name, "index": point.index, "host": owner["host"], "pid": owner["pid"]}
     if not taken:
-        return dict(record, status="busy", error=f"running elsewhere (pid {holder.get('pid')} on "
-                                                 f"{holder.get('host')})" if holder else "locked")
+        holder = holder or {}
+        return dict(record, status="busy", holder_sweep=holder.get("sweep"),
+                    error=f"running elsewhere (pid {holder.get('pid')} on {holder.get('host')})")
     t0 = time.perf_counter()
     try:
         remove_temporaries(outdir, point.name)
@@ -724,6 +777,8 @@ def run_point(task: dict) -> dict:
         if path.exists():
             state, _ = result_state(command, point, path)
             if state == "complete" and not force:
+                if _started(path) >= task.get("started", "~"):  # an earlier attempt wrote it, then its worker died
+                    return dict(record, status="done", elapsed=0.0, note="written by an attempt whose worker died")
                 return dict(record, status="skipped", elapsed=0.0)
             force = True  # this sweep's own failed, interrupted or damaged file (checked up front)
         with _argv(task["argv"]):
@@ -744,6 +799,16 @@ def run_point(task: dict) -> dict:
                     error=f"internal error {type(e).__name__}: {' '.join(str(e).split())}")
     finally:
         lock.release()
+
+
+def _started(path: Path) -> str:
+    """The provenance start time of a result file ('' when unknown)."""
+    from .io import read_h5
+
+    try:
+        return str(read_h5(path, max_array=0).get("provenance", {}).get("start_time", ""))
+    except (InputError, AttributeError):
+        return ""
 
 
 def _json_ready(obj):
@@ -956,7 +1021,8 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
             on_start({"where": cluster.where, "note": cluster.note, "total": len(sweep.points),
                       "skipped": len(skipped), "to_run": len(todo)})
         report = SweepReport(len(sweep.points), skipped, [], [], [], [], False, cluster.where, {})
-        tasks = {p.name: _task(sweep, p, sweep_id, force, in_process=cluster.client is None) for p in todo}
+        tasks = {p.name: _task(sweep, p, sweep_id, force, cluster.client is None, run_entry["start_time"])
+                 for p in todo}
         try:
             if cluster.client is None:
                 _run_here(tasks, report, progress)
@@ -984,8 +1050,9 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
         raise
 
 
-def _task(sweep: Sweep, p: Point, sweep_id: str, force: bool, in_process: bool) -> dict:
+def _task(sweep: Sweep, p: Point, sweep_id: str, force: bool, in_process: bool, started: str) -> dict:
     return {"command": sweep.command, "outdir": str(sweep.outdir.resolve()), "point": p, "sweep_id": sweep_id,
+            "started": started,
             "force": force, "argv": command_line(sweep.command, p, p.path(sweep.outdir)), "in_process": in_process,
             "attempt": 0}
 
@@ -1027,12 +1094,22 @@ def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int,
     counts = {"done": 0, "failed": 0, "running": 0, "total": len(tasks)}
     locks = outdir / STATE / "locks"
     last_poll = 0.0
-    while futures:
+    deferred: dict[str, float] = {}  # points whose dead worker's lock is not yet seen stale
+    first_busy: dict[str, float] = {}
+    while futures or deferred:
+        now = time.monotonic()
+        for name in [n for n, t in deferred.items() if t <= now]:
+            del deferred[name]
+            submit(name)
         finished = [f for f in futures if f.done()]
         for fut in finished:
             name = futures.pop(fut)
             if fut.status == "finished":
                 rec = fut.result()
+                if rec["status"] == "busy" and rec.get("holder_sweep") == sweep_id \
+                        and now - first_busy.setdefault(name, now) < 2 * STALE_AFTER:
+                    deferred[name] = now + 2.0  # an earlier attempt's lock: its worker died
+                    continue
             else:
                 exc = fut.exception() if fut.status == "error" else None
                 if exc is not None and _worker_died(exc) and attempts[name] < retries:
@@ -1054,7 +1131,7 @@ def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int,
             counts["running"] = _running(locks, sweep_id)
             if progress:
                 progress(dict(counts))
-        if futures:
+        if futures or deferred:
             time.sleep(0.05)
     if progress:
         progress(dict(counts, running=0))
@@ -1148,10 +1225,8 @@ def table(sweep: Sweep) -> tuple[list[str], list[dict]]:
         front = {_short(a): _plain(p.grid[a.name]) for a in sweep.axes}
         front["point"] = p.name
         if sweep.command == "escape":
-            from .cli.collect_cmd import FILE_COLUMNS, RUN_COLUMNS, rows_of
-
-            file_rows = rows_of(str(path))
-            columns = columns or [*grid_cols, "point", *[c for c in FILE_COLUMNS + RUN_COLUMNS if c not in grid_cols]]
+            collect_columns, file_rows = escape_rows(path)
+            columns = columns or [*grid_cols, "point", *[c for c in collect_columns if c not in grid_cols]]
             for r in file_rows:
                 r["file"] = path.name
                 rows.append({**front, **r})
@@ -1165,6 +1240,17 @@ def table(sweep: Sweep) -> tuple[list[str], list[dict]]:
             extra += [k for k in r if k not in extra and k not in grid_cols and k != "point"]
         columns = [*grid_cols, "point", *extra]
     return columns, [{c: _cell(r.get(c)) for c in columns} for r in rows]
+
+
+def escape_rows(path: str | os.PathLike) -> tuple[tuple[str, ...], list[dict]]:
+    """(columns, rows) of ``ncfkit collect`` for one escape file."""
+    from . import io
+
+    if hasattr(io, "escape_rows"):
+        return io.FILE_COLUMNS + io.RUN_COLUMNS, io.escape_rows(path)
+    from .cli.collect_cmd import FILE_COLUMNS, RUN_COLUMNS, rows_of  # older versions
+
+    return FILE_COLUMNS + RUN_COLUMNS, rows_of(str(path))
 
 
 def _cell(v):
