@@ -154,7 +154,7 @@ def test_weight_file_round_trip(kind):
 
 def test_weight_files_through_io(kind, tmp_path):
     """io reads a weight file the way the architecture says, finds its architecture from
-    the arrays, rejects NaN, and keeps the 0.1 call read_weights(path, shapes | None, d)."""
+    the arrays, and rejects NaN."""
     from ncfkit.io import architecture_of_weights, read_weights, write_weights
 
     arch = _arch(kind)
@@ -162,9 +162,6 @@ def test_weight_files_through_io(kind, tmp_path):
     write_weights(tmp_path / "w.npz", arch.weight_arrays(w))
     assert np.array_equal(read_weights(tmp_path / "w.npz", arch), w)
     assert architecture_of_weights(tmp_path / "w.npz", **UNIT_OPTIONS.get(kind, {})) == arch
-    if kind in ("mlp", "diag"):  # the 0.1 call knew these two
-        legacy = [tuple(s) for s in arch.weight_shapes] if kind == "mlp" else None
-        assert np.array_equal(read_weights(tmp_path / "w.npz", legacy, d=arch.d if legacy is None else None), w)
     write_weights(tmp_path / "nan.npz", arch.weight_arrays(np.full(arch.num_params, np.nan)))
     with pytest.raises(InputError, match=r"nan\.npz.*NaN"):
         read_weights(tmp_path / "nan.npz", arch)

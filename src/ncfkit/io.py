@@ -689,23 +689,13 @@ def _weight_file_arrays(path: str | os.PathLike) -> tuple[Path, dict[str, np.nda
     return p, arrays
 
 
-def read_weights(path: str | os.PathLike, arch, d: int | None = None) -> np.ndarray:
-    """Read a weight file (``docs/``: weight files) as one flat float64 vector in the layout
-    of the architecture ``arch``, which validates the arrays
-    (:meth:`ncfkit.models.Architecture.weights_from_arrays`). Raise :class:`InputError` on
-    any mismatch or a weight that is NaN or Inf.
-
-    The 0.1 call ``read_weights(path, shapes)`` (an MLP's (k_l, k_{l−1}), or ``None`` and
-    ``d`` for the diagonal model) still works: it asks the registry which architecture
-    has such arrays.
-    """
-    from .models import Architecture, architecture_of_weight_arrays
-
+def read_weights(path: str | os.PathLike, arch) -> np.ndarray:
+    """Read a weight file as one flat float64 vector in the layout of the architecture
+    ``arch`` (an :class:`ncfkit.models.Architecture`), which validates the arrays
+    (:meth:`~ncfkit.models.Architecture.weights_from_arrays`). Raise :class:`InputError`
+    on any mismatch or a weight that is NaN or Inf. :func:`architecture_of_weights` says
+    which architecture a file holds."""
     p, arrays = _weight_file_arrays(path)
-    if not isinstance(arch, Architecture):  # the 0.1 signature
-        like = ({"w": np.empty(d)} if d is not None else {"w": arrays.get("w", np.empty(0))}) if arch is None \
-            else {f"W{l}": np.empty(shape) for l, shape in enumerate(arch, start=1)}
-        arch = architecture_of_weight_arrays(like, str(p))
     w = arch.weights_from_arrays(arrays, str(p))
     if not np.isfinite(w).all():
         raise InputError(f"{p}: weights contain NaN or Inf")
@@ -775,14 +765,6 @@ def architecture_of(prov: dict[str, Any], source: str | os.PathLike | None = Non
         raise InputError(f"{where}: malformed architecture record ({e})") from None
     except Exception:
         raise InputError(f"{where}: malformed architecture record {str(spec)[:200]!r}") from None
-
-
-def weight_file_shapes(path: str | os.PathLike) -> list[tuple[int, int]] | None:
-    """The 0.1 helper: the MLP layer shapes (k_l, k_{l-1}) a weight file implies, ``None``
-    for a file of an architecture without matrices (the diagonal model's ``w``). Use
-    :func:`architecture_of_weights`, which says which architecture it is."""
-    shapes = architecture_of_weights(path).weight_shapes
-    return [tuple(s) for s in shapes] if all(len(s) == 2 for s in shapes) else None
 
 
 # --------------------------------------------------------------------------- result layouts
