@@ -311,3 +311,20 @@ def test_make_architecture_errors(args, match):
 def test_make_architecture_builds_by_name():
     assert make_architecture("mlp", 3, "4,2", "square") == MLP(3, (4, 2), PRESETS["square"])
     assert make_architecture("diag", 3, depth=3) == Diagonal(3, 3)
+
+
+def test_widths_already_split_are_checked():
+    """Problem.load(hidden=[20, 20]) and MLP(…, hidden=()) pass widths, not text."""
+    assert parse_hidden([20, 20]) == (20, 20) and parse_hidden(()) == ()
+    assert make_architecture("mlp", 3, (), "linear").depth == 1
+    with pytest.raises(InputError, match="widths must be >= 1"):
+        parse_hidden([4, 0])
+
+
+def test_registry_help_and_kernel_specs():
+    from ncfkit.models import ARCHITECTURES, KernelSpec, architectures_help
+
+    text = architectures_help()
+    assert all(f"{name}: {cls.title}" in text for name, cls in ARCHITECTURES.items())
+    assert MLP(3, (4,), PRESETS["relu"]).kernel_spec == KernelSpec("mlp", (3, 4, 1), PRESETS["relu"])
+    assert Diagonal(3, 4).kernel_spec == KernelSpec("diag", (3, 4))
