@@ -5,7 +5,7 @@ The subprocess tests start ``python -m ncfkit`` with ``TTY_COMPATIBLE=1`` so tha
 draws its progress on the stderr pipe; the test waits until the progress shows the run
 under way, sends the signal, and then checks the exit code, the one line that says what
 happened, and the files left behind (escape: a valid file marked interrupted holding the
-records up to then; kkt: nothing, as kkt keeps no partial results).
+records up to then; kkt: a valid file marked interrupted in the phase it reached).
 """
 
 from __future__ import annotations
@@ -250,19 +250,19 @@ def test_escape_interrupted_mid_run_keeps_a_valid_file(long_data, tmp_path, sign
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted (SIGINT)"),
                                                 (signal.SIGTERM, 143, "terminated (SIGTERM)")],
                          ids=["sigint", "sigterm"])
-def test_kkt_interrupted_mid_run_leaves_the_old_output(long_data, tmp_path, signum, code, word):
-    """kkt keeps no partial results: the process says what happened in one line and an
-    earlier --out file (replaced only with --force, at the very end) is untouched."""
+def test_kkt_interrupted_mid_run_leaves_a_valid_file(long_data, tmp_path, signum, code, word):
+    """A real signal in the middle of the ascent: one line, and --out is a valid kkt file
+    marked interrupted in phase "search" (issue 17: every phase leaves a file saying how
+    far it got; tests/test_fault_phases.py stops at every phase)."""
     out = tmp_path / "kkt.h5"
-    out.write_bytes(b"the previous result")
     proc = Process(["kkt", long_data, "--hidden", "200", "--act", "square", "--restarts", "64",
-                    "--max-steps", "10000000", "--tol", "1e-300", "--out", out, "--force"],
-                   tmp_path)
+                    "--max-steps", "10000000", "--tol", "2.3e-16", "--out", out], tmp_path)
     proc.wait_for(r"ascent: step [1-9]")
     exit_code, err = proc.stop(signum)
 
     assert exit_code == code, err[-2000:]
     assert "Traceback" not in err
     assert _last_line(err) == word
-    assert out.read_bytes() == b"the previous result"
+    tree = read_h5(out, ("kkt",))
+    assert tree["status"] == "interrupted" and tree["phase"] == "search"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz", "kkt.h5"]

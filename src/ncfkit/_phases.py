@@ -16,9 +16,10 @@ entered, so an ``except KeyboardInterrupt:`` clause outside every phase can stil
 where the run stopped (root attribute ``phase`` of an interrupted result file).
 
 Tests stop a command at a chosen phase without sleeps or timing: with the environment
-variable ``NCFKIT_STOP_AT=NAME`` the first entry into phase ``NAME`` raises
-:class:`KeyboardInterrupt` (as Ctrl-C would), or :class:`~ncfkit._signals.Terminated`
-(as SIGTERM would) when ``NCFKIT_STOP_SIGNAL=TERM``. ``NCFKIT_STOP_AT=NAME#K`` stops at
+variable ``NCFKIT_STOP_AT=NAME`` the first entry into phase ``NAME`` interrupts the
+process as Ctrl-C would (SIGINT, :class:`KeyboardInterrupt`), or as SIGTERM would
+(:class:`~ncfkit._signals.Terminated`) when ``NCFKIT_STOP_SIGNAL=TERM``: the real signal
+when a Python handler for it is installed, else the exception its handler raises. ``NCFKIT_STOP_AT=NAME#K`` stops at
 the K-th entry (1-based) of a phase entered several times. The phase counts as entered
 (:func:`current_phase` names it) when the interruption is raised.
 """
@@ -50,12 +51,26 @@ def _stop_requested(name: str) -> bool:
     return _entries[name] == nth
 
 
-def _interruption() -> KeyboardInterrupt:
-    if os.environ.get("NCFKIT_STOP_SIGNAL", "").upper() in ("TERM", "SIGTERM", "15"):
-        from ._signals import Terminated
+def _interrupt() -> None:
+    """Raise what the signal would: when this is the main thread and a Python handler is
+    installed for it (Python's own for SIGINT, :func:`~ncfkit._signals.handle_sigterm`'s
+    for SIGTERM), by sending the real signal to this process, so the handler path itself
+    is exercised; otherwise (no handler: the signal would kill the process) by raising
+    the exception that handler raises."""
+    import signal
+    import threading
+    import time
 
-        return Terminated("terminated by signal 15 (NCFKIT_STOP_AT)")
-    return KeyboardInterrupt()
+    from ._signals import Terminated
+
+    term = os.environ.get("NCFKIT_STOP_SIGNAL", "").upper() in ("TERM", "SIGTERM", "15")
+    signum = signal.SIGTERM if term else signal.SIGINT
+    if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signum)):
+        os.kill(os.getpid(), signum)
+        time.sleep(1.0)  # the handler runs (and raises) as soon as the signal arrives
+    if term:
+        raise Terminated("terminated by signal 15 (NCFKIT_STOP_AT)")
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -67,7 +82,7 @@ def phase(name: str) -> Iterator[str]:
     _entries[name] = _entries.get(name, 0) + 1
     try:
         if _stop_requested(name):
-            raise _interruption()
+            _interrupt()
         yield name
     except BaseException as e:
         if getattr(e, "ncfkit_phase", None) is None:

@@ -108,6 +108,9 @@ def guarded(f):
     def wrapper(*args, **kwargs):
         ctx = click.get_current_context()
         debug = bool(ctx.find_root().params.get("debug"))
+        from .._phases import reset
+
+        reset()  # NCFKIT_STOP_AT counts the phases of this command alone
         try:
             return f(*args, **kwargs)
         except NcfkitError as e:
