@@ -4,7 +4,7 @@ Oracles solvable by hand: Example 1 (Section 3.1) at its saddle (2, 0), where th
 residual is r = 2(y − H) = (0, 2) and the zero coordinate grows as u(t) = u_p·e^{4t}; a
 two-layer square net on X = I, y = (4, 1) at the saddle where one balanced neuron fits
 the first coordinate, where the unit NCF is 2a·b₂² with maximum 4/(3√3) on the sphere
-(the closed form of SPEC §3 with M = diag(0, 2)); and the leading-order expansion itself,
+(the closed form for two-layer square nets in docs/theory.md, with M = diag(0, 2)); and the leading-order expansion itself,
 checked against the loss of a three-layer net."""
 
 import math
