@@ -181,6 +181,13 @@ class Problem:
         return cls(ds, network, loss, X, y, loss.ytilde(y), the_dtype, the_device, settings, host,
                    engine, dict(options))
 
+    def with_engine(self, engine: str | None) -> Problem:
+        """This problem for another ``engine`` (see :meth:`load`): the same data and
+        options, its arrays rebuilt (itself when the engine is already that)."""
+        if engine == self.engine:
+            return self
+        return type(self)._build(self.data, {**self.options, "engine": engine})
+
     def require_homogeneous(self) -> None:
         """Raise :class:`InputError` unless the network is homogeneous (the NCF needs it)."""
         if self.arch.homogeneity is None:
@@ -385,6 +392,7 @@ def find_kkt_points(problem: Problem, *, restarts: int = 32, max_steps: int = 20
     if not active_tol >= 0:
         raise InputError(f"--active-tol must be >= 0 (got {active_tol})")
     problem.require_homogeneous()
+    problem = problem.with_engine(None)  # tensors, as `ncfkit kkt` (the same numbers to the last bit)
     prov = io.provenance(problem.data, **problem.settings, restarts=restarts, max_steps=max_steps, tol=tol)
     _tell(progress, "status", f"ascent from {restarts} starts…")
     try:
@@ -528,7 +536,8 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
     if until not in ("saddle", "max-time"):
         raise InputError(f"--until {until!r}: expected saddle or max-time")
-    engine = problem.engine or "auto"
+    problem = problem.with_engine(problem.engine or "auto")  # as `ncfkit escape` (--engine auto)
+    engine = problem.engine
     objective = Objective(problem.arch, problem.X, problem.y, problem.loss)
     if engine == "compiled":
         from .fastgd import compiled_unsupported
