@@ -4,6 +4,7 @@ resume after Ctrl-C, and the per-point locks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -285,26 +286,52 @@ def test_ctrl_c_real_sweep_then_resume(tmp_path, square5):
 # --------------------------------------------------------------------------- on Dask clusters
 
 
-def test_local_cluster_sweep(tmp_path):
+def test_local_cluster_sweep_ctrl_c_and_resume(tmp_path, square5):
+    """The embedded LocalCluster (2 workers): Ctrl-C in a terminal (SIGINT to the whole
+    process group) stops it cleanly (exit 130, no traceback, no temporary file, no lock);
+    the rerun runs only the missing points; a point equals the same point run alone."""
     out = tmp_path / "out"
-    r = _ncfkit("sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--grid", "seed=0,1", "--workers", "2",
-                "--outdir", out, "--json")
+    args = ["sweep", "escape", *square5, "--grid", "delta=0.1,0.07,0.05,0.03", "--grid", "seed=0,1", "--workers", "2",
+            "--outdir", out]
+    proc = subprocess.Popen([sys.executable, "-m", "ncfkit", *map(str, args)], env=_env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.h5"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "on a local Dask cluster (2 worker processes" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted (SIGINT)"
+    assert not list(out.glob(".*.tmp")) and not list((out / sw.STATE / "locks").iterdir())
+    before = len(list(out.glob("*.h5")))
+    assert 2 <= before < 8
+    r = _ncfkit(*args, "--json")
     assert r.returncode == 0, r.stderr
-    assert "local Dask cluster (2 worker processes" in r.stderr
     summary = json.loads(r.stdout)
-    assert summary["ran"] == 4 and len(summary["table"]["rows"]) == 4
+    assert summary["ran"] == 8 - before and summary["skipped"] == before and len(summary["table"]["rows"]) == 8
     m = json.loads((out / "sweep.json").read_text())
+    assert [x["status"] for x in m["runs"]] == ["interrupted", "complete"]
     assert all(f["status"] == "complete" for f in m["files"])
     assert not any(f.get("torch_loaded") for f in m["files"])  # host runs: workers never import torch
-    assert len({f["pid"] for f in m["files"]}) >= 1
     csv = (out / "sweep.csv").read_text().splitlines()
-    assert csv[0].startswith("delta,seed,point,file") and len(csv) == 5
-    # the same point alone (its recorded command line, in this process) gives the same numbers
-    f = m["files"][3]
+    assert csv[0].startswith("delta,seed,file,run") and len(csv) == 9
+    f = m["files"][-1]  # the same point alone (its recorded command line, in this process): the same numbers
     alone = tmp_path / "alone.h5"
-    argv = shlex.split(f["command_line"])[1:]
-    assert run_cli(*argv, "--out", alone).exit_code == 0
+    assert run_cli(*shlex.split(f["command_line"])[1:], "--out", alone).exit_code == 0
     assert_same_numbers(_run_rows(out / f["file"]), _run_rows(alone), f["name"])
+
+
+def test_without_dask_runs_in_process(tmp_path, monkeypatch):
+    calls: list[str] = []
+    monkeypatch.setattr(sw, "_call_command", _fake_runner(calls))
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    r = run_cli("sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--outdir", tmp_path / "o")
+    assert r.exit_code == 0 and "Dask is not installed" in r.stderr and len(calls) == 2
 
 
 def _free_port() -> int:

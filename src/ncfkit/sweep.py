@@ -467,7 +467,7 @@ def _settings_checker(command: str) -> Callable[[Point], None] | None:
         else:  # an older version: the CLI's checks
             from .cli import escape_cmd
 
-            inner = escape_cmd._check_settings
+            inner = getattr(escape_cmd, "_check_settings", lambda *a: None)
 
             def check_escape(p: Point) -> None:
                 q = p.params
@@ -925,6 +925,15 @@ def _jsonready_fp(sweep: Sweep) -> dict:
     return json.loads(json.dumps(sweep.fingerprint(), default=str))
 
 
+def dask_setup(worker=None) -> None:
+    """Dask's preload hook for the local cluster's worker processes: Ctrl-C in a terminal
+    reaches the whole process group, and the sweep (not its workers) handles it."""
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Cluster:
     """Where the points run: an embedded LocalCluster, a remote scheduler, or nowhere
     (in this process)."""
@@ -954,11 +963,11 @@ class _Cluster:
         if scheduler is None:
             n = workers or _cores()
             self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                        dashboard_address=None, silence_logs=logging.ERROR,
-                                        scheduler_kwargs={"allowed_failures": 0})
+                                        dashboard_address=None, silence_logs=logging.CRITICAL,
+                                        scheduler_kwargs={"allowed_failures": 0}, preload=[__name__])
             self.client = Client(self.cluster)
             self.kind = "local"
-            self.where = f"a local Dask cluster ({n} worker processes, 1 thread each)"
+            self.where = f"on a local Dask cluster ({n} worker processes, 1 thread each)"
             return
         try:
             self.client = Client(scheduler, timeout="5s")
@@ -968,7 +977,7 @@ class _Cluster:
         self.remote = True
         self.kind = "remote"
         n = len(self.client.scheduler_info().get("workers", {}))
-        self.where = f"the Dask cluster at {scheduler} ({n} workers now)"
+        self.where = f"on the Dask cluster at {scheduler} ({n} workers now)"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -1030,8 +1039,13 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
                 _run_dask(cluster, tasks, report, retries, progress, outdir, sweep_id)
         except KeyboardInterrupt as e:
             report.interrupted = True
-            finished = {r["name"] for r in report.done + report.failed + report.busy}
-            report.not_run = [n for n in tasks if n not in finished]
+            cluster.close()  # no more writes; then count what finished meanwhile
+            for name, task in tasks.items():
+                if name not in report.records and result_state(sweep.command, task["point"],
+                                                                task["point"].path(outdir))[0] == "complete":
+                    _record(report, {"name": name, "index": task["point"].index, "status": "done",
+                                     "note": "finished while the sweep was stopping"})
+            report.not_run = [n for n in tasks if n not in report.records]
             e.sweep_report = report
             raise
         finally:
@@ -1223,23 +1237,29 @@ def table(sweep: Sweep) -> tuple[list[str], list[dict]]:
         if result_state(sweep.command, p, path)[0] != "complete":
             continue
         front = {_short(a): _plain(p.grid[a.name]) for a in sweep.axes}
-        front["point"] = p.name
         if sweep.command == "escape":
             collect_columns, file_rows = escape_rows(path)
-            columns = columns or [*grid_cols, "point", *[c for c in collect_columns if c not in grid_cols]]
+            columns = columns or [*grid_cols, *[c for c in collect_columns if c not in grid_cols]]
             for r in file_rows:
                 r["file"] = path.name
                 rows.append({**front, **r})
         else:
             tree = read_h5(path, max_array=0)
-            flat = {k: v for k, v in tree.items() if isinstance(v, (int, float, str, bool)) and k != "ncfkit_kind"}
-            rows.append({**front, "file": path.name, **flat})
+            flat = _scalars(tree)
+            first = tree.get("points", {}).get("0") if isinstance(tree.get("points"), dict) else None
+            if isinstance(first, dict):  # kkt: the point of largest NCF
+                flat.update({f"point0_{k}": v for k, v in _scalars(first).items()})
+            rows.append({**front, "file": path.name, **{k: v for k, v in flat.items() if k not in front}})
     if columns is None:
         extra: list[str] = []
         for r in rows:
-            extra += [k for k in r if k not in extra and k not in grid_cols and k != "point"]
-        columns = [*grid_cols, "point", *extra]
+            extra += [k for k in r if k not in extra and k not in grid_cols]
+        columns = [*grid_cols, *extra]
     return columns, [{c: _cell(r.get(c)) for c in columns} for r in rows]
+
+
+def _scalars(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if isinstance(v, (int, float, str, bool)) and k != "ncfkit_kind"}
 
 
 def escape_rows(path: str | os.PathLike) -> tuple[tuple[str, ...], list[dict]]:
