@@ -36,6 +36,11 @@ __all__ = [
     "DATA_SUFFIXES", "load_data", "save_data", "sha256_of", "check_output_path",
     "atomic_path", "write_h5", "read_h5", "ArrayInfo", "result_kind", "provenance", "now_iso",
     "read_weights", "write_weights", "architecture_of_weights",
+    # result layouts: one record per result, its JSON summary read off the same record
+    "certificate_record", "kkt_record", "kkt_summary", "governing_point_record", "run_record",
+    "escape_record", "escape_summary", "sparsity_record", "sparsity_summary", "interrupted_record",
+    "write_result", "SUMMARIES", "RUN_KEYS", "RUN_INFO_KEYS", "RUN_COLUMNS", "FILE_COLUMNS",
+    "escape_rows", "result_info", "RUN_H5_LAYOUT",
 ]
 
 DATA_SUFFIXES = (".npz", ".h5", ".hdf5", ".csv")

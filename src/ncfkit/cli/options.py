@@ -14,10 +14,9 @@ import sys
 import click
 
 from .._lazy import loaded, torch
+from ..api import DTYPES
 from ..losses import LOSSES, REDUCTIONS
 from ..models import ARCHS, architectures_help
-
-DTYPES = ("float64", "float32")
 
 
 def model_options(f):
