@@ -578,3 +578,81 @@ def test_write_errors_other_than_a_full_disk_are_run_errors_naming_the_output(tm
     with pytest.raises(RunError, match=r"r\.h5': could not write it \(Input/output error\); nothing written$"):
         nio.write_h5(tmp_path / "r.h5", "kkt", {})
     assert listing(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- 7: progress off a terminal
+
+
+def test_line_progress_writes_a_line_every_interval():
+    from ncfkit._progress import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    with LineProgress("escape", total=10, unit="t", interval=5, stream=out, clock=lambda: now[0]) as bar:
+        for i in range(1, 13):
+            now[0] = 1.5 * i
+            bar.update(0.8 * i, "near origin")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "escape: t = 3.2 / 10 (32%), near origin, 6 s"
+    assert len(lines) == 4 and lines[-1].startswith("escape: t = 9.6 / 10 (96%)")  # + the last state
+    quiet = io.StringIO()
+    with LineProgress("escape", interval=5, stream=quiet, clock=lambda: 0.0) as bar:
+        bar.update(1.0)
+    assert quiet.getvalue() == ""  # a short run prints nothing
+
+
+def test_progress_is_a_plain_line_off_a_terminal():
+    from ncfkit._progress import LineProgress, make_progress
+
+    assert isinstance(make_progress("x", stream=io.StringIO()), LineProgress)
+
+
+@pytest.mark.parametrize("command", ["escape", "kkt"])
+def test_long_runs_report_progress_in_a_log(tmp_path, command):
+    """stderr is not a terminal here (CliRunner): the training and the KKT ascent still
+    say how far they got, one plain line per interval (NCFKIT_PROGRESS_SECONDS=0: every
+    update)."""
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    args = {"escape": ["escape", tmp_path / "data.npz", "--hidden", "3", "--act", "square", "--delta", "1e-3",
+                       "--max-time", "5", "--until", "max-time", "--delta-ref", "none"],
+            "kkt": ["kkt", tmp_path / "data.npz", "--hidden", "20", "--act", "square", "--restarts", "4",
+                    "--max-steps", "400", "--tol", "2.3e-16"]}[command]
+    res = run(*args, env={"NCFKIT_PROGRESS_SECONDS": "0"})
+    assert res.exit_code == 0, res.output
+    pattern = {"escape": r"^escape: t = [0-9.e+-]+ / 5 \(\d+%\)", "kkt": r"^ascent from 4 starts: step = \d+, "}
+    assert re.search(pattern[command], res.stderr, re.MULTILINE), res.stderr[:2000]
+    assert "\x1b[" not in res.stderr  # no terminal control sequences in a log
+
+
+# --------------------------------------------------------------------------- 7-9: dtype-aware checks
+
+
+def test_tolerances_know_the_dtype():
+    from ncfkit.validate import check_tolerance
+
+    assert check_tolerance("--rtol", 1e-9) == 1e-9
+    for bad, why in [(1e-300, "finer than float64"), (float("inf"), "finite and > 0"), (0.0, "finite and > 0"),
+                     (float("nan"), "finite and > 0"), (1.0, "must be < 1")]:
+        with pytest.raises(InputError, match=why):
+            check_tolerance("--rtol", bad)
+    with pytest.raises(InputError, match=r"--tol 1e-09: finer than float32 .*1\.19e-07"):
+        check_tolerance("--tol", 1e-9, "float32")
+
+
+def test_scales_and_steps_know_the_dtype():
+    from ncfkit.validate import check_scale, check_seed, check_step
+
+    assert check_scale("--delta", 1e-3, 3.0) == 1e-3
+    with pytest.raises(InputError, match=r"--delta 1e\+308: .*overflow float64"):
+        check_scale("--delta", 1e308, 3.0)
+    with pytest.raises(InputError, match=r"below the smallest normal float64"):
+        check_scale("--delta", 1e-320, 3.0)
+    with pytest.raises(InputError, match=r"gradients .* below the smallest normal float64 .*; no step could move"):
+        check_scale("--delta", 1e-200, 3.0)
+    with pytest.raises(InputError, match=r"overflow float32"):
+        check_scale("--delta", 1e10, 3.0, "float32")
+    with pytest.raises(InputError, match=r"one step is longer than --max-time"):
+        check_step(1e308, 10.0)
+    assert check_seed(2**63 - 1) == 2**63 - 1
+    with pytest.raises(InputError, match=r"\[0, 2\^63\)"):
+        check_seed(2**63)

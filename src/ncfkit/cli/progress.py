@@ -13,19 +13,27 @@ class ConsoleProgress:
 
     def __init__(self, console, *, restarts: int | None = None, n_deltas: int = 1):
         self.console, self.restarts, self.n_deltas = console, restarts, n_deltas
-        self._status = self._bar = None
+        self._status = self._bar = self._lines = None
 
     def __call__(self, event: str, value: Any) -> None:
         if event == "status":
             self._stop()
-            self._status = self.console.status(value)
-            self._status.start()
+            if self.console.is_terminal:
+                self._status = self.console.status(value)
+                self._status.start()
+            else:  # a log: a line every few seconds (issue 17)
+                from .._progress import LineProgress
+
+                self._lines = LineProgress(value.rstrip("…. "), unit="step")
         elif event in ("info", "note", "warning"):
             prefix = "" if event == "info" else f"[yellow]{event}:[/] "
             self.console.print(prefix + value)
         elif event == "ascent" and self._status is not None:
             step, running = value
             self._status.update(f"ascent: step {step}, {running}/{self.restarts} starts still running")
+        elif event == "ascent" and self._lines is not None:
+            step, running = value
+            self._lines.update(step, f"{running}/{self.restarts} starts still running")
         elif event == "training":
             self._training(value)
 
@@ -46,6 +54,9 @@ class ConsoleProgress:
         self._bar.update(min(p.time, p.max_time), text)
 
     def _stop(self) -> None:
+        if self._lines is not None:
+            self._lines.close()
+            self._lines = None
         if self._status is not None:
             self._status.stop()
             self._status = None
