@@ -4,8 +4,8 @@ Oracles solvable by hand: Example 1 (Section 3.1) at its saddle (2, 0), where th
 residual is r = 2(y − H) = (0, 2) and the zero coordinate grows as u(t) = u_p·e^{4t}; a
 two-layer square net on X = I, y = (4, 1) at the saddle where one balanced neuron fits
 the first coordinate, where the unit NCF is 2a·b₂² with maximum 4/(3√3) on the sphere
-(the closed form for two-layer square nets in docs/theory.md, with M = diag(0, 2)); and the leading-order expansion itself,
-checked against the loss of a three-layer net."""
+(the closed form for two-layer square nets in docs/theory.md, with M = diag(0, 2)); and
+the leading-order expansion itself, checked against the loss of a three-layer net."""
 
 import math
 
@@ -160,5 +160,6 @@ def test_analyse_plateaus_of_example1_until_converged():
     assert minimum.prev_zero_grown == ((1,),) and minimum.active == ((0, 1),)
     assert minimum.prev_zero_ratio == pytest.approx(1 / math.sqrt(5), abs=1e-6)
     assert minimum.prev_zero_max_ratio == pytest.approx(1 / math.sqrt(5), abs=1e-3)
+    assert minimum.prev_zero_stayed_ratio is None  # the whole zero set grew
     d = phases.plateaus_json([sad, minimum])
     assert d[0]["next"]["first"]["unit"] == 1 and d[1]["kind"] == "minimum"

@@ -11,7 +11,8 @@ Per plateau (:func:`analyse_plateaus`, plateaus from :mod:`ncfkit.events`): time
 neuron is *small* when the norm of its row and column together is under
 :data:`SMALL_REL` = 10% of the largest in its layer; a coordinate of the diagonal model
 when |w_k| is under 10% of max|w|), ‖ψ_wz‖/‖ψ‖ for the governing point's w_z, and for the
-zero set Z of the previous plateau (what stays zero until this saddle).
+zero set Z of the previous plateau (what stays zero until this saddle): all of Z, and Z
+less the units active here (those the escape between the two saddles recruited).
 
 Which units grow next (:func:`predict_next`). At a saddle p whose units Z are (nearly)
 zero, write the weights of those units u_Z. For a feed-forward net, to leading order in
@@ -385,6 +386,8 @@ class PlateauReport:
     prev_zero_max_ratio: float | None  # ... its largest value between the two saddles (trajectory)
     prev_zero_grown: tuple[tuple[int, ...], ...] | None  # units of Z active here
     next: NextPrediction | None = None
+    prev_zero_stayed_ratio: float | None = None  # ‖ψ_Z'‖/‖ψ‖ here, Z' = Z less the grown units
+    prev_zero_stayed_max_ratio: float | None = None  # ... its largest value between the saddles
 
     @property
     def active_per_layer(self) -> list[int]:
@@ -398,6 +401,8 @@ class PlateauReport:
                 "wz_ratio": self.wz_ratio, "prev_zero_ratio": self.prev_zero_ratio,
                 "prev_zero_max_ratio": self.prev_zero_max_ratio,
                 "prev_zero_grown": None if self.prev_zero_grown is None else [list(g) for g in self.prev_zero_grown],
+                "prev_zero_stayed_ratio": self.prev_zero_stayed_ratio,
+                "prev_zero_stayed_max_ratio": self.prev_zero_stayed_max_ratio,
                 "next": None if self.next is None else self.next.to_dict()}
 
 
@@ -441,19 +446,22 @@ def analyse_plateaus(objective, run, *, wz_mask=None, rel: float = SMALL_REL, pr
             lam, kind = h.min, h.kind
         small = small_units(arch, w, rel)
         active = active_units(arch, w, rel)
-        pz = pz_max = grown = None
+        pz = pz_max = grown = st = st_max = None
         if prev_small is not None:
             m = units_mask(arch, prev_small)
             pz = norm_ratio(m, w)
             pz_max = _max_ratio_between(run, m, prev_time, snap.time)
             grown = tuple(tuple(j for j in z if j in set(a)) for z, a in zip(prev_small, active, strict=True))
+            stayed = tuple(tuple(j for j in z if j not in set(g)) for z, g in zip(prev_small, grown, strict=True))
+            ms = units_mask(arch, stayed)
+            st, st_max = norm_ratio(ms, w), _max_ratio_between(run, ms, prev_time, snap.time)
         nxt = None
         if predict and not p.stationary and any(small):
             nxt = predict_next(arch, objective.X, objective.y, objective.loss, w, small, t_saddle=snap.time,
                                rel=rel, restarts=restarts, seed=seed)
         out.append(PlateauReport(p.index, snap.time, snap.loss, snap.grad_norm, p.enter_time,
                                  None if p.exit is None else p.exit.time, p.confirmed, p.stationary, lam, kind,
-                                 active, small, norm_ratio(wz, w), pz, pz_max, grown, nxt))
+                                 active, small, norm_ratio(wz, w), pz, pz_max, grown, nxt, st, st_max))
         prev_small, prev_time = small, snap.time
     return out
 
