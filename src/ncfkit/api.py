@@ -516,7 +516,10 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
     from .escape import check_settings, default_max_time, find_governing_point, run_escape
     from .events import EventSettings
 
-    deltas = [float(d) for d in (deltas if isinstance(deltas, Sequence) else [deltas])]
+    try:
+        deltas = [float(d) for d in np.atleast_1d(np.asarray(deltas, dtype=np.float64)).ravel()]
+    except (TypeError, ValueError):
+        raise InputError(f"--delta {deltas!r}: initialization scales are numbers") from None
     ref = check_settings(deltas, lr=lr, eps=eps, max_time=max_time, point=point, delta_ref=delta_ref,
                          restarts=restarts, max_steps=max_steps, tol=tol, rtol=rtol)
     from . import validate  # the dtype's range: --rtol, --delta, --lr (issue 17)
