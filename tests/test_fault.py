@@ -53,6 +53,8 @@ POLICY = [
     ("torch-cpu-alloc", RuntimeError("DefaultCPUAllocator: can't allocate memory: 6e12 bytes"),
      1, r"out of memory"),
     ("bug", ValueError("oops\nmore"), 1, r"internal error ValueError: oops more .*--debug"),
+    ("linalg", np.linalg.LinAlgError("SVD did not converge"), 1,
+     r"^error: numerical failure \(LinAlgError: SVD did not converge\): the computation left the floating-point"),
     ("ctrl-c", KeyboardInterrupt(), 130, r"^interrupted \(SIGINT\)$"),
     ("sigterm", Terminated(), 143, r"^terminated \(SIGTERM\)$"),
 ]

@@ -313,6 +313,22 @@ def test_npz_header_larger_than_its_data_refused(tmp_path):
     one_line(run("kkt", p, *FAST), 2, r"lying\.npz: X declares shape \(40000000, 10\) .* holds only 64 bytes")
 
 
+@pytest.mark.parametrize("how", ["lying", "huge"])
+def test_crafted_weight_file_refused_unread(tmp_path, how):
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    p = tmp_path / "w0.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        if how == "lying":
+            _npz_member(zf, "W1", (40_000_000, 3), bytes(64))
+        else:
+            _npz_member(zf, "W1", (300_000, 3), bytes(8 * 900_000))
+        _npz_member(zf, "W2", (3,), bytes(24))
+    res = run("escape", tmp_path / "data.npz", *FAST, "--init", p, "--delta", "1e-3", "--max-time", "0.01",
+              "--delta-ref", "none", env={"NCFKIT_MAX_MEMORY": "16M"})
+    one_line(res, 2, r"w0\.npz: W1 declares shape \(40000000, 3\) .*holds only 64 bytes" if how == "lying"
+             else r"w0\.npz: declares arrays of 7\.2 MB as float64, more than this machine can work with")
+
+
 def test_npz_shapes_that_disagree_refused_before_reading(tmp_path, monkeypatch):
     p = tmp_path / "mismatch.npz"
     np.savez(p, X=X, y=Y[:-1])

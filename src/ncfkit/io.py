@@ -168,6 +168,33 @@ def _npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return out
 
 
+def _check_npz_sizes(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """The member headers of an .npz (:func:`_npz_headers`), after refusing members of
+    Python objects, members that declare more bytes than they hold, and a file whose
+    arrays together would not fit in :data:`DATA_MEMORY_SHARE` of the memory available."""
+    from ._runtime import available_memory, human_bytes
+
+    try:
+        headers = _npz_headers(p)
+    except Exception as e:  # zipfile/format errors of a damaged file
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    total = 0
+    for k, (shape, dtype, stored) in headers.items():
+        if dtype.hasobject:
+            raise InputError(f"{p}: {k} holds Python objects (dtype {dtype}); ncfkit reads numeric arrays only")
+        declared = _declared_bytes(shape, dtype.itemsize)
+        if stored < declared:
+            raise InputError(f"{p}: {k} declares shape {shape} ({declared} bytes) "
+                             f"but the file holds only {max(stored, 0)} bytes of it: truncated or crafted")
+        total += _declared_bytes(shape)
+    budget = available_memory()
+    if total > DATA_MEMORY_SHARE * budget:
+        raise InputError(f"{p}: declares arrays of {human_bytes(total)} as float64, more than this machine can "
+                         f"work with ({human_bytes(budget)} of memory available; NCFKIT_MAX_MEMORY sets the limit); "
+                         "not read")
+    return headers
+
+
 def _load_npz(p: Path) -> tuple[Any, Any]:
     try:
         headers = _npz_headers(p)
@@ -686,6 +713,7 @@ def _weight_file_arrays(path: str | os.PathLike) -> tuple[Path, dict[str, np.nda
     if p.suffix.lower() != ".npz":
         kinds = ", or ".join(cls.weight_file_arrays for cls in ARCHITECTURES.values())
         raise InputError(f"{p}: weight files are .npz (arrays {kinds})")
+    _check_npz_sizes(p)  # a crafted file declaring gigabytes is refused unread
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

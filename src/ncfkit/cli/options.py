@@ -139,6 +139,11 @@ def guarded(f):
                 raise
             if _is_out_of_memory(e):  # torch's CPU allocator raises a plain RuntimeError
                 _out_of_memory()
+            if type(e).__name__ in ("LinAlgError", "FloatingPointError", "_LinAlgError"):
+                click.echo(f"error: numerical failure ({type(e).__name__}: {_one_line(e)}): the computation left "
+                           "the floating-point range; check the data's scale, --act and --delta (rerun with "
+                           "--debug for the traceback)", err=True)
+                sys.exit(1)
             click.echo(f"error: internal error {type(e).__name__}: {_one_line(e)} "
                        "(rerun with --debug for the traceback)", err=True)
             sys.exit(1)
