@@ -160,12 +160,13 @@ class Problem:
         check_numeric_range(network, ds.X, ds.y, o["dtype"], ds.source, o["act"] if o["arch"] == "mlp" else None)
         host = False
         engine, device = o["engine"], str(o["device"])
-        if engine in ("auto", "compiled") and device.strip() == "cpu":
-            from .fastgd import compiled_unsupported
+        if engine in ("auto", "compiled", "numpy") and device.strip() == "cpu":
+            from .fastgd import compiled_unsupported, numpy_unsupported
 
             np_dtype = np.dtype(o["dtype"])
-            host = compiled_unsupported(arch=network, X=np.empty((0, ds.d), dtype=np_dtype),
-                                        loss_name=o["loss"]) is None
+            empty = np.empty((0, ds.d), dtype=np_dtype)
+            host = (numpy_unsupported(arch=network, X=empty) if engine == "numpy" else
+                    compiled_unsupported(arch=network, X=empty, loss_name=o["loss"])) is None
         if host:
             X, y, the_dtype, the_device = ds.X.astype(np_dtype), ds.y.astype(np_dtype), np_dtype.type, "cpu"
         else:
@@ -512,42 +513,23 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
     Raises:
         InputError: bad settings (named as the CLI flags).
     """
-    from .dynamics import METHODS, Objective, Settings
-    from .escape import check_settings, default_max_time, find_governing_point, run_escape
+    from .dynamics import Objective, Settings
+    from .escape import default_max_time, find_governing_point, run_escape
     from .events import EventSettings
+    from .validate import check_step
 
-    try:
-        deltas = [float(d) for d in np.atleast_1d(np.asarray(deltas, dtype=np.float64)).ravel()]
-    except (TypeError, ValueError):
-        raise InputError(f"--delta {deltas!r}: initialization scales are numbers") from None
-    ref = check_settings(deltas, lr=lr, eps=eps, max_time=max_time, point=point, delta_ref=delta_ref,
-                         restarts=restarts, max_steps=max_steps, tol=tol, rtol=rtol)
-    from . import validate  # the dtype's range: --rtol, --delta, --lr (issue 17)
-
-    if rtol is None:  # the default, 1e-9 (given explicitly, it must suit the dtype)
-        rtol = DEFAULT_RTOL
-    else:
-        validate.check_tolerance("--rtol", rtol, problem.settings["dtype"])
-    # (not --tol: escape's default 1e-9 stands in float32 too; an ascent that cannot meet
-    # it leaves an approximate governing point, with a warning)
-    scale = validate.output_scale(problem.arch, problem.data.X)
-    for d in deltas:
-        validate.check_scale("--delta", d, problem.arch.homogeneity, problem.settings["dtype"], scale)
-    if max_time is not None:
-        validate.check_step(lr, max_time)
-    if method not in METHODS:
-        raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    if until not in ("saddle", "max-time"):
-        raise InputError(f"--until {until!r}: expected saddle or max-time")
+    deltas, ref, rtol = _escape_settings(problem, deltas, lr=lr, eps=eps, max_time=max_time, point=point,
+                                         delta_ref=delta_ref, restarts=restarts, max_steps=max_steps, tol=tol,
+                                         rtol=rtol, method=method, until=until)
     problem = problem.with_engine(problem.engine or "auto")  # as `ncfkit escape` (--engine auto)
     engine = problem.engine
     objective = Objective(problem.arch, problem.X, problem.y, problem.loss)
-    if engine == "compiled":
-        from .fastgd import compiled_unsupported
+    if engine in ("compiled", "numpy"):
+        from .fastgd import compiled_unsupported, numpy_unsupported
 
-        why = compiled_unsupported(objective)
+        why = (compiled_unsupported if engine == "compiled" else numpy_unsupported)(objective)
         if why is not None:
-            raise InputError(f"--engine compiled: {why}; use --engine auto or torch")
+            raise InputError(f"--engine {engine}: {why}; use --engine auto or torch")
     prov = io.provenance(problem.data, **problem.settings, init=init, method=method, lr=lr, rtol=rtol,
                          engine=engine, eps=eps, max_time=max_time, until=until, deltas=deltas,
                          delta_ref=str("none" if delta_ref is None else delta_ref), kkt_file=kkt, point=point)
@@ -562,21 +544,14 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
     except KeyboardInterrupt as e:
         e.partial = EscapeResult(_interrupted(e, prov, **known), problem=problem)
         raise
-    act = getattr(arch, "act", None)
-    if method == "flow" and act is not None and act.homogeneous and act.p == 1 and act.alpha != 1.0:
-        _tell(progress, "warning", f"--act {act.name} has a kink at 0: the adaptive integrator may need "
-                                   "tiny steps wherever a neuron's pre-activation crosses it "
-                                   "(--method gd does not)")
-    if gp is not None and gp.cert.ncf <= 0:
-        _tell(progress, "warning", f"the governing KKT point is {gp.cert.kind} (𝒩 = {gp.cert.ncf:.3g}): "
-                                   "the theory predicts no escape")
+    _escape_warnings(arch, method, gp, progress)
     if max_time is None:
         max_time = default_max_time(deltas, gp)
         if max_time is None:
             raise InputError("--max-time is needed: no escape time is predicted here "
                              "(non-homogeneous activation, or a governing KKT point with 𝒩 ≤ 0)")
         prov["max_time"] = known["max_time"] = max_time
-        validate.check_step(lr, max_time)
+        check_step(lr, max_time)
     settings = Settings(max_time=max_time, lr=lr, rtol=rtol, until=until, events=EventSettings(eps=eps),
                         engine=engine)
     try:
@@ -594,6 +569,52 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
         report.interrupted.partial = result
         raise report.interrupted
     return result
+
+
+def _escape_settings(problem: Problem, deltas, *, lr, eps, max_time, point, delta_ref, restarts, max_steps,
+                     tol, rtol, method, until) -> tuple[list[float], float | str | None, float]:
+    """Validate :func:`escape`'s settings with the CLI's messages (each names its flag,
+    ranges checked against the problem's dtype); return (the δ as floats, δ_ref as
+    :func:`ncfkit.escape.run_escape` takes it, rtol)."""
+    from . import validate  # the dtype's range: --rtol, --delta, --lr (issue 17)
+    from .dynamics import METHODS
+    from .escape import check_settings
+
+    try:
+        deltas = [float(d) for d in np.atleast_1d(np.asarray(deltas, dtype=np.float64)).ravel()]
+    except (TypeError, ValueError):
+        raise InputError(f"--delta {deltas!r}: initialization scales are numbers") from None
+    ref = check_settings(deltas, lr=lr, eps=eps, max_time=max_time, point=point, delta_ref=delta_ref,
+                         restarts=restarts, max_steps=max_steps, tol=tol, rtol=rtol)
+    if rtol is None:  # the default, 1e-9 (given explicitly, it must suit the dtype)
+        rtol = DEFAULT_RTOL
+    else:
+        validate.check_tolerance("--rtol", rtol, problem.settings["dtype"])
+    # (not --tol: escape's default 1e-9 stands in float32 too; an ascent that cannot meet
+    # it leaves an approximate governing point, with a warning)
+    scale = validate.output_scale(problem.arch, problem.data.X)
+    for d in deltas:
+        validate.check_scale("--delta", d, problem.arch.homogeneity, problem.settings["dtype"], scale)
+    if max_time is not None:
+        validate.check_step(lr, max_time)
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if until not in ("saddle", "max-time"):
+        raise InputError(f"--until {until!r}: expected saddle or max-time")
+    return deltas, ref, rtol
+
+
+def _escape_warnings(arch, method: str, gp, progress: ProgressFn | None) -> None:
+    """Say what may go wrong before training: a kink for the adaptive integrator, a
+    governing point from which the theory predicts no escape."""
+    act = arch.activation
+    if method == "flow" and act is not None and act.homogeneous and act.p == 1 and act.alpha != 1.0:
+        _tell(progress, "warning", f"--act {act.name} has a kink at 0: the adaptive integrator may need "
+                                   "tiny steps wherever a neuron's pre-activation crosses it "
+                                   "(--method gd does not)")
+    if gp is not None and gp.cert.ncf <= 0:
+        _tell(progress, "warning", f"the governing KKT point is {gp.cert.kind} (𝒩 = {gp.cert.ncf:.3g}): "
+                                   "the theory predicts no escape")
 
 
 # --------------------------------------------------------------------------- commands by CLI names

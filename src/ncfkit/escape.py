@@ -512,7 +512,7 @@ def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int,
     from_file = kkt_point_from_file(kkt_file, point, problem) if kkt_file else None  # checked first
     if init == "kkt":
         if not homogeneous:
-            raise InputError(f"--init kkt: the activation {arch.act.name} is not homogeneous; "
+            raise InputError(f"--init kkt: the activation {arch.activation.name} is not homogeneous; "
                              "there is no NCF and no KKT point to start along")
         if from_file is not None:
             gp = certified_point(arch, problem.X, problem.ytilde, from_file[0],
@@ -530,7 +530,7 @@ def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int,
         return gp.w_star, gp, "along w*"
     w0, how = initial_direction(init, problem, seed)
     if not homogeneous:
-        _say(notify, "note", f"{arch.act.name} is not homogeneous: no NCF, no KKT point, "
+        _say(notify, "note", f"{arch.activation.name} is not homogeneous: no NCF, no KKT point, "
                              "no predictions (training and events only)")
         return w0, None, how
     _say(notify, "status", "NCF flow from w0 (Definition 2)…")
