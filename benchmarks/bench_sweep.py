@@ -7,7 +7,8 @@
 
 Each mode's peak memory is the largest total resident memory of its whole process tree
 (sampled every 50 ms), and the largest single process. The numbers of every run (the
-columns of ``ncfkit collect``) must equal the shell loop's, run for run.
+columns of ``ncfkit collect``) are compared with the shell loop's, run for run: equal, or
+(the local cluster's workers run numpy's BLAS on one thread) equal to round-off.
 
     python benchmarks/bench_sweep.py [--workers 2] [--deltas 0.05,0.03,0.02,0.01] [--seeds 4]
                                      [--out DIR] [--json]
@@ -115,6 +116,27 @@ def numbers(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "file"} for r in escape_rows(path)[1]]
 
 
+def compare(rows: list[dict], ref: list[dict]) -> tuple[float, bool]:
+    """(largest relative difference of a float column, bitwise equal) against the shell
+    loop's rows; other columns must be equal. Dask's workers run numpy's BLAS on one
+    thread (OPENBLAS_NUM_THREADS=1), so a Hessian eigenvalue can differ in its last bits
+    from a process with a multi-threaded BLAS."""
+    worst, bitwise = 0.0, True
+    if len(rows) != len(ref):
+        return float("inf"), False
+    for a, b in zip(rows, ref, strict=True):
+        for k in b:
+            x, y = a.get(k), b[k]
+            if x == y:
+                continue
+            bitwise = False
+            if isinstance(x, float) and isinstance(y, float):
+                worst = max(worst, abs(x - y) / max(abs(y), 1e-300))
+            else:
+                return float("inf"), False
+    return worst, bitwise
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
@@ -145,21 +167,26 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
               "runs": len(ref), "modes": []}
     for name, m in modes.items():
-        same = all(numbers(p) == ref[k] for k, p in m["files"].items())
+        diffs = [compare(numbers(p), ref[k]) for k, p in m["files"].items()]
+        worst = max(d for d, _ in diffs)
         result["modes"].append({"mode": name, "wall_s": round(m["wall"], 2), "speedup": round(base / m["wall"], 2),
                                 "peak_tree_mb": round(m["peak_total"] / 2**20), "peak_process_mb":
-                                round(m["peak_single"] / 2**20), "numbers_equal_to_shell_loop": same})
+                                round(m["peak_single"] / 2**20), "bitwise_equal": all(b for _, b in diffs),
+                                "max_rel_diff": worst, "numbers_equal_to_shell_loop": worst <= 1e-9})
     escaped = [r["escaped"] for rows in ref.values() for r in rows]
     result["all_escaped"] = all(escaped)
     if a.json:
         print(json.dumps(result))
         return
     print(f"\n{result['runs']} runs, {result['machine']}; all escaped: {result['all_escaped']}\n")
-    print("| mode | wall s | vs shell loop | peak memory, all processes MB | largest process MB | numbers equal |")
+    print("| mode | wall s | vs shell loop | peak memory, all processes MB | largest process MB | "
+          "numbers vs the shell loop's |")
     print("|---|---|---|---|---|---|")
     for m in result["modes"]:
+        same = ("bitwise equal" if m["bitwise_equal"] else f"equal to {m['max_rel_diff']:.1e} relative"
+                if m["numbers_equal_to_shell_loop"] else f"DIFFERENT ({m['max_rel_diff']:.1e})")
         print(f"| {m['mode']} | {m['wall_s']:.1f} | {m['speedup']:.2f}× | {m['peak_tree_mb']} | "
-              f"{m['peak_process_mb']} | {'yes' if m['numbers_equal_to_shell_loop'] else 'NO'} |")
+              f"{m['peak_process_mb']} | {same} |")
 
 
 if __name__ == "__main__":
