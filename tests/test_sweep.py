@@ -163,6 +163,9 @@ def test_bad_outdir_and_scheduler(tmp_path, no_runs):
     r = run_cli("sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--outdir", other,
                 "--scheduler", "in-process")
     assert r.exit_code == 2 and "--force" in r.stderr and (other / "delta=0.01.h5").read_bytes() == b"not mine"
+    r = run_cli("sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--outdir", other,
+                "--scheduler", "in-process", "--force")
+    assert r.exit_code == 0 and len(no_runs) == 4  # --force: every point runs (and may overwrite)
 
 
 # --------------------------------------------------------------------------- locks
@@ -281,6 +284,22 @@ def test_ctrl_c_real_sweep_then_resume(tmp_path, square5):
     summary = json.loads(r.stdout)
     assert summary["ran"] == 6 - complete and summary["skipped"] == complete
     assert len(summary["table"]["rows"]) == 6 and len(list(out.glob("*.h5"))) == 6
+
+
+def test_spec_file_and_kkt_sparsity_sweeps(tmp_path):
+    """A --spec file drives a real kkt sweep; a sparsity sweep reads one of its files."""
+    spec = tmp_path / "kkt.toml"
+    spec.write_text(f'command = "kkt"\ndata = "{FIG1}"\noutdir = "{tmp_path / "kkt"}"\n'
+                    '[flags]\nhidden = 5\nact = "square"\nmax-steps = 2000\n[grid]\nrestarts = [2, 4]\n')
+    r = run_cli("sweep", "--spec", spec, "--scheduler", "in-process", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["table"]["rows"]
+    assert [x["restarts"] for x in rows] == [2, 4] and all(x["point0_ncf"] > 0 for x in rows)
+    r = run_cli("sweep", "sparsity", tmp_path / "kkt" / "restarts=4.h5", "--grid", "tol=1e-3,1e-2",
+                "--outdir", tmp_path / "sp", "--scheduler", "in-process", "--json")
+    assert r.exit_code == 0, r.output
+    assert [x["tol"] for x in json.loads(r.stdout)["table"]["rows"]] == [1e-3, 1e-2]
+    assert run_cli("info", tmp_path / "sp" / "tol=0.01.h5").exit_code == 0
 
 
 # --------------------------------------------------------------------------- on Dask clusters

@@ -775,7 +775,10 @@ def run_point(task: dict) -> dict:
         remove_temporaries(outdir, point.name)
         force = bool(task.get("force"))
         if path.exists():
-            state, _ = result_state(command, point, path)
+            state, why = result_state(command, point, path)
+            if state == "other" and not force:  # appeared after the sweep checked the folder
+                return dict(record, status="failed", exit_code=2, error=f"{path.name} exists and is not this "
+                            f"sweep's point ({why}); not overwritten (pass --force to overwrite it)")
             if state == "complete" and not force:
                 if _started(path) >= task.get("started", "~"):  # an earlier attempt wrote it, then its worker died
                     return dict(record, status="done", elapsed=0.0, note="written by an attempt whose worker died")
