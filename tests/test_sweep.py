@@ -101,9 +101,7 @@ def test_grid_axes_and_names(tmp_path):
     spec = tmp_path / "sweep.toml"
     spec.write_text(f'command = "escape"\ndata = "{EX1}"\n[flags]\narch = "diag"\ninit = "{EX1_W0}"\n'
                     '[grid]\ndelta = [0.01, 0.001]\nseed = "0:3"\n')
-    from ncfkit.cli.sweep_cmd import _inputs
-
-    command, args, grid, _, _, _ = _inputs((), (), str(spec), str(tmp_path / "out"), None, None)
+    command, args, grid, _, _, _ = sw.resolve_inputs((), (), str(spec), str(tmp_path / "out"), None, None)
     s2 = sw.plan(command, args, grid, tmp_path / "out")
     assert [q.name for q in s2.points] == [q.name for q in s.points]
     assert [q.params for q in s2.points] == [q.params for q in s.points]

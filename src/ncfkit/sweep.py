@@ -43,7 +43,7 @@ from typing import Any
 from .errors import InputError, NcfkitError
 
 __all__ = ["COMMANDS", "Axis", "Point", "Sweep", "parse_grid_option", "load_spec", "plan",
-           "run_point", "run_sweep", "point_name", "SweepReport"]
+           "run_point", "run_sweep", "point_name", "SweepReport", "resolve_inputs"]
 
 COMMANDS = ("escape", "kkt", "sparsity")
 #: Settings the sweep itself owns: each point's --out and --force, and --json.
@@ -288,6 +288,32 @@ def flags_to_args(cmd, flags: dict) -> list[str]:
         for v in (value if isinstance(value, list) else [value]):
             args += [param.opts[0], str(v)]
     return args
+
+
+def resolve_inputs(args, grids, spec, outdir, workers, retries):
+    """``ncfkit sweep``'s inputs: (command, the command's args, grid [(name, values)],
+    outdir, workers, retries) from the command line and the --spec file (the command line
+    wins: its flags come after the spec's, its --grid axes replace the spec's)."""
+    s = load_spec(spec) if spec else {}
+    args = list(args)
+    command = args.pop(0) if args and args[0] in COMMANDS else s.get("command")
+    if command is None:
+        got = f" (got {args[0]!r})" if args and not args[0].startswith("-") else ""
+        raise InputError(f"sweep: give the COMMAND to sweep first: {', '.join(COMMANDS)}{got}")
+    if s.get("command") not in (None, command):
+        raise InputError(f"--spec {spec}: sweeps {s['command']!r}, the command line {command!r}")
+    cmd = command_object(command)
+    front = [str(s["data"])] if "data" in s else []
+    grid = dict(s.get("grid", {}))
+    for text in grids:
+        name, values = parse_grid_option(text)
+        grid.pop(next((k for k in grid if k.replace("_", "-") == name.replace("_", "-")), name), None)
+        grid[name] = values
+    outdir = outdir or s.get("outdir")
+    if not outdir:
+        raise InputError("sweep: give --outdir DIR (where the point files and sweep.json go)")
+    return (command, front + flags_to_args(cmd, s.get("flags", {})) + args, list(grid.items()), outdir,
+            workers or s.get("workers"), s.get("retries", 2) if retries is None else retries)
 
 
 @dataclasses.dataclass

@@ -8,34 +8,6 @@ import click
 from .options import emit_json, guarded, stderr_console
 
 
-def _inputs(args, grids, spec, outdir, workers, retries):
-    """(command, the command's args, grid [(name, values)], outdir, workers, retries) from
-    the command line and the --spec file (the command line wins)."""
-    from ..errors import InputError
-    from ..sweep import COMMANDS, command_object, flags_to_args, load_spec, parse_grid_option
-
-    s = load_spec(spec) if spec else {}
-    args = list(args)
-    command = args.pop(0) if args and args[0] in COMMANDS else s.get("command")
-    if command is None:
-        got = f" (got {args[0]!r})" if args and not args[0].startswith("-") else ""
-        raise InputError(f"sweep: give the COMMAND to sweep first: {', '.join(COMMANDS)}{got}")
-    if s.get("command") not in (None, command):
-        raise InputError(f"--spec {spec}: sweeps {s['command']!r}, the command line {command!r}")
-    cmd = command_object(command)
-    front = [str(s["data"])] if "data" in s else []
-    grid = dict(s.get("grid", {}))
-    for text in grids:
-        name, values = parse_grid_option(text)
-        grid.pop(next((k for k in grid if k.replace("_", "-") == name.replace("_", "-")), name), None)
-        grid[name] = values
-    outdir = outdir or s.get("outdir")
-    if not outdir:
-        raise InputError("sweep: give --outdir DIR (where the point files and sweep.json go)")
-    return (command, front + flags_to_args(cmd, s.get("flags", {})) + args, list(grid.items()), outdir,
-            workers or s.get("workers"), s.get("retries", 2) if retries is None else retries)
-
-
 def _progress_bar(console):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -71,9 +43,9 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_js
     table of all points (for escape, the columns of `ncfkit collect`).
     """
     from ..errors import RunError
-    from ..sweep import plan, run_sweep, write_table
+    from ..sweep import plan, resolve_inputs, run_sweep, write_table
 
-    command_name, cmd_args, grid, outdir, workers, retries = _inputs(args, grids, spec, outdir, workers, retries)
+    command_name, cmd_args, grid, outdir, workers, retries = resolve_inputs(args, grids, spec, outdir, workers, retries)
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers sizes the local cluster; a --scheduler's cluster has its own workers")
     sweep = plan(command_name, cmd_args, grid, outdir)
