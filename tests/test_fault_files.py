@@ -284,10 +284,8 @@ def _npz_member(zf: zipfile.ZipFile, name: str, shape, body: bytes, dtype="<f8")
     zf.writestr(name + ".npy", buf.getvalue() + body)
 
 
-def test_npz_zip_bomb_refused_from_its_headers(tmp_path):
-    """A deflated 1M x 5 array of zeros (40 MB, a 40 KB file) against a 16 MB limit: the
-    member headers are read, nothing is inflated."""
-    p = tmp_path / "bomb.npz"
+def _bomb(p: Path) -> None:
+    """A deflated 1M x 5 array of zeros (40 MB, a 40 KB file)."""
     with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as zf:
         with zf.open("X.npy", "w", force_zip64=True) as f:
             buf = io.BytesIO()
@@ -300,9 +298,25 @@ def test_npz_zip_bomb_refused_from_its_headers(tmp_path):
             f.write(bytes(40_000_000 % len(zero)))
         _npz_member(zf, "y", (1_000_000,), bytes(8_000_000))
     assert p.stat().st_size < 200_000
+
+
+def test_npz_zip_bomb_refused_from_its_headers(tmp_path):
+    """The bomb against a 16 MB limit: the member headers are read, nothing inflated."""
+    p = tmp_path / "bomb.npz"
+    _bomb(p)
     res = run("kkt", p, *FAST, env={"NCFKIT_MAX_MEMORY": "16M"})
     one_line(res, 2, r"bomb\.npz: declares X of shape \(1000000, 5\) \(48 MB as float64\), more than this machine "
                      r"can work with \(16\.8 MB of memory available; NCFKIT_MAX_MEMORY")
+
+
+def test_npz_zip_bomb_refused_by_its_inflation_ratio(tmp_path, monkeypatch):
+    """Whatever the memory: a member that inflates 1000-fold is no measured data (the
+    issue's 3.4 MB file inflated to 3.2 GB; here the size floor is lowered to 1 MB)."""
+    p = tmp_path / "bomb.npz"
+    _bomb(p)
+    monkeypatch.setattr(nio, "ZIP_BOMB_MIN_BYTES", 1 << 20)
+    one_line(run("kkt", p, *FAST), 2, r"bomb\.npz: X inflates \d+-fold, from .* to 40 MB \(shape \(1000000, 5\)\): "
+                                      r"a zip bomb, not data; not read")
 
 
 def test_npz_header_larger_than_its_data_refused(tmp_path):
