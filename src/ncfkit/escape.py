@@ -18,6 +18,13 @@
    δ^{2−L_h} (L_h > 2) beside the predicted slope, and the empirical exponents of the path
    distance and of ‖ψ_wz‖/‖ψ‖ against δ beside the theorems'.
 
+The command's set-up lives here too (:func:`check_settings`, :func:`kkt_point_from_file`
+with its provenance checks, :func:`initial_direction`, :func:`find_governing_point` for
+the three ``--init`` modes); :func:`ncfkit.api.escape` strings them together, and the
+run.h5 layout is :func:`ncfkit.io.escape_record`. Training runs in phase ``train`` and the
+saddle Hessians in phase ``hessians`` (:mod:`ncfkit._phases`); an interruption in the
+latter keeps every finished run (:attr:`EscapeReport.interrupted`).
+
 Why δ_ref = min δ·10⁻² (L_h = 2) or min δ·2^{−1/(L_h−2)} (L_h > 2) by default: p(t) −
 ψ(t + T(δ_ref), δ_ref w*) = O(δ_ref) (Lemmas 7, 31), and after alignment at the escape
 event the difference is smaller still, since along the ray through w* the flow only
