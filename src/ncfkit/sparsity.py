@@ -158,6 +158,7 @@ def analyse_sparsity(arch: Architecture, w: Array, tol: float = 1e-3) -> Sparsit
     zero-preserving subset w_z (of the kind of ``w``).
 
     >>> from ncfkit.activations import parse_activation
+    >>> from ncfkit.models import MLP
     >>> arch = MLP(2, (2,), parse_activation("square"))
     >>> w = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.5, 0.0])  # W1 = [[1, 0], [0, 0]], W2 = [.5, 0]
     >>> r = analyse_sparsity(arch, w); r.activity.zero, r.zero_preserving_size
