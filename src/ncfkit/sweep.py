@@ -161,8 +161,8 @@ def _label(value: Any, is_path: bool) -> str:
         text = Path(value).stem
     elif isinstance(value, bool):
         text = "yes" if value else "no"
-    elif isinstance(value, float):
-        text = repr(value)
+    elif isinstance(value, (int, float)):
+        return repr(value)  # 0.01, 1e-05, -3: file-name safe as they are
     else:
         text = str(value)
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "_"
@@ -453,7 +453,7 @@ def _api():
 
 
 #: The click names of the options that define a command's problem (data, network, loss, numerics).
-MODEL_KEYS = ("arch", "hidden", "depth", "act", "loss_name", "reduction", "seed", "dtype", "device")
+MODEL_KEYS = ("arch", "hidden", "depth", "act", "loss_name", "reduction", "dtype", "device")
 
 
 def _settings_checker(command: str) -> Callable[[Point], None] | None:
@@ -465,16 +465,23 @@ def _settings_checker(command: str) -> Callable[[Point], None] | None:
     checks: list[Callable[[Point], None]] = []
     if command in ("escape", "kkt") and api is not None and hasattr(api, "Problem"):
         seen: set = set()
+        try:
+            from .validate import check_seed
+        except ImportError:
+            check_seed = None
 
         def check_problem(p: Point) -> None:
-            key = (p.data, *(repr(p.params.get(k)) for k in MODEL_KEYS))
+            q = p.params
+            if check_seed is not None:
+                check_seed(q["seed"])
+            key = (p.data, *(repr(q.get(k)) for k in MODEL_KEYS))
             if key in seen:
                 return
             seen.add(key)
-            q = p.params
+            # the device is the workers' (a GPU cluster's), not necessarily this machine's
             problem = api.Problem.load(p.data, arch=q["arch"], hidden=q["hidden"], depth=q["depth"], act=q["act"],
-                                       loss=q["loss_name"], reduction=q["reduction"], seed=q["seed"],
-                                       dtype=q["dtype"], device=q["device"], engine="auto")
+                                       loss=q["loss_name"], reduction=q["reduction"], seed=0,
+                                       dtype=q["dtype"], device="cpu", engine="auto")
             if command == "kkt":
                 problem.require_homogeneous()
 
