@@ -15,10 +15,11 @@ many restarts, certifies, and merges points equal up to the network's symmetries
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import clarke
 from ._lazy import torch
 from .arrays import asarray_like, finfo, is_numpy, nonzero, norm, to_numpy
 from .fastgd import ncf_value_and_grad_fn
@@ -26,7 +27,7 @@ from .models import Architecture
 from .ncf import ncf, ncf_hessian, ncf_hvp, ncf_value_and_grad
 from .sparsity import balance_error, neuron_activity
 
-__all__ = ["AscentResult", "Certificate", "KKTPoint", "KKTResult", "normalized_ascent",
+__all__ = ["AscentResult", "Certificate", "KKTPoint", "KKTResult", "normalized_ascent", "clarke_ascent",
            "kkt_residual", "certify", "find_kkt_points", "DENSE_MAX"]
 
 #: Above this many parameters the restricted Hessian spectrum is computed matrix-free.
@@ -44,6 +45,8 @@ class AscentResult:
     converged: torch.Tensor  # (R,) bool: residual <= tol
     steps: torch.Tensor  # (R,) steps taken
     stalled: torch.Tensor  # (R,) bool: stopped because 𝒩 stopped improving (kinks of ReLU)
+    #: per start, why it is not converged (None: converged); set by :func:`clarke_ascent`
+    reason: tuple[str | None, ...] | None = None
 
 
 def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: float,
@@ -138,6 +141,75 @@ def normalized_ascent(
                         back(done), back(steps), back(stalled))
 
 
+def clarke_ascent(
+    arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u0: torch.Tensor,
+    max_steps: int = 20000, tol: float = 1e-9, patience: int = 200, rounds: int = 4,
+    active_tol: float = 1e-3, progress: Callable[[int, int], None] | None = None, engine: str = "auto",
+) -> AscentResult:
+    """An ascent that converges at the kinks of a piecewise-linear activation max(x, αx).
+
+    Each round runs :func:`normalized_ascent` on the starts still open until 𝒩 stops
+    improving (``patience`` steps: where the iterates zigzag across a kink, their sign
+    pattern has settled), then :func:`ncfkit.clarke.polish` solves the KKT system on the
+    smooth stratum of each (Newton's method, the vanishing pre-activations as
+    constraints) and certifies it with the Clarke residual. A start whose stratum's
+    multipliers leave their bounds moves off the stratum along the element of minimal
+    norm of P_{u⊥}∂𝒩 (a step that increases 𝒩) and takes part in the next round. A start
+    is converged when its Clarke residual is ≤ ``tol``; otherwise ``reason`` says why
+    (never a bare "stalled"): ``stalled`` is all False.
+    """
+    u = to_numpy(u0).astype(np.float64)
+    u = u / np.linalg.norm(u, axis=-1, keepdims=True)
+    R = u.shape[0]
+    val = np.zeros(R)
+    res = np.full(R, np.inf)
+    used = np.zeros(R, dtype=np.int64)
+    done = np.zeros(R, dtype=bool)
+    reason: list[str | None] = [None] * R
+    pending = np.arange(R)
+    Xn, yn = to_numpy(X).astype(np.float64), to_numpy(ytilde).astype(np.float64)
+    for rnd in range(rounds):
+        budget = max_steps - int(used[pending].max())
+        if budget <= 0:
+            for i in pending:
+                reason[i] = f"max_steps ({max_steps}) reached before a certified point; last: {reason[i]}"
+            break
+        asc = normalized_ascent(arch, X, ytilde, asarray_like(u[pending], X), max_steps=budget, tol=tol,
+                                patience=patience, progress=progress, engine=engine)
+        a_u, a_steps = to_numpy(asc.u).astype(np.float64), to_numpy(asc.steps)
+        again = []
+        for row, i in enumerate(pending):
+            used[i] += int(a_steps[row])
+            pol = clarke.polish(arch, Xn, yn, a_u[row], tol=tol, active_tol=active_tol, dense_max=DENSE_MAX)
+            u[i], val[i], res[i], done[i], reason[i] = pol.u, pol.ncf, pol.residual, pol.certified, pol.reason
+            if pol.certified or pol.direction is None or rnd == rounds - 1:
+                continue
+            moved = _step_off(arch, Xn, yn, pol.u, pol.direction, pol.ncf)
+            if moved is None:
+                reason[i] = f"{pol.reason}; no step along the minimal-norm direction increases 𝒩"
+                continue
+            u[i] = moved
+            again.append(i)
+        pending = np.array(again, dtype=np.int64)
+        if pending.size == 0:
+            break
+    back = (lambda a: a) if is_numpy(u0) else (lambda a: torch.as_tensor(a, device=u0.device))
+    return AscentResult(asarray_like(u, u0), asarray_like(val, u0), asarray_like(res, u0), back(done),
+                        back(used), back(np.zeros(R, dtype=bool)), tuple(reason))
+
+
+def _step_off(arch, X, ytilde, u, direction, value):
+    """The unit point u + ηd (d: the minimal-norm direction off a stratum) with the
+    largest η in 10^-1 … 10^-8 that increases 𝒩 beyond round-off, or None."""
+    noise = 64 * np.finfo(float).eps * (abs(value) + 1.0)
+    for eta in 10.0 ** -np.arange(1, 9):
+        trial = u + eta * direction
+        trial /= np.linalg.norm(trial)
+        if float(ncf(arch, X, ytilde, trial)) > value + noise:
+            return trial
+    return None
+
+
 @dataclass(frozen=True)
 class Certificate:
     """Every diagnostic of one candidate KKT point w* (unit norm)."""
@@ -155,6 +227,14 @@ class Certificate:
     hessian_method: str  # dense / lanczos
     active_per_layer: tuple[int, ...] | None = None
     active_neurons: tuple[tuple[int, ...], ...] | None = None
+    #: "smooth" (∇𝒩 exists), "clarke" (two-layer max(x, αx) net: Clarke generalized
+    #: gradient) or "conservative" (deeper such net: the backward pass's conservative field)
+    field: str = "smooth"
+    multipliers: int | None = None  # kinks whose multiplier s ∈ [min(α,1), max(α,1)] enters g
+    kinks: int | None = None  # vanishing pre-activations of nonzero neurons
+    exact: bool | None = None  # the Clarke residual is the exact minimum over the multipliers
+    stratum_dim: int | None = None  # dim of the smooth stratum's tangent space ∩ w⊥ (Δ is on it)
+    reason: str | None = None  # why the point is not certified (None: certified or not asked)
 
 
 def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tuple[np.ndarray, str]:
@@ -204,27 +284,43 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
 
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
-            *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6) -> Certificate:
+            *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6,
+            kink_tol: float = clarke.KINK_TOL) -> Certificate:
     """Certify one point w (normalised to unit norm first); ``X``, ``ytilde`` and ``w``
     are numpy arrays or tensors (:mod:`ncfkit.arrays`), and ``Certificate.w`` is of w's kind.
 
     ``zero_tol`` (relative to ‖∇𝒩‖-scale) decides the kind "zero"; ``active_tol`` is the
     relative neuron norm below which a hidden neuron is zero; ``second_order_tol``
     (relative to L_h|𝒩|) is the slack allowed in Δ ≥ 0 for the second-order verdict.
+
+    Feed-forward nets with a piecewise-linear activation max(x, αx) (relu, leaky:α) get
+    the Clarke certificate of :mod:`ncfkit.clarke` (``field`` "clarke" or
+    "conservative"): the residual minimises over the multipliers of the pre-activations
+    within ``kink_tol`` of zero, and Δ, the top eigenvalues and the Lemma-20 error are
+    those of the smooth stratum. It is computed in float64 on the host from either kind
+    of input, so numpy arrays and tensors give the same certificate.
     """
     w = w / norm(w)
     w = w if is_numpy(w) else w.detach()
     L_h = float(arch.homogeneity)
-    val_t, grad = ncf_value_and_grad(arch, X, ytilde, w)
-    val = float(val_t)
     tiny = float(finfo(w).tiny)
-    gscale = max(float(norm(grad)), tiny)
-    residual = float(norm(grad - L_h * val * w)) / gscale
-    top, method = _restricted_top_eigs(arch, X, ytilde, w)
-    delta = L_h * val - float(top[0])
-    hw = ncf_hvp(arch, X, ytilde, w, w)
-    target = L_h * (L_h - 1) * val
-    eig_error = float(norm(hw - target * w)) / max(abs(target), tiny)
+    extra = {}
+    if clarke.applies(arch):
+        cc = clarke.clarke_certificate(arch, X, ytilde, w, kink_tol=kink_tol, dense_max=DENSE_MAX)
+        val, residual, delta, top, method, eig_error = (cc.ncf, cc.residual, cc.delta, cc.top_eigs,
+                                                        cc.hessian_method, cc.eig_error)
+        extra = {"field": cc.field, "multipliers": cc.multipliers, "kinks": cc.kinks, "exact": cc.exact,
+                 "stratum_dim": cc.stratum_dim}
+    else:
+        val_t, grad = ncf_value_and_grad(arch, X, ytilde, w)
+        val = float(val_t)
+        gscale = max(float(norm(grad)), tiny)
+        residual = float(norm(grad - L_h * val * w)) / gscale
+        top, method = _restricted_top_eigs(arch, X, ytilde, w)
+        delta = L_h * val - float(top[0])
+        hw = ncf_hvp(arch, X, ytilde, w, w)
+        target = L_h * (L_h - 1) * val
+        eig_error = float(norm(hw - target * w)) / max(abs(target), tiny)
     ytscale = float(abs(ytilde).sum()) * float(norm(X).max()) ** L_h
     kind = "zero" if abs(val) <= zero_tol * max(ytscale, 1e-300) else ("positive" if val > 0 else "negative")
     second = delta >= -second_order_tol * max(L_h * abs(val), 1e-300)
@@ -234,7 +330,7 @@ def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.
         activity = neuron_activity(arch, w, active_tol)
         act_layers, act_neurons = tuple(activity.active_per_layer), activity.active
     return Certificate(w, val, L_h * val / 2, residual, delta, tuple(float(t) for t in top),
-                       eig_error, bal, kind, bool(second), method, act_layers, act_neurons)
+                       eig_error, bal, kind, bool(second), method, act_layers, act_neurons, **extra)
 
 
 @dataclass(frozen=True)
@@ -245,7 +341,8 @@ class KKTPoint:
     count: int
     basin_fraction: float
     restarts: tuple[int, ...]
-    converged: bool = True  # False: the ascent stalled above --tol (a kink of ReLU)
+    converged: bool = True  # False: not certified (smooth: stalled above --tol; max(x, αx): see reason)
+    reason: str | None = None  # why the first start of the point is not converged
 
 
 @dataclass(frozen=True)
@@ -258,6 +355,8 @@ class KKTResult:
     max_steps_taken: int
     unconverged: tuple[int, ...] = field(default=())  # starts that hit max_steps
     stalled: tuple[int, ...] = field(default=())  # starts that stalled above tol
+    #: (start, reason) of every start left uncertified by :func:`clarke_ascent` (relu, leaky)
+    reasons: tuple[tuple[int, str], ...] = field(default=())
 
 
 def _signature(arch, X, ytilde, w, active_tol: float):
@@ -293,9 +392,16 @@ def find_kkt_points(
     # for a seed whatever the kind of X, and as in every earlier ncfkit version
     dtype = getattr(torch, np.dtype(X.dtype).name) if is_numpy(X) else X.dtype
     u0 = asarray_like(random_direction(arch.num_params, gen, (restarts,), dtype=dtype), X)
-    asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
-    conv = nonzero(asc.converged)
-    stalled = nonzero(asc.stalled)
+    piecewise_linear = clarke.applies(arch)
+    if piecewise_linear:  # every start ends certified or with a reason: all of them are points
+        asc = clarke_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, active_tol=active_tol,
+                            progress=progress)
+        conv = nonzero(asc.converged)
+        stalled = [i for i in range(restarts) if not bool(asc.converged[i])]
+    else:
+        asc = normalized_ascent(arch, X, ytilde, u0, max_steps=max_steps, tol=tol, progress=progress)
+        conv = nonzero(asc.converged)
+        stalled = nonzero(asc.stalled)
     groups: list[tuple[tuple, list[int]]] = []  # (signature of the first member, members)
     # Converged starts first, so a stalled start joins a converged point when it matches.
     for r in sorted(conv, key=lambda i: -float(asc.ncf[i])) + sorted(stalled, key=lambda i: -float(asc.ncf[i])):
@@ -306,9 +412,19 @@ def find_kkt_points(
                 break
         else:
             groups.append((sig, [r]))
-    points = [KKTPoint(certify(arch, X, ytilde, asc.u[m[0]], active_tol=active_tol), len(m),
-                       len(m) / restarts, tuple(m), bool(asc.converged[m[0]])) for _, m in groups]
+    reasons = asc.reason or (None,) * restarts
+    points = []
+    for _, m in groups:
+        cert = certify(arch, X, ytilde, asc.u[m[0]], active_tol=active_tol)
+        if reasons[m[0]] is not None:
+            cert = replace(cert, reason=reasons[m[0]])
+        points.append(KKTPoint(cert, len(m), len(m) / restarts, tuple(m), bool(asc.converged[m[0]]),
+                               reasons[m[0]]))
     points.sort(key=lambda p: -p.cert.ncf)
     unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i] | asc.stalled[i]))
+    if piecewise_linear:
+        return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
+                         int(asc.steps.max()), (), (),
+                         tuple((i, reasons[i]) for i in range(restarts) if reasons[i] is not None))
     return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
                      int(asc.steps.max()), unconverged, tuple(stalled))

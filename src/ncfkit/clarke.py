@@ -1,0 +1,628 @@
+"""Clarke stationarity of the constrained NCF for piecewise-linear activations.
+
+For σ(x) = max(x, αx) (p = 1, α ≠ 1: ``relu``, ``leaky:α``) the NCF 𝒩(u) = ỹᵀH(X; u)
+(eq. 3) is not differentiable where a pre-activation z vanishes, so the smooth KKT
+conditions of the constrained NCF (eq. 4; Section 2, "First- and second-order KKT
+points") are replaced by their nonsmooth form. w is a **Clarke-KKT point** when
+
+.. math::
+
+    0 \\in P_{w^\\perp}\\,\\partial^C \\mathcal{N}(w), \\qquad P_{w^\\perp} = I - w w^\\top,
+
+with ∂ᶜ𝒩 the Clarke generalized gradient (F. H. Clarke, *Optimization and Nonsmooth
+Analysis*, Wiley 1983, §2.1: the convex hull of the limits of gradients at nearby points
+of differentiability). Every element of ∂ᶜ𝒩 is a backward pass in which each vanishing
+pre-activation z_{l,j,i} (layer l, neuron j, sample i) gets a multiplier
+s ∈ [min(α, 1), max(α, 1)] in place of σ'(z) — [0, 1] for ReLU. Euler's identity
+uᵀg = L_h 𝒩(u) holds for every such g (σ'(z)·z = σ(z) for any s at z = 0), so the radial
+part is the same for all s, and the first-order residual
+
+    min_s ‖P_{u⊥} g(s)‖ / ‖g(s)‖
+
+is a bounded least-squares problem (:func:`scipy.optimize.lsq_linear`): g(s) is affine
+in s whenever no sample has vanishing pre-activations in two layers.
+
+- **Two-layer nets**: the set of these g is ∂ᶜ𝒩 itself when the samples x_i at the kinks
+  of each neuron are linearly independent (generic data; otherwise it is an outer
+  approximation), and the residual is its exact minimum.
+- **Deeper nets**: the set is the *conservative field* of the backward pass with one
+  multiplier per (sample, neuron) (J. Bolte and E. Pauwels, "Conservative set valued
+  fields, automatic differentiation, stochastic gradient methods and deep learning",
+  Math. Program. 188, 2021), which contains ∂ᶜ𝒩. When one sample has kinks in two
+  layers g(s) is multilinear in s and the minimum is approached by repeated linearised
+  least squares (``exact`` is then False: the residual is an upper bound of the minimum).
+
+"Vanishing" is decided by a tolerance, never by float equality: |z_{l,j,i}| ≤ τ·‖W_l[j,:]‖
+‖h_{l−1}(x_i)‖ (the Cauchy–Schwarz bound of z from the data and the weights), so the
+residual is that of a Goldstein-type enlargement of ∂ᶜ𝒩 (A. A. Goldstein, "Optimization
+of Lipschitz continuous functions", Math. Program. 13, 1977) and does not depend on which
+side of a kink round-off lands.
+
+Second order on the **smooth stratum**: fixing the sign pattern of the nonzero
+pre-activations and keeping the vanishing ones at zero, 𝒩 agrees near w with the
+polynomial 𝒩_D of the net whose activations are replaced by the fixed slopes D (the
+multipliers s* at the kinks). The certificate reports Δ = L_h 𝒩 − λ_max(∇²𝒩_D restricted
+to T), T = w⊥ ∩ {b : ∇z_k·b = 0 for every kink k} — the paper's Δ-second-order condition
+(Section 2) for the problem restricted to the stratum. Directions that grow a zero neuron
+leave the stratum (all its pre-activations vanish) and are not part of Δ.
+
+:func:`clarke_certificate` computes all of this for one point; :func:`polish` turns an
+approximate point of the ascent into a certified one by Newton's method on its stratum.
+Everything here runs in float64 numpy on the host, whatever the kind of the inputs
+(numpy arrays or tensors: :mod:`ncfkit.arrays`), so both kinds give the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arrays import to_numpy
+from .errors import InputError
+
+__all__ = ["applies", "check_certificate_defined", "ClarkeCertificate", "clarke_certificate",
+           "PolishResult", "polish", "KINK_TOL", "DENSE_MAX"]
+
+#: Relative tolerance τ below which a pre-activation counts as vanishing (certificate).
+KINK_TOL = 1e-9
+#: Above this many free parameters (plus kinks) the stratum is not solved densely.
+DENSE_MAX = 3000
+
+
+def applies(arch) -> bool:
+    """Whether ``arch`` is a feed-forward net with a piecewise-linear activation
+    max(x, αx) (p = 1, α ≠ 1): the case this module certifies."""
+    act = getattr(arch, "act", None)
+    return (getattr(arch, "kind", None) == "mlp" and act is not None and act.homogeneous
+            and act.p == 1 and act.alpha != 1)
+
+
+def check_certificate_defined(arch_name: str, act: str | None) -> None:
+    """Raise :class:`InputError` for an architecture/activation pair that has no KKT
+    certificate: an activation given for the diagonal model (it has none), or a
+    non-homogeneous activation (tanh, gelu: no NCF theory, Appendix F.2)."""
+    from .activations import parse_activation
+
+    if act is None:
+        return
+    if arch_name == "diag":
+        raise InputError(f"--act {act}: the diagonal model (--arch diag) has no activation; "
+                         "drop --act or use --arch mlp")
+    a = parse_activation(act)
+    if not a.homogeneous:
+        raise InputError(f"--act {act}: not homogeneous, so the constrained NCF and its KKT "
+                         "certificate are not defined (use it for training runs only)")
+
+
+# --------------------------------------------------------------------------- the masked net
+
+
+def _slope_bounds(alpha: float) -> tuple[float, float]:
+    return min(alpha, 1.0), max(alpha, 1.0)
+
+
+class _Net:
+    """A feed-forward net of one point u (float64 numpy) with the activation's slopes
+    replaced by given masks D_l (k_l, n): the polynomial 𝒩_D of the stratum. Its value,
+    gradient (with the pre-mask backward signals c_l), Hessian-vector products and the
+    gradients of chosen pre-activations are written out (no autograd)."""
+
+    def __init__(self, arch, X: np.ndarray, ytilde: np.ndarray, u: np.ndarray):
+        self.arch, self.X, self.yt, self.u = arch, X, ytilde, u
+        self.Ws = arch.split(u)
+        self.alpha = float(arch.act.alpha)
+        self.ranges = [(a, b) for a, b in arch.layer_ranges] if hasattr(arch, "layer_ranges") else \
+            _ranges([W.size for W in self.Ws])
+        # the true forward pass: pre-activations z_l and the bound ‖W_l[j,:]‖‖h_{l−1,i}‖
+        h = X.T
+        self.zs, self.scales = [], []
+        for W in self.Ws[:-1]:
+            z = W @ h
+            self.zs.append(z)
+            self.scales.append(np.linalg.norm(W, axis=1)[:, None] * np.linalg.norm(h, axis=0)[None, :])
+            h = np.maximum(z, self.alpha * z)
+
+    def zs_ratio(self, other: _Net) -> list[np.ndarray]:
+        """Per pre-activation, the fraction t at which z, moving linearly from this net's
+        value to ``other``'s, vanishes (exact in layer 1 for an unnormalised step)."""
+        return [np.where(z != oz, z / np.where(z != oz, z - oz, 1.0), np.inf)
+                for z, oz in zip(self.zs, other.zs, strict=True)]
+
+    def kinks(self, tau: float) -> list[np.ndarray]:
+        """Boolean masks (k_l, n) of the vanishing pre-activations, |z| ≤ τ·bound."""
+        return [np.abs(z) <= tau * s for z, s in zip(self.zs, self.scales, strict=True)]
+
+    def slopes(self, kinks: list[np.ndarray], s: np.ndarray | None) -> list[np.ndarray]:
+        """Masks D_l: σ'(z) off the kinks, the multipliers ``s`` (in the order of
+        :func:`_kink_index`) on them (0 where ``s`` is None)."""
+        lo, hi = _slope_bounds(self.alpha)
+        Ds = [np.where(z > 0, hi, lo) for z in self.zs]
+        for D, K in zip(Ds, kinks, strict=True):
+            D[K] = 0.0
+        if s is not None:
+            pos = 0
+            for D, K in zip(Ds, kinks, strict=True):
+                m = int(K.sum())
+                D[K] = s[pos:pos + m]
+                pos += m
+        return Ds
+
+    def forward(self, Ds):
+        hs = [self.X.T]
+        for W, D in zip(self.Ws[:-1], Ds, strict=True):
+            hs.append(D * (W @ hs[-1]))
+        return hs
+
+    def grad(self, Ds):
+        """(𝒩_D, ∇𝒩_D, c) with c_l = W_{l+1}ᵀ b_{l+1} (k_l, n), the backward signal that
+        reaches hidden layer l before its mask."""
+        hs = self.forward(Ds)
+        L = len(self.Ws)
+        value = float((self.Ws[-1] @ hs[-1])[0] @ self.yt)
+        b = self.yt[None, :]
+        grads, cs = [None] * L, [None] * (L - 1)
+        for l in range(L - 1, -1, -1):
+            grads[l] = b @ hs[l].T
+            if l:
+                cs[l - 1] = self.Ws[l].T @ b
+                b = cs[l - 1] * Ds[l - 1]
+        return value, np.concatenate([G.ravel() for G in grads]), cs
+
+    def hvp(self, Ds, V: np.ndarray) -> np.ndarray:
+        """∇²𝒩_D V for the rows of V (m, k): forward-over-reverse written out."""
+        hs = self.forward(Ds)
+        L = len(self.Ws)
+        Vs = [V[:, a:b].reshape(-1, *W.shape) for (a, b), W in zip(self.ranges, self.Ws, strict=True)]
+        dhs = [np.zeros((V.shape[0], *hs[0].shape))]
+        for l in range(L - 1):
+            dz = Vs[l] @ hs[l] + self.Ws[l] @ dhs[l]
+            dhs.append(Ds[l] * dz)
+        b = self.yt[None, :]
+        db = np.zeros((V.shape[0], 1, self.yt.shape[0]))
+        out = []
+        for l in range(L - 1, -1, -1):
+            out.append(db @ hs[l].T + b @ dhs[l].swapaxes(-1, -2))
+            if l:
+                db = (Vs[l].swapaxes(-1, -2) @ b + self.Ws[l].T @ db) * Ds[l - 1]
+                b = (self.Ws[l].T @ b) * Ds[l - 1]
+        return np.concatenate([G.reshape(V.shape[0], -1) for G in out[::-1]], axis=1)
+
+    def hessian(self, Ds, free: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Dense ∇²𝒩_D on the coordinates ``free`` (indices), shape (f, f)."""
+        k = self.u.shape[0]
+        rows = []
+        for a in range(0, free.size, chunk):
+            E = np.zeros((min(chunk, free.size - a), k))
+            E[np.arange(E.shape[0]), free[a:a + chunk]] = 1.0
+            rows.append(self.hvp(Ds, E)[:, free])
+        H = np.concatenate(rows) if rows else np.zeros((0, 0))
+        return 0.5 * (H + H.T)
+
+    def kink_gradients(self, Ds, kinks) -> np.ndarray:
+        """Rows ∇_u z_k (m, k) of every kink k = (l, j, i), in :func:`_kink_index` order."""
+        hs = self.forward(Ds)
+        k = self.u.shape[0]
+        rows = []
+        for l, K in enumerate(kinks):  # hidden layer l + 1, weights Ws[l]
+            js, is_ = np.nonzero(K)
+            m = js.size
+            if not m:
+                continue
+            R = np.zeros((m, k))
+            B = np.zeros((m, K.shape[0]))
+            B[np.arange(m), js] = 1.0
+            for q in range(l, -1, -1):
+                a, b = self.ranges[q]
+                R[:, a:b] = (B[:, :, None] * hs[q][:, is_].T[:, None, :]).reshape(m, -1)
+                if q:
+                    B = (B @ self.Ws[q]) * Ds[q - 1][:, is_].T
+            rows.append(R)
+        return np.concatenate(rows) if rows else np.zeros((0, k))
+
+    def columns(self, Ds, kinks, cs) -> np.ndarray:
+        """∂g/∂s_k = c_k ∇z_k as columns (k, m)."""
+        c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)]) if kinks else np.zeros(0)
+        return (self.kink_gradients(Ds, kinks) * c[:, None]).T
+
+
+def _ranges(sizes):
+    out, a = [], 0
+    for s in sizes:
+        out.append((a, a + s))
+        a += s
+    return out
+
+
+def _lstsq(A, b):
+    """Minimum-norm least-squares solution (LAPACK gelsy: QR with column pivoting)."""
+    from scipy.linalg import lstsq
+
+    return lstsq(A, b, lapack_driver="gelsy")[0]
+
+
+def _project(u, g):
+    return g - (u @ g) * u
+
+
+# --------------------------------------------------------------------------- first order
+
+
+def _best_multipliers(net: _Net, kinks, s0=None, sweeps: int = 20):
+    """min_s ‖P_{u⊥} g(s)‖ over the box: (s*, g(s*), exact). g is affine in s unless a
+    sample has kinks in two layers; then the linearisation is re-solved until it settles."""
+    from scipy.optimize import lsq_linear
+
+    lo, hi = _slope_bounds(net.alpha)
+    m = int(sum(int(K.sum()) for K in kinks))
+    per_sample = np.sum([K.any(axis=0) for K in kinks], axis=0) if kinks else np.zeros(0)
+    exact = not bool(np.any(per_sample > 1))
+    s = np.full(m, lo) if s0 is None else np.clip(s0, lo, hi)
+    u = net.u
+    best = None
+    for _ in range(1 if exact else sweeps):
+        Ds = net.slopes(kinks, s)
+        _, g, cs = net.grad(Ds)
+        r = _project(u, g)
+        if best is None or np.linalg.norm(r) < best[2]:
+            best = (s.copy(), g, float(np.linalg.norm(r)))
+        if m == 0:
+            break
+        A = net.columns(Ds, kinks, cs)
+        PA = A - np.outer(u, u @ A)
+        live = np.linalg.norm(PA, axis=0) > 0
+        if not live.any():
+            break
+        rhs = -(r - PA[:, live] @ s[live])
+        x = _lstsq(PA[:, live], rhs)
+        if x.min() < lo or x.max() > hi:  # the unconstrained minimiser leaves the box
+            x = lsq_linear(PA[:, live], rhs, bounds=(lo, hi), method="bvls", tol=1e-14).x
+        new = s.copy()
+        new[live] = x
+        Ds = net.slopes(kinks, new)
+        _, g_new, _ = net.grad(Ds)
+        r_new = float(np.linalg.norm(_project(u, g_new)))
+        if r_new < best[2]:
+            best = (new.copy(), g_new, r_new)
+        if exact or np.allclose(new, s, rtol=0, atol=1e-12):
+            break
+        s = new
+    return best[0], best[1], exact
+
+
+@dataclass(frozen=True)
+class ClarkeCertificate:
+    """First- and second-order Clarke-KKT diagnostics of one unit point w (float64)."""
+
+    w: np.ndarray
+    ncf: float
+    residual: float  # min_s ‖P_{w⊥} g(s)‖ / ‖g(s)‖
+    field: str  # "clarke" (two-layer) or "conservative" (deeper)
+    exact: bool  # the residual is the exact minimum over the field
+    multipliers: int  # kinks (sample, neuron) whose multiplier enters g
+    kinks: int  # vanishing pre-activations of nonzero neurons
+    s: np.ndarray  # the minimising multipliers, one per kink
+    delta: float  # Δ on the smooth stratum
+    top_eigs: tuple[float, ...]
+    eig_error: float  # Lemma 20 for 𝒩_D: ‖∇²𝒩_D w − L_h(L_h−1)𝒩 w‖ / |L_h(L_h−1)𝒩|
+    stratum_dim: int  # dim T = dim(w⊥ ∩ kink tangents)
+    hessian_method: str
+
+
+def _stratum_basis_complement(u, J) -> np.ndarray:
+    """Orthonormal basis Q (k, r) of span{u, rows of J} (the normal space of the stratum
+    on the sphere); T is its orthogonal complement."""
+    M = np.vstack([u[None, :], J]) if J.size else u[None, :]
+    U, sv, _ = np.linalg.svd(M.T, full_matrices=False)
+    rank = int((sv > max(M.shape) * np.finfo(float).eps * sv[0]).sum())
+    return U[:, :rank]
+
+
+def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DENSE_MAX):
+    """Largest eigenvalues of ∇²𝒩_D restricted to T = (span{u, ∇z_k})⊥."""
+    k = u.shape[0]
+    Q = _stratum_basis_complement(u, J)
+    dim_t = k - Q.shape[1]
+    if dim_t <= 0:
+        return np.array([-np.inf]), dim_t, "dense"
+
+    def proj(V):  # rows of V projected onto T
+        return V - (V @ Q) @ Q.T
+
+    if k <= dense_max:
+        H = net.hessian(Ds, np.arange(k))
+        # P H P − c·QQᵀ: the normal space sinks below the spectrum (bounded memory, no basis of T)
+        c = 1.0 + 2.0 * float(np.abs(H).sum(axis=1).max())
+        P = np.eye(k) - Q @ Q.T
+        Hp = P @ H @ P - c * (Q @ Q.T)
+        eigs = np.linalg.eigvalsh(0.5 * (Hp + Hp.T))[::-1][:min(num, dim_t)]
+        return eigs, dim_t, "dense"
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    value = abs(net.grad(Ds)[0])
+    shift = 10 * value + 1.0
+
+    def matvec(x):
+        x = np.asarray(x).ravel()[None, :]
+        px = proj(x)
+        hx = proj(net.hvp(Ds, px))
+        return (hx - shift * (x - px))[0]
+
+    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
+    vals, vecs = eigsh(op, k=min(num + Q.shape[1], k - 1), which="LA", tol=1e-10, maxiter=20 * k)
+    normal = np.linalg.norm(Q.T @ vecs, axis=0) > 0.5
+    return np.sort(vals[~normal])[::-1][:num], dim_t, "lanczos"
+
+
+def _as_host(arch, X, ytilde, w):
+    Xn = to_numpy(X).astype(np.float64)
+    yn = to_numpy(ytilde).astype(np.float64)
+    u = to_numpy(w).astype(np.float64).ravel()
+    return Xn, yn, u / np.linalg.norm(u)
+
+
+def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float = KINK_TOL,
+                       dense_max: int = DENSE_MAX) -> ClarkeCertificate:
+    """The Clarke-KKT certificate of the unit point along ``w`` (see the module doc):
+    residual min_s ‖P_{w⊥}g(s)‖/‖g(s)‖ over the multipliers of the pre-activations with
+    |z| ≤ ``kink_tol``·‖W_l[j,:]‖‖h_{l−1,i}‖, and Δ = L_h 𝒩 − λ_max(∇²𝒩_{D(s*)}|T) on the
+    smooth stratum. ``X``, ``ytilde``, ``w``: numpy arrays or tensors (read in float64).
+
+    Raises:
+        ValueError: ``arch`` is not a feed-forward net with activation max(x, αx), α ≠ 1.
+    """
+    if not applies(arch):
+        raise ValueError(f"no Clarke certificate for {arch.describe()}")
+    Xn, yn, u = _as_host(arch, X, ytilde, w)
+    L_h = float(arch.homogeneity)
+    net = _Net(arch, Xn, yn, u)
+    # every vanishing pre-activation, those of exactly-zero neurons included: their
+    # multipliers do not enter g (zero columns), but they keep such neurons at zero in T
+    kinks = net.kinks(kink_tol)
+    s, g, exact = _best_multipliers(net, kinks)
+    Ds = net.slopes(kinks, s)
+    value = net.grad(Ds)[0]
+    tiny = np.finfo(float).tiny
+    residual = float(np.linalg.norm(_project(u, g))) / max(float(np.linalg.norm(g)), tiny)
+    cs = net.grad(Ds)[2]
+    c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)]) if kinks else np.zeros(0)
+    J = net.kink_gradients(Ds, kinks)
+    top, dim_t, method = _top_eigs_on_stratum(net, Ds, u, J, dense_max=dense_max)
+    target = L_h * (L_h - 1) * value
+    hw = net.hvp(Ds, u[None, :])[0]
+    eig_error = float(np.linalg.norm(hw - target * u)) / max(abs(target), tiny)
+    field = "clarke" if len(net.Ws) == 2 else "conservative"
+    n_live = int(sum(int(K.sum()) for K in _live_kinks(net, kink_tol)))
+    return ClarkeCertificate(u, value, residual, field, exact, int((c != 0).sum()), n_live, s,
+                             L_h * value - float(top[0]), tuple(float(t) for t in top), eig_error,
+                             int(dim_t), method)
+
+
+def _live_kinks(net: _Net, tau: float) -> list[np.ndarray]:
+    """Kink masks of the neurons that are not exactly zero (a zero neuron has every
+    pre-activation zero; it is absent from the stratum rather than a set of kinks)."""
+    kinks = net.kinks(tau)
+    out = []
+    for l, K in enumerate(kinks):
+        alive = (np.abs(net.Ws[l]).sum(axis=1) > 0) & (np.abs(net.Ws[l + 1]).sum(axis=0) > 0)
+        out.append(K & alive[:, None])
+    return out
+
+
+# --------------------------------------------------------------------------- the stratum solve
+
+
+@dataclass(frozen=True)
+class PolishResult:
+    """A point after :func:`polish`: ``certified`` when its Clarke residual is ≤ tol,
+    else ``reason`` says why not."""
+
+    u: np.ndarray
+    ncf: float
+    residual: float
+    certified: bool
+    reason: str | None
+    iterations: int
+    kinks: int
+    direction: np.ndarray | None  # an ascent direction off the stratum (multipliers out of range)
+
+
+def _zero_neurons(arch, u, active_tol):
+    """u with the weights of its zero neurons (row and column below ``active_tol`` of
+    the largest neuron: :func:`ncfkit.sparsity.neuron_activity`) set to exactly 0, and
+    the mask of the remaining free coordinates."""
+    from .sparsity import neuron_activity, zero_preserving_mask
+
+    act = neuron_activity(arch, u, active_tol)
+    mask = zero_preserving_mask(arch, act.zero, like=u)
+    # lopsided neurons (row or column alone small) are kept: the Newton solve settles them
+    u = np.where(mask, 0.0, u)
+    return u / np.linalg.norm(u), ~mask
+
+
+def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
+           active_tol: float = 1e-3, max_iter: int = 30, dense_max: int = DENSE_MAX) -> PolishResult:
+    """Newton's method on the smooth stratum of ``w`` (an active-set method), then the
+    Clarke certificate.
+
+    The zero neurons of ``w`` are set to exactly 0 (Theorem 18's zero-preserving set);
+    the pre-activations with |z| ≤ ``detect_tol``·bound are the stratum's kinks. The
+    unknowns (a step Δu ⊥ u on the free coordinates, the multipliers s) solve, in the
+    least-squares sense (rank-deficient systems: ties between neurons, continua of KKT
+    points), the linearisation of
+
+        P_{u⊥} g(u, s) = 0,   z_k(u) = 0 for every kink k
+
+    (∂g/∂u = ∇²𝒩_D, ∂g/∂s_k = c_k ∇z_k). A neuron the step sends to zero is removed
+    (set to exactly 0); a step that would flip the signs of pre-activations off the kinks
+    adds the ones it crosses within its first percent to the kinks at once (the ascent
+    zigzagged across them) and is solved again, or else stops where the first one vanishes
+    and adds that one; any other step is halved
+    until the system's residual decreases. The result is certified when the Clarke
+    residual (bounded multipliers, ``kink_tol``) is ≤ ``tol``; otherwise ``reason`` says
+    what failed, and ``direction`` is the element of P_{u⊥}∂𝒩 of minimal norm: when the
+    stratum's multipliers leave their bounds, 𝒩 increases along it off the stratum.
+    """
+    Xn, yn, u = _as_host(arch, X, ytilde, w)
+    u, free = _zero_neurons(arch, u, active_tol)
+    tiny = np.finfo(float).tiny
+    reason = None
+    kinks = None
+    iterations = 0
+    for iteration in range(1, max_iter + 1):
+        iterations = iteration
+        net = _Net(arch, Xn, yn, u)
+        alive = _alive(net)
+        kinks = _live_kinks(net, detect_tol) if kinks is None else \
+            [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
+        fidx = np.flatnonzero(free)
+        m = int(sum(int(K.sum()) for K in kinks))
+        if fidx.size + m > dense_max:
+            reason = f"stratum too large for the dense solve ({fidx.size} free weights + {m} kinks > {dense_max})"
+            break
+        s, g, _ = _best_multipliers(net, kinks)
+        Ds = net.slopes(kinks, s)
+        F = _system(net, Ds, kinks, u, g)
+        fnorm = float(np.linalg.norm(F))
+        gnorm = max(float(np.linalg.norm(g)), tiny)
+        if fnorm <= 1e-3 * tol * gnorm:
+            break
+        step = _newton_step(net, Ds, kinks, u, g, fidx)
+        full, dead = _remove_vanishing_neurons(arch, u, u + step)
+        tnet = _Net(arch, Xn, yn, full)  # not normalised: z is linear in the step in layer 1
+        flips = _flips(net, tnet, kinks, dead)
+        if flips is not None:
+            # The step crosses kinks on the way to the stratum's solution. Those it crosses
+            # within its first percent (where the ascent zigzagged) become constraints at
+            # once and the step is solved again from u; otherwise the step stops where the
+            # first pre-activation vanishes, which becomes a constraint.
+            t_hit = [np.where(f, r, np.inf) for f, r in zip(flips, net.zs_ratio(tnet), strict=True)]
+            t_min = float(min(float(T.min()) for T in t_hit if T.size))
+            if t_min <= 1e-2:
+                kinks = [K | (T <= 1e-2) for K, T in zip(kinks, t_hit, strict=True)]
+            else:
+                trial = u + t_min * step
+                u = trial / np.linalg.norm(trial)
+                kinks = [K | (T <= t_min * (1 + 1e-6)) for K, T in zip(kinks, t_hit, strict=True)]
+            continue
+        t, accepted, trial = 1.0, False, full
+        for _ in range(20):
+            trial = trial / np.linalg.norm(trial)
+            tnet = _Net(arch, Xn, yn, trial)
+            ts, tg, _ = _best_multipliers(tnet, kinks, s)
+            tF = _system(tnet, tnet.slopes(kinks, ts), kinks, trial, tg)
+            if np.linalg.norm(tF) < fnorm:
+                accepted = True
+                break
+            t *= 0.5
+            trial = u + t * step
+        if not accepted:
+            reason = f"Newton on the stratum stalled (system residual {fnorm / gnorm:.1e})"
+            break
+        u = trial
+        if t == 1.0:
+            free &= ~_neuron_mask(arch, dead)
+    else:
+        reason = f"Newton on the stratum did not converge in {max_iter} iterations"
+    cert = clarke_certificate(arch, Xn, yn, u, kink_tol=kink_tol, dense_max=dense_max)
+    certified = cert.residual <= tol
+    direction = None
+    if not certified:
+        net = _Net(arch, Xn, yn, u)
+        s, g, _ = _best_multipliers(net, net.kinks(kink_tol))
+        direction = _project(u, g)
+        direction = direction / max(float(np.linalg.norm(direction)), tiny)
+        lo, hi = _slope_bounds(net.alpha)
+        at_bound = int(np.sum((np.abs(s - lo) < 1e-12) | (np.abs(s - hi) < 1e-12)))
+        if reason is None:
+            reason = (f"Clarke residual {cert.residual:.1e} > tol {tol:g}: the stratum's KKT point needs "
+                      f"multipliers outside [{lo:g}, {hi:g}] ({at_bound} of {s.size} at a bound); "
+                      "𝒩 increases off the stratum")
+        else:
+            reason += f"; Clarke residual {cert.residual:.1e} > tol {tol:g}"
+    return PolishResult(u, cert.ncf, cert.residual, bool(certified), None if certified else reason, iterations,
+                        cert.kinks, direction)
+
+
+def _alive(net: _Net) -> list[np.ndarray]:
+    """Per hidden layer: the neurons whose row and column are not exactly zero."""
+    return [(np.abs(net.Ws[l]).sum(axis=1) > 0) & (np.abs(net.Ws[l + 1]).sum(axis=0) > 0)
+            for l in range(len(net.Ws) - 1)]
+
+
+def _remove_vanishing_neurons(arch, u, new, rtol: float = 1e-6):
+    """``new`` with the neurons that the step u → new shrinks by more than ``rtol``
+    (relative to their norm in u) set to exactly zero, and the per-layer masks of them."""
+    new = new.copy()
+    Wo, Wn = arch.split(u), arch.split(new)
+    dead = []
+    for l in range(len(Wo) - 1):
+        old = np.sqrt((Wo[l] ** 2).sum(1) + (Wo[l + 1] ** 2).sum(0))
+        now = np.sqrt((Wn[l] ** 2).sum(1) + (Wn[l + 1] ** 2).sum(0))
+        d = (now <= rtol * old) & (old > 0)
+        Wn[l][d, :] = 0.0
+        Wn[l + 1][:, d] = 0.0
+        dead.append(d)
+    return arch.join(Wn), dead
+
+
+def _neuron_mask(arch, neurons: list[np.ndarray]) -> np.ndarray:
+    """Flat mask of the rows and columns of the marked neurons (per hidden layer)."""
+    flat = np.zeros(arch.num_params, dtype=bool)
+    Ms = arch.split(flat)
+    for l, d in enumerate(neurons):
+        Ms[l][d, :] = True
+        Ms[l + 1][:, d] = True
+    return flat
+
+
+def _flips(net: _Net, tnet: _Net, kinks, dead):
+    """Masks of the pre-activations off the kinks (of neurons that stay) whose sign the
+    step u → trial flips, or None when there is none."""
+    out, anyf = [], False
+    for z, tz, K, d in zip(net.zs, tnet.zs, kinks, dead, strict=True):
+        f = (np.sign(tz) != np.sign(z)) & (z != 0) & ~K & ~d[:, None]
+        anyf |= bool(f.any())
+        out.append(f)
+    return out if anyf else None
+
+
+def _system(net: _Net, Ds, kinks, u, g) -> np.ndarray:
+    """The stratum's KKT system: [P_{u⊥} g; z_k / ‖g‖-free scale] (z scaled by its bound
+    times ‖g‖ so both parts are relative)."""
+    r = _project(u, g)
+    z = np.concatenate([z[K] for z, K in zip(net.zs, kinks, strict=True)]) if kinks else np.zeros(0)
+    return np.concatenate([r, z * max(float(np.linalg.norm(g)), 1e-300)])
+
+
+def _newton_step(net: _Net, Ds, kinks, u, g, fidx) -> np.ndarray:
+    """Least-squares Newton step Δu (k,) on the free coordinates for the system of
+    :func:`_system`, with the multipliers as extra unknowns and uᵀΔu = 0."""
+    k = u.shape[0]
+    gn = max(float(np.linalg.norm(g)), 1e-300)
+    H = net.hessian(Ds, fidx)  # (f, f)
+    uf, gf = u[fidx], g[fidx]
+    ug = float(u @ g)
+    # d(P g)/du Δu = HΔu − (uᵀHΔu + gᵀΔu) u − (uᵀg) Δu, columns over the free coordinates
+    Hfull = np.zeros((k, fidx.size))
+    Hfull[fidx] = H
+    Hu = net.hvp(Ds, u[None, :])[0]  # ∇²𝒩_D u (symmetric H): uᵀH = (Hu)ᵀ
+    dR = Hfull - np.outer(u, Hu[fidx] + gf)
+    dR[fidx, np.arange(fidx.size)] -= ug
+    _, _, cs = net.grad(Ds)
+    A = net.columns(Ds, kinks, cs)
+    PA = A - np.outer(u, u @ A)
+    J = net.kink_gradients(Ds, kinks)[:, fidx] * gn
+    m = J.shape[0]
+    top = np.hstack([dR, PA])
+    mid = np.hstack([J, np.zeros((m, PA.shape[1]))])
+    bot = np.hstack([uf[None, :], np.zeros((1, PA.shape[1]))]) * gn
+    # rows of the zero neurons' coordinates vanish (their gradient is 0 near u): dropped
+    rows = np.concatenate([fidx, np.arange(k, k + m)])
+    M = np.vstack([top, mid])[rows]
+    M = np.vstack([M, bot])
+    rhs = -np.concatenate([_system(net, Ds, kinks, u, g)[rows], [0.0]])
+    sol = _lstsq(M, rhs)
+    step = np.zeros(k)
+    step[fidx] = sol[:fidx.size]
+    return step
