@@ -2,7 +2,8 @@
 activation, depth, loss, reduction and the diagonal model; float64 to ~1e-12 and float32
 to ~1e-5), both against a plain autograd GD loop on tests/utils.py's reference network,
 engine resolution, ``simulate`` and ``ncfkit escape --engine`` with either engine, and
-the kernel's own argument checks (a ValueError, never a crash). Seeded, CPU."""
+the kernel's own argument checks (a ValueError, never a crash); the numpy (BLAS) engine
+against both over a few hundred steps, and ``auto``'s cost model. Seeded, CPU."""
 
 from __future__ import annotations
 
@@ -329,12 +330,18 @@ UNSUPPORTED = {
 }
 
 
+#: what ``auto`` takes where the kernel cannot run: the numpy engine where it can (any
+#: architecture with closed forms, on the CPU, float32/float64), else torch
+AUTO_WITHOUT_KERNEL = {"float16": "torch", "meta device": "torch", "hinge loss": "numpy",
+                       "architecture": "torch", "softsign": "numpy", "63 layers": "numpy"}
+
+
 @pytest.mark.parametrize("case", list(UNSUPPORTED))
 def test_resolve_engine_unsupported(small_objective, case):
     make, why = UNSUPPORTED[case]
     obj = make(small_objective)
     assert why in fastgd.compiled_unsupported(obj)
-    assert fastgd.resolve_engine(obj, "auto") == "torch"
+    assert fastgd.resolve_engine(obj, "auto") == AUTO_WITHOUT_KERNEL[case]
     assert fastgd.resolve_engine(obj, "torch") == "torch"
     with pytest.raises(ValueError, match="the compiled GD engine cannot run this") as exc:
         fastgd.resolve_engine(obj, "compiled")
@@ -363,13 +370,13 @@ def test_kernel_not_built(monkeypatch, small_objective):
     obj = small_objective
     assert not fastgd.compiled_available()
     assert "not built" in fastgd.compiled_unsupported(obj)
-    assert fastgd.resolve_engine(obj, "auto") == "torch"
+    assert fastgd.resolve_engine(obj, "auto") == "numpy"  # the closed forms on BLAS
     with pytest.raises(ValueError, match="kernel was not built"):
         fastgd.resolve_engine(obj, "compiled")
-    # auto still runs (torch), and simulate refuses "compiled" up front
+    # auto still runs (numpy), and simulate refuses "compiled" up front
     w0 = 0.1 * random_direction(obj.arch.num_params, seeded(6), dtype=F64)[None]
     sim = simulate(obj, w0, Settings(max_time=0.02, lr=1e-3, until="max-time"))
-    assert sim.engine == "torch" and sim.runs[0].steps == 20
+    assert sim.engine == "numpy" and sim.runs[0].steps == 20
     with pytest.raises(ValueError, match="kernel was not built"):
         simulate(obj, w0, Settings(max_time=0.02, lr=1e-3, engine="compiled"))
 
@@ -480,10 +487,10 @@ def test_cli_compiled_without_kernel_exits_2(ex1_files, monkeypatch):
     assert lines[0].startswith("error: --engine compiled:") and "not built" in lines[0]
     assert "--engine auto or torch" in lines[0]
     assert "Traceback" not in res.output and res.stdout == ""
-    # auto falls back to torch and says so
+    # auto falls back to the numpy engine and says so
     res = run_cli(*_escape_args(ex1_files, "auto"))
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["engine"] == "torch"
+    assert json.loads(res.stdout)["engine"] == "numpy"
 
 
 def test_cli_rejects_unknown_engine(ex1_files):
@@ -641,3 +648,134 @@ def test_cli_flow_reports_its_engine_and_both_agree(ex1_files):
     a, b = out["compiled"]["runs"][0], out["torch"]["runs"][0]
     assert a["escape_time"] == pytest.approx(b["escape_time"], rel=1e-9)
     assert a["saddle_time"] == pytest.approx(b["saddle_time"], rel=1e-9)
+
+
+# --------------------------------------------------------------------------- 6. numpy engine
+
+
+def _pre_activations(arch, X, w):
+    """Every hidden pre-activation of every row of w (for checking a trajectory stays off
+    the kinks of relu/leaky, where round-off could pick either one-sided derivative)."""
+    if not arch.hidden:
+        return np.array([np.inf])
+    Ws = arch.split(as_numpy(w))
+    h, out = as_numpy(X).T, []
+    for W in Ws[:-1]:
+        z = W @ h
+        out.append(np.abs(z).ravel())
+        h = arch.act(z)
+    return np.concatenate(out)
+
+
+def _run_engine(obj, engine, w, lr, K, block=50):
+    """K gd steps by ``engine`` in blocks (as gradient_descent runs them), as numpy."""
+    step = fastgd.make_stepper(obj, lr, engine)
+    vg = fastgd.value_and_grad_fn(obj, engine)
+    L, g = vg(w)
+    losses, traj = [], []
+    for _ in range(K // block):
+        w, L, g, ls = step(w, L, g, block)
+        losses.append(ls)
+        traj.append(as_numpy(w).copy())
+    return as_numpy(w), as_numpy(L), as_numpy(g), np.concatenate(losses), traj
+
+
+@pytest.mark.parametrize("loss", ["square", "logistic"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("act", ACTS)
+def test_numpy_engine_matches_compiled_and_torch(act, depth, loss):
+    """300 steps, float64: numpy (BLAS), compiled and torch give the same iterates,
+    losses and gradients to 1e-12 (max-entry scaled). The trajectory is checked to stay
+    off relu's kinks (every nonzero |pre-activation| > 1e-9 at every checkpoint), so the test does not
+    depend on which side round-off lands."""
+    seed = 5000 + 97 * ACTS.index(act) + 11 * depth + 3 * (loss == "logistic")
+    arch = make_architecture("mlp", D_IN, HIDDEN[depth], act)
+    obj, w, L, g, lr = _problem(arch, loss, "mean", 2, seed)
+    lr *= 0.2  # 300 steps of ~0.2% of ‖w‖ each
+    runs = {e: _run_engine(obj, e, w, lr, 300) for e in ("numpy", "compiled", "torch")}
+    for traj_w in runs["torch"][4]:  # (an exact 0: a unit whose inputs are all 0, the same everywhere)
+        z = _pre_activations(arch, obj.X, traj_w)
+        assert z[z != 0].min() > 1e-9
+    assert float(np.linalg.norm(runs["numpy"][0] - as_numpy(w))) > 1e-2 * float(w.norm())
+    for other in ("compiled", "torch"):
+        for i, name in enumerate(("w", "L", "g", "losses")):
+            _scaled_close(runs["numpy"][i], runs[other][i], TOL64, f"numpy vs {other} {name}")
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("act", ["square", "relu", "poly:3", "leaky:0.1"])
+def test_numpy_ncf_gradient_matches(act, depth):
+    """∇𝒩 (the correlation objective of the KKT ascent and the NCF flow) by every engine."""
+    arch = make_architecture("mlp", D_IN, HIDDEN[depth], act)
+    X, y = _data(77 + depth, "square")
+    u = random_direction(arch.num_params, seeded(3), (4,), dtype=F64)
+    ref = fastgd.ncf_value_and_grad_fn(arch, X, y, "torch")(u)
+    for engine in ("numpy", "compiled"):
+        for host in (False, True):
+            f = fastgd.ncf_value_and_grad_fn(arch, X, y, engine, host=host)
+            val, grad = f(u.numpy() if host else u)
+            assert isinstance(val, np.ndarray) == host or engine == "numpy" and not host
+            _scaled_close(val, ref[0], TOL64, f"{engine} 𝒩")
+            _scaled_close(grad, ref[1], TOL64, f"{engine} ∇𝒩")
+            v1, g1 = f(u[0].numpy() if host else u[0])  # one point (k,)
+            _scaled_close(g1, ref[1][0], TOL64, f"{engine} ∇𝒩 of one point")
+
+
+def test_numpy_engine_on_numpy_arrays_and_float32(small_objective):
+    """Numpy data in, numpy out (the host path of `escape`); float32 to 1e-5."""
+    obj = small_objective
+    objn = _with(obj, X=obj.X.numpy(), y=obj.y.numpy())
+    w = 0.3 * random_direction(obj.arch.num_params, seeded(9), (2,), dtype=F64)
+    L, g = obj.value_and_grad(w)
+    a = fastgd.make_stepper(objn, 1e-2, "numpy")(w.numpy(), L.numpy(), g.numpy(), 5)
+    b = fastgd.make_stepper(obj, 1e-2, "torch")(w, L, g, 5)
+    assert all(isinstance(x, np.ndarray) for x in a)
+    for i in range(4):
+        _scaled_close(a[i], b[i], TOL64, "numpy arrays vs torch")
+    obj32 = _with(objn, X=objn.X.astype(np.float32), y=objn.y.astype(np.float32))
+    w32 = w.numpy().astype(np.float32)
+    L32, g32 = fastgd.value_and_grad_fn(obj32, "numpy")(w32)
+    assert L32.dtype == np.float32 and g32.dtype == np.float32
+    _scaled_close(g32, g, TOL32_GRAD, "float32 numpy gradient")
+
+
+def test_numpy_engine_unsupported(small_objective):
+    obj = small_objective
+    with pytest.raises(ValueError, match="the numpy GD engine cannot run this.*CPU only"):
+        fastgd.resolve_engine(_with(obj, X=obj.X.to("meta"), y=obj.y.to("meta")), "numpy")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        fastgd.make_stepper(_with(obj, X=obj.X.half(), y=obj.y.half()), 1e-3, "numpy")
+    assert fastgd.resolve_engine(obj, "numpy") == "numpy"
+
+
+@pytest.mark.parametrize(("n", "d", "hidden", "expected"), [
+    (100, 20, (50,), "compiled"),  # Figure 1: per-call overhead dominates
+    (30, 6, (5, 4), "compiled"),
+    (12665, 196, (20, 20, 20), "numpy"),  # issue 13's M: arithmetic dominates
+    (2000, 784, (200,), "numpy"),  # L
+])
+def test_auto_engine_by_cost(n, d, hidden, expected):
+    """``auto`` takes the kernel where n·width is small and BLAS where arithmetic
+    dominates (one thread: the choice does not rest on the machine's core count)."""
+    arch = make_architecture("mlp", d, hidden, "relu")
+    costs = fastgd.predicted_costs(arch, n, threads=1)
+    assert min(costs, key=costs.get) == expected
+    assert fastgd.choose_host_engine(arch, n, "square") == expected or expected == "compiled"
+    X = np.zeros((n, d))
+    assert fastgd.ncf_value_and_grad_fn.__name__  # (resolution below needs no gradient)
+    assert fastgd._choose("auto", arch, X, "correlation") in ("compiled", "numpy")
+    assert fastgd._choose("auto", arch, torch.zeros(n, d, device="meta"), "square") == "torch"
+
+
+def test_cli_numpy_engine(ex1_files):
+    """``escape --engine numpy`` runs, says so, and agrees with the kernel."""
+    out = {}
+    for engine in ("numpy", "compiled"):
+        res = run_cli(*_escape_args(ex1_files, engine))
+        assert res.exit_code == 0, res.output
+        out[engine] = json.loads(res.stdout)
+        assert out[engine]["engine"] == engine
+    a, b = out["numpy"]["runs"][0], out["compiled"]["runs"][0]
+    assert a["escape_time"] == pytest.approx(b["escape_time"], rel=1e-9)
+    assert a["saddle_loss"] == pytest.approx(b["saddle_loss"], rel=1e-9)
+    assert a["steps"] == b["steps"]

@@ -18,7 +18,17 @@ Two engines compute the same numbers (up to floating-point summation order):
   (any device, any architecture ncfkit has, differentiable); the reference the compiled
   engine is tested against.
 
-``auto`` takes ``compiled`` where it applies and ``torch`` elsewhere.
+- ``numpy``: the same closed forms on numpy arrays (:mod:`ncfkit.models`): one GEMM per
+  layer over all samples (and, for layer 1, over all rows of a batch), so the arithmetic
+  runs in the BLAS numpy links (OpenBLAS here); each step pays ~20 numpy calls of
+  overhead (tens of µs), which is nothing once n·width is large. CPU, float32/float64,
+  every architecture.
+
+``auto`` chooses per problem and device by a cost model (:func:`predicted_costs`): on a
+CUDA device ``torch``; on the CPU the cheaper of ``compiled`` (its cost grows with the
+multiply-adds n·k at the kernel's loop rate) and ``numpy`` (a fixed per-call overhead
+plus the multiply-adds at the BLAS rate); ``benchmarks/bench_scale.py --engines`` checks
+the choice against measured times.
 """
 
 from __future__ import annotations
@@ -35,9 +45,10 @@ from .models import Architecture
 from .ncf import loss_value_and_grad, ncf_value_and_grad
 
 __all__ = ["ENGINES", "Stepper", "make_stepper", "resolve_engine", "value_and_grad_fn",
-           "ncf_value_and_grad_fn", "compiled_available", "compiled_unsupported"]
+           "ncf_value_and_grad_fn", "compiled_available", "compiled_unsupported", "numpy_unsupported",
+           "predicted_costs", "choose_host_engine"]
 
-ENGINES = ("auto", "compiled", "torch")
+ENGINES = ("auto", "compiled", "numpy", "torch")
 
 #: ``stepper(w, L, g, K) -> (w_K, 𝓛(w_K), ∇𝓛(w_K), losses)`` from w_0 = w (B, k) with
 #: its known loss L and gradient g (none of them modified); ``losses`` (K, B) float64
@@ -200,35 +211,187 @@ def _torch_stepper(objective, lr: float) -> Stepper:
     return step
 
 
-def _choose(engine: str, why_not_compiled) -> str:
-    """``engine`` resolved: ``why_not_compiled()`` gives the reason the kernel cannot
-    run (None: it can), asked only when the engine is not ``torch``."""
+# --------------------------------------------------------------------------- numpy engine
+
+
+def numpy_unsupported(objective=None, *, arch=None, X=None, loss_name=None) -> str | None:
+    """Why the numpy (BLAS) engine cannot compute ``objective``'s gradients; None: it can."""
+    if objective is not None:
+        arch, X = objective.arch, objective.X
+    if not is_numpy(X) and X.device.type != "cpu":
+        return f"the numpy engine runs on the CPU only (data on {X.device})"
+    if str(X.dtype).removeprefix("torch.") not in ("float32", "float64"):
+        return f"the numpy engine needs float32 or float64 (got {X.dtype})"
+    if not hasattr(arch, "forward_and_vjp"):
+        return f"the numpy engine needs the closed forms of {type(arch).__name__}"
+    return None
+
+
+_BLAS_LIMITED = False
+
+
+def _limit_blas_threads() -> None:
+    """BLAS threads = :func:`ncfkit._runtime.row_workers` (NCFKIT_THREADS when set: a
+    sweep's workers run one thread each; oversubscribed OpenBLAS threads spin and made a
+    product 100x slower in our measurements), once per process, where threadpoolctl is
+    installed (else BLAS keeps its own default)."""
+    global _BLAS_LIMITED
+    if _BLAS_LIMITED:
+        return
+    _BLAS_LIMITED = True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        return
+    threadpool_limits(limits=row_workers(), user_api="blas")
+
+
+class _Blas:
+    """The closed forms of :mod:`ncfkit.models` on numpy copies of the data: ∇𝓛 (``loss``)
+    or ∇𝒩 (``loss`` None, ``y`` = ỹ) for w (B, k) numpy arrays or CPU tensors (returned
+    as the kind given; tensors share memory with the numpy results)."""
+
+    def __init__(self, arch: Architecture, X: Array, y: Array, loss=None):
+        _limit_blas_threads()
+        X, y = to_numpy(X), to_numpy(y)
+        self.dtype = np.float64 if X.dtype == np.float64 else np.float32
+        self.arch, self.loss = arch, loss
+        self.X = np.ascontiguousarray(X, dtype=self.dtype)
+        self.y = np.ascontiguousarray(y, dtype=self.dtype)
+
+    def run(self, w: np.ndarray):
+        """(values (B,), gradients (B, k)) at numpy w (B, k)."""
+        w = np.asarray(w, dtype=self.dtype)
+        if self.loss is None:
+            y = self.y
+            out, grad = self.arch.forward_and_vjp(self.X, w, lambda o: np.broadcast_to(y, o.shape))
+            return out @ y, grad
+        loss, y = self.loss, self.y
+        out, grad = self.arch.forward_and_vjp(self.X, w, lambda o: loss.dvalue(o, y))
+        return loss.value(out, y), grad
+
+    def __call__(self, w):
+        if is_numpy(w):
+            return self.run(w)
+        val, grad = self.run(w.detach().cpu().numpy())
+        return torch.from_numpy(np.ascontiguousarray(val)), torch.from_numpy(grad)
+
+
+def _numpy_stepper(objective, lr: float) -> Stepper:
+    """K steps w ← w − η∇𝓛(w) by :class:`_Blas` (numpy; tensors in, tensors out)."""
+    blas = _Blas(objective.arch, objective.X, objective.y, objective.loss)
+
+    def step(w, L, g, K: int):
+        tensor = not is_numpy(w)
+        if tensor:
+            w, L, g = (a.detach().cpu().numpy() for a in (w, L, g))
+        losses = np.empty((K, w.shape[0]))
+        for i in range(K):
+            losses[i] = L
+            w = w - lr * g
+            L, g = blas.run(w)
+        if tensor:
+            return torch.from_numpy(w), torch.from_numpy(np.ascontiguousarray(L)), torch.from_numpy(g), losses
+        return w, L, g, losses
+
+    return step
+
+
+# --------------------------------------------------------------------------- cost model
+
+#: The cost model's constants, fitted to ``benchmarks/bench_scale.py --engines`` on this
+#: project's 2-core x86-64 machine (float64, one thread each; ``3·n·k`` multiply-adds per
+#: row and gradient): the compiled kernel's sample loops run at ~6 GMAC/s wherever the
+#: data stream from memory (more while they fit in cache) on one thread per row; the
+#: numpy engine pays ~20 µs of numpy calls per layer and pass, its BLAS runs at
+#: ~10 GMAC/s per thread on these skinny products, and each element of its
+#: (width × n) activations goes through ~12 element-wise passes.
+KERNEL_SEC_PER_MAC = 1.0 / 6e9
+KERNEL_SEC_PER_CALL = 4e-6
+BLAS_SEC_PER_MAC = 1.0 / 10e9
+NUMPY_SEC_PER_ELEMENT = 12 * 0.4e-9
+NUMPY_SEC_PER_LAYER = 2e-5
+
+
+def predicted_costs(arch: Architecture, n: int, batch: int = 1, threads: int | None = None) -> dict[str, float]:
+    """Predicted seconds of one ∇𝓛 or ∇𝒩 evaluation of ``batch`` rows on ``n`` samples,
+    per host engine, with ``threads`` threads (default :func:`ncfkit._runtime.row_workers`):
+    the multiply-adds of a forward and a backward pass (≈ 3·n·k per row) at each engine's
+    rate (the kernel runs rows on parallel threads, BLAS splits every product), plus the
+    numpy engine's per-layer call overhead and its element-wise passes over the
+    (width × n) activations."""
+    threads = row_workers() if threads is None else max(1, threads)
+    k = arch.num_params
+    macs = 3.0 * n * k * batch
+    widths = getattr(getattr(arch, "kernel_spec", None), "widths", None) or (arch.d, 1)
+    layers = max(len(widths) - 1, 1)
+    elements = n * batch * float(sum(widths[1:]))
+    blas_threads = threads if macs >= 2e6 else 1  # OpenBLAS splits only large products
+    return {"compiled": KERNEL_SEC_PER_CALL + macs * KERNEL_SEC_PER_MAC / min(threads, batch),
+            "numpy": NUMPY_SEC_PER_LAYER * 3 * layers + macs * BLAS_SEC_PER_MAC / blas_threads
+            + elements * NUMPY_SEC_PER_ELEMENT}
+
+
+def choose_host_engine(arch: Architecture, n: int, loss_name: str, dtype: str = "float64",
+                       batch: int = 1) -> str | None:
+    """The host engine ``auto`` takes for ``arch`` on ``n`` CPU samples: ``compiled`` or
+    ``numpy`` by :func:`predicted_costs` (``compiled`` only where it applies), None when
+    neither applies."""
+    X = np.empty((0, arch.d), dtype=np.dtype(dtype))
+    options = [e for e, why in (("compiled", compiled_unsupported(arch=arch, X=X, loss_name=loss_name)),
+                                ("numpy", numpy_unsupported(arch=arch, X=X))) if why is None]
+    if not options:
+        return None
+    costs = predicted_costs(arch, n, batch)
+    return min(options, key=lambda e: costs[e])
+
+
+def _choose(engine: str, arch, X, loss_name: str, batch: int = 1) -> str:
+    """``engine`` resolved for ``arch`` on data ``X`` with loss ``loss_name``
+    (``correlation``: ∇𝒩); ``auto`` by :func:`choose_host_engine` on the CPU, ``torch``
+    on any other device or where no host engine applies."""
     if engine not in ENGINES:
         raise ValueError(f"unknown GD engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if engine == "torch":
         return "torch"
-    why = why_not_compiled()
-    if engine == "compiled" and why is not None:
-        raise ValueError(f"the compiled GD engine cannot run this: {why}")
-    return "compiled" if why is None else "torch"
+    if engine == "compiled":
+        why = compiled_unsupported(arch=arch, X=X, loss_name=loss_name)
+        if why is not None:
+            raise ValueError(f"the compiled GD engine cannot run this: {why}")
+        return "compiled"
+    if engine == "numpy":
+        why = numpy_unsupported(arch=arch, X=X)
+        if why is not None:
+            raise ValueError(f"the numpy GD engine cannot run this: {why}")
+        return "numpy"
+    if not is_numpy(X) and X.device.type != "cpu":
+        return "torch"
+    dtype = str(X.dtype).removeprefix("torch.")
+    if dtype not in ("float32", "float64"):
+        return "torch"
+    return choose_host_engine(arch, X.shape[0], loss_name, dtype, batch) or "torch"
 
 
-def resolve_engine(objective, engine: str = "auto") -> str:
-    """The engine that ``engine`` means for ``objective``: ``auto`` becomes ``compiled``
-    where the kernel applies, else ``torch``.
+def resolve_engine(objective, engine: str = "auto", batch: int = 1) -> str:
+    """The engine that ``engine`` means for ``objective`` (``batch`` rows at a time):
+    ``auto`` becomes ``torch`` on a CUDA device and the cheaper of ``compiled`` and
+    ``numpy`` on the CPU (:func:`choose_host_engine`).
 
     Raises:
-        ValueError: unknown engine, or ``compiled`` asked for where it cannot run (the
-            message says why).
+        ValueError: unknown engine, or ``compiled``/``numpy`` asked for where it cannot
+            run (the message says why).
     """
-    return _choose(engine, lambda: compiled_unsupported(objective))
+    return _choose(engine, objective.arch, objective.X, objective.loss.name, batch)
 
 
-def make_stepper(objective, lr: float, engine: str = "auto") -> Stepper:
+def make_stepper(objective, lr: float, engine: str = "auto", batch: int = 1) -> Stepper:
     """The GD stepper of ``engine`` (see :func:`resolve_engine`) for ``objective`` and
     step ``lr``."""
-    if resolve_engine(objective, engine) == "compiled":
+    chosen = resolve_engine(objective, engine, batch)
+    if chosen == "compiled":
         return _compiled_stepper(objective, lr)
+    if chosen == "numpy":
+        return _numpy_stepper(objective, lr)
     return _torch_stepper(objective, lr)
 
 
@@ -266,24 +429,31 @@ def _from_kernel(kernel: _Kernel, host: bool):
     return _unbatched(f)
 
 
-def value_and_grad_fn(objective, engine: str = "auto", *, host: bool = False):
+def value_and_grad_fn(objective, engine: str = "auto", *, host: bool = False, batch: int = 1):
     """``f(w) -> (𝓛(w), ∇𝓛(w))`` for w (k,) or (B, k), computed by ``engine`` (see
-    :func:`resolve_engine`); the compiled one takes no autograd (use ``torch`` to
+    :func:`resolve_engine`); the host engines take no autograd (use ``torch`` to
     differentiate through it). ``host=True``: f takes and returns numpy arrays, for the
-    integrators that keep their state on the host (:mod:`ncfkit.flow`): the kernel
+    integrators that keep their state on the host (:mod:`ncfkit.flow`): a host engine
     straight, or torch on the data's device with one transfer each way."""
-    if resolve_engine(objective, engine) == "torch":
+    chosen = resolve_engine(objective, engine, batch)
+    if chosen == "torch":
         f = objective.value_and_grad
         return _unbatched(_on_host(f, objective.X)) if host else f
+    if chosen == "numpy":
+        return _unbatched(_Blas(objective.arch, objective.X, objective.y, objective.loss))
     return _from_kernel(_kernel(objective), host)
 
 
 def ncf_value_and_grad_fn(arch: Architecture, X: Array, ytilde: Array, engine: str = "auto", *,
-                          host: bool = False):
-    """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): the compiled kernel with
-    the correlation loss where it applies (``auto``), else
-    :func:`ncfkit.ncf.ncf_value_and_grad`; ``host`` as in :func:`value_and_grad_fn`."""
-    if _choose(engine, lambda: compiled_unsupported(arch=arch, X=X, loss_name="correlation")) == "torch":
+                          host: bool = False, batch: int = 1):
+    """``f(u) -> (𝒩(u), ∇𝒩(u))`` (eq. 3) for u (k,) or (B, k): by ``engine`` with the
+    correlation loss (``auto``: the cheaper host engine on the CPU, see
+    :func:`resolve_engine`), else :func:`ncfkit.ncf.ncf_value_and_grad`; ``host`` as in
+    :func:`value_and_grad_fn`."""
+    chosen = _choose(engine, arch, X, "correlation", batch)
+    if chosen == "torch":
         f = _unbatched(lambda u: ncf_value_and_grad(arch, X, ytilde, u))
         return _unbatched(_on_host(f, X)) if host else f
+    if chosen == "numpy":
+        return _unbatched(_Blas(arch, X, ytilde))
     return _from_kernel(_Kernel(arch, X, ytilde, "correlation", 1.0), host)
