@@ -57,6 +57,7 @@ POLICY = [
      r"^error: numerical failure \(LinAlgError: SVD did not converge\): the computation left the floating-point"),
     ("ctrl-c", KeyboardInterrupt(), 130, r"^interrupted \(SIGINT\)$"),
     ("sigterm", Terminated(), 143, r"^terminated \(SIGTERM\)$"),
+    ("sighup", Terminated(signum=signal.SIGHUP), 129, r"^hung up \(SIGHUP\)$"),
 ]
 
 
@@ -91,6 +92,31 @@ def test_sigterm_becomes_terminated_then_is_ignored_until_the_block_ends():
         time.sleep(0.05)
     assert len(seen) == 1 and isinstance(seen[0], Terminated)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sighup_is_handled_like_sigterm_unless_nohup():
+    """A closed terminal or ssh session (SIGHUP) must not lose the run either: exit 129,
+    "hung up (SIGHUP)". Under nohup (SIGHUP ignored) it stays ignored."""
+    from ncfkit._signals import describe
+
+    before = signal.getsignal(signal.SIGHUP)
+    seen = []
+    with handle_sigterm():
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(1)
+        except KeyboardInterrupt as e:
+            seen.append(e)
+    assert len(seen) == 1 and isinstance(seen[0], Terminated) and seen[0].signum == signal.SIGHUP
+    assert interrupt_exit_code(seen[0]) == 129 and describe(seen[0]) == "hung up (SIGHUP)"
+    assert signal.getsignal(signal.SIGHUP) is before
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with handle_sigterm():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_handle_sigterm_off_the_main_thread_is_a_no_op():

@@ -18,7 +18,8 @@ where the run stopped (root attribute ``phase`` of an interrupted result file).
 Tests stop a command at a chosen phase without sleeps or timing: with the environment
 variable ``NCFKIT_STOP_AT=NAME`` the first entry into phase ``NAME`` interrupts the
 process as Ctrl-C would (SIGINT, :class:`KeyboardInterrupt`), or as SIGTERM would
-(:class:`~ncfkit._signals.Terminated`) when ``NCFKIT_STOP_SIGNAL=TERM``: the real signal
+(:class:`~ncfkit._signals.Terminated`) when ``NCFKIT_STOP_SIGNAL=TERM`` (``HUP``: as
+SIGHUP would): the real signal
 when a Python handler for it is installed, else the exception its handler raises. ``NCFKIT_STOP_AT=NAME#K`` stops at
 the K-th entry (1-based) of a phase entered several times. The phase counts as entered
 (:func:`current_phase` names it) when the interruption is raised.
@@ -54,23 +55,24 @@ def _stop_requested(name: str) -> bool:
 def _interrupt() -> None:
     """Raise what the signal would: when this is the main thread and a Python handler is
     installed for it (Python's own for SIGINT, :func:`~ncfkit._signals.handle_sigterm`'s
-    for SIGTERM), by sending the real signal to this process, so the handler path itself
-    is exercised; otherwise (no handler: the signal would kill the process) by raising
-    the exception that handler raises."""
+    for SIGTERM and SIGHUP), by sending the real signal to this process, so the handler
+    path itself is exercised; otherwise (no handler: the signal would kill the process)
+    by raising the exception that handler raises."""
     import signal
     import threading
     import time
 
     from ._signals import Terminated
 
-    term = os.environ.get("NCFKIT_STOP_SIGNAL", "").upper() in ("TERM", "SIGTERM", "15")
-    signum = signal.SIGTERM if term else signal.SIGINT
+    name = os.environ.get("NCFKIT_STOP_SIGNAL", "INT").strip().upper().removeprefix("SIG")
+    signum = {"TERM": signal.SIGTERM, "15": signal.SIGTERM, "HUP": getattr(signal, "SIGHUP", signal.SIGTERM),
+              "1": getattr(signal, "SIGHUP", signal.SIGTERM)}.get(name, signal.SIGINT)
     if threading.current_thread() is threading.main_thread() and callable(signal.getsignal(signum)):
         os.kill(os.getpid(), signum)
         time.sleep(1.0)  # the handler runs (and raises) as soon as the signal arrives
-    if term:
-        raise Terminated("terminated by signal 15 (NCFKIT_STOP_AT)")
-    raise KeyboardInterrupt
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated(f"terminated by signal {int(signum)} (NCFKIT_STOP_AT)", signum=signum)
 
 
 @contextlib.contextmanager

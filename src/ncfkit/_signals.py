@@ -1,4 +1,4 @@
-"""SIGTERM handled like Ctrl-C, so one interruption path covers both.
+"""SIGTERM (and SIGHUP) handled like Ctrl-C, so one interruption path covers them all.
 
 A batch scheduler or ``timeout`` stops a job with SIGTERM, a person with Ctrl-C (SIGINT,
 which Python turns into :class:`KeyboardInterrupt`). Inside :func:`handle_sigterm`,
@@ -24,39 +24,67 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Terminated", "handle_sigterm", "interrupt_exit_code"]
+__all__ = ["Terminated", "handle_sigterm", "interrupt_exit_code", "describe", "HANDLED"]
+
+#: Signals :func:`handle_sigterm` turns into :class:`Terminated`: a scheduler's or
+#: ``timeout``'s SIGTERM, and SIGHUP (the terminal or ssh session of a run closed).
+HANDLED = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 class Terminated(KeyboardInterrupt):
-    """Raised by SIGTERM inside :func:`handle_sigterm`."""
+    """Raised by SIGTERM (or SIGHUP) inside :func:`handle_sigterm`; ``signum`` says which."""
 
     signum = signal.SIGTERM
+
+    def __init__(self, *args, signum: int | None = None):
+        super().__init__(*args)
+        if signum is not None:
+            self.signum = signum
 
 
 @contextlib.contextmanager
 def handle_sigterm() -> Iterator[None]:
-    """Turn the first SIGTERM into :class:`Terminated` while the block runs.
+    """Turn the first SIGTERM or SIGHUP into :class:`Terminated` while the block runs.
 
-    Further SIGTERMs are ignored until the block ends, so that writing the partial results
-    after the first one is not itself cut short (SIGKILL still stops the process). The
-    previous handler is restored on exit. Outside the main thread (where Python cannot
-    install signal handlers) this does nothing.
+    Further SIGTERMs and SIGHUPs are ignored until the block ends, so that writing the
+    partial results after the first one is not itself cut short (SIGKILL still stops the
+    process). A SIGHUP that is already ignored (``nohup``) stays ignored. The previous
+    handlers are restored on exit. Outside the main thread (where Python cannot install
+    signal handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def _raise(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(f"terminated by signal {signum}")
+        for s in HANDLED:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(f"terminated by signal {signum}", signum=signum)
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {}
+    for s in HANDLED:
+        if s != getattr(signal, "SIGHUP", None) or signal.getsignal(s) is not signal.SIG_IGN:
+            previous[s] = signal.signal(s, _raise)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def interrupt_exit_code(exc: BaseException) -> int:
-    """128 + the signal that caused ``exc``: 143 for :class:`Terminated`, else 130 (SIGINT)."""
+    """128 + the signal that caused ``exc``: 143 for SIGTERM, 129 for SIGHUP, else 130 (SIGINT)."""
     return 128 + int(getattr(exc, "signum", signal.SIGINT))
+
+
+def describe(exc: BaseException) -> str:
+    """The one line an interruption prints: ``interrupted (SIGINT)``, ``terminated
+    (SIGTERM)`` or ``hung up (SIGHUP)``."""
+    signum = int(getattr(exc, "signum", signal.SIGINT))
+    if signum == int(signal.SIGINT):
+        return "interrupted (SIGINT)"
+    if signum == int(getattr(signal, "SIGHUP", -1)):
+        return "hung up (SIGHUP)"
+    if signum == int(signal.SIGTERM):
+        return "terminated (SIGTERM)"
+    return f"terminated ({signal.Signals(signum).name})"

@@ -100,7 +100,7 @@ def guarded(f):
     """Apply ncfkit's error policy to a command body: :class:`~ncfkit.errors.NcfkitError`
     becomes one line on stderr and its exit code; any other exception becomes one line and
     exit 1 (the traceback only with ``--debug``)."""
-    from .._signals import Terminated, interrupt_exit_code
+    from .._signals import describe, interrupt_exit_code
     from ..errors import NcfkitError
 
     @functools.wraps(f)
@@ -118,8 +118,7 @@ def guarded(f):
             click.echo(f"error: {_one_line(e)}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM under _signals.handle_sigterm
-            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (SIGINT)"
-            click.echo(what, err=True)
+            click.echo(describe(e), err=True)
             sys.exit(interrupt_exit_code(e))
         except _out_of_memory_errors():
             if debug:
