@@ -281,3 +281,24 @@ def test_a_failed_reference_run_alone_keeps_exit_0(data, tmp_path, monkeypatch):
     assert summary["status"] == "complete" and summary["reference"]["status"] == "diverged"
     with h5py.File(out) as f:
         assert f.attrs["status"] == "complete" and "reference run" in f.attrs["message"]
+
+
+def test_import_ncfkit_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, ncfkit; ncfkit.Problem, ncfkit.InputError, ncfkit.api.run_command; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_progress_hears_each_phase(data):
+    events = []
+    problem = ncfkit.Problem.load(data, **MODEL)
+    ncfkit.escape(problem, [0.05], lr=0.01, max_time=40.0, max_steps=3000,
+                  progress=lambda event, value: events.append(event))
+    assert events[0] == "status" and "training" in events
+    ncfkit.find_kkt_points(problem, restarts=2, max_steps=500, progress=lambda e, v: events.append(e))
+    assert "ascent" in events
