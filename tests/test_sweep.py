@@ -343,6 +343,24 @@ def test_local_cluster_sweep_ctrl_c_and_resume(tmp_path, square5):
     assert_same_numbers(_run_rows(out / f["file"]), _run_rows(alone), f["name"])
 
 
+def test_retries_when_a_worker_dies(tmp_path):
+    """A point whose worker dies (holding its lock) is resubmitted: after one death it runs
+    on a fresh worker; one that kills every worker fails after --retries reruns (exit 1)."""
+    out = tmp_path / "out"
+    env = dict(_env(), NCFKIT_SWEEP_DIE="delta=0.01#1,delta=0.001#9")
+    r = subprocess.run([sys.executable, "-m", "ncfkit", "sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3,1e-4",
+                        "--workers", "2", "--retries", "1", "--outdir", str(out), "--json"],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 1, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["ran"] == 2 and [f["name"] for f in summary["failed"]] == ["delta=0.001"]
+    assert "worker died 2 times" in summary["failed"][0]["error"] and "worker died" in r.stderr
+    m = {f["name"]: f for f in json.loads((out / "sweep.json").read_text())["files"]}
+    assert m["delta=0.01"]["status"] == "complete" and m["delta=0.01"]["attempts"] == 2
+    assert m["delta=0.0001"]["attempts"] == 1 and m["delta=0.001"]["status"] == "failed"  # queued there: no count
+    assert not (out / "delta=0.001.h5").exists() and not list((out / sw.STATE / "locks").iterdir())
+
+
 def test_without_dask_runs_in_process(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(sw, "_call_command", _fake_runner(calls))

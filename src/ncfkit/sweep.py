@@ -793,7 +793,7 @@ def run_point(task: dict) -> dict:
     in_process = task.get("in_process", False)
     _prepare_worker(in_process)
     path = point.path(outdir)
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "sweep": task["sweep_id"],
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "sweep": task["sweep_id"], "worker": _worker_address(),
              "token": f"{task['sweep_id']}:{point.name}:{task.get('attempt', 0)}:{time.monotonic_ns()}",
              "start": _now()}
     lock = PointLock(outdir, point.name, owner)
@@ -804,6 +804,7 @@ def run_point(task: dict) -> dict:
         return dict(record, status="busy", holder_sweep=holder.get("sweep"),
                     error=f"running elsewhere (pid {holder.get('pid')} on {holder.get('host')})")
     t0 = time.perf_counter()
+    _die_if_asked(point.name, int(task.get("attempt", 0)), in_process)
     try:
         remove_temporaries(outdir, point.name)
         force = bool(task.get("force"))
@@ -835,6 +836,29 @@ def run_point(task: dict) -> dict:
                     error=f"internal error {type(e).__name__}: {' '.join(str(e).split())}")
     finally:
         lock.release()
+
+
+def _worker_address() -> str | None:
+    """The Dask worker this runs on (None in-process)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return None
+
+
+def _die_if_asked(name: str, attempt: int, in_process: bool) -> None:
+    """Tests kill a worker in the middle of a point: ``NCFKIT_SWEEP_DIE=NAME#K`` ends the
+    worker process running point NAME (holding its lock, as a crash would) on its first K
+    attempts (K = 1 when left out)."""
+    target = os.environ.get("NCFKIT_SWEEP_DIE")
+    if not target or in_process:
+        return
+    for item in target.split(","):
+        want, _, k = item.partition("#")
+        if want == name and attempt < (int(k) if k.isdigit() else 1):
+            os._exit(70)
 
 
 def _started(path: Path) -> str:
@@ -1131,46 +1155,75 @@ def _run_here(tasks: dict, report: SweepReport, progress) -> None:
 
 def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int, progress, outdir: Path,
               sweep_id: str) -> None:
+    """Submit every point; as each finishes, record it. A point whose worker died while
+    running it (its lock is left, from this sweep) is resubmitted up to ``retries`` times;
+    one that was only queued on the dead worker is resubmitted without counting. A point
+    found locked by an earlier attempt of this sweep is resubmitted as soon as that
+    attempt's worker has left the cluster (or its lock went stale)."""
     client = cluster.client
-    attempts = dict.fromkeys(tasks, 0)
+    attempts = dict.fromkeys(tasks, 0)  # deaths while running the point
+    submissions = dict.fromkeys(tasks, 0)
     futures = {}
+    locks = outdir / STATE / "locks"
 
     def submit(name: str) -> None:
+        submissions[name] += 1
         task = dict(tasks[name], attempt=attempts[name])
-        futures[client.submit(run_point, task, key=f"ncfkit-{name}-{sweep_id}-{attempts[name]}", pure=False)] = name
+        key = f"ncfkit-{name}-{sweep_id}-{submissions[name]}"
+        futures[client.submit(run_point, task, key=key, pure=False)] = name
+
+    def our_dead_lock(name: str) -> bool:
+        """Whether ``name`` is locked by this sweep from a worker no longer in the cluster
+        (then the lock is removed)."""
+        lock = locks / f"{name}.lock"
+        info = PointLock.read(lock)
+        if info is None or info.get("sweep") != sweep_id:
+            return False
+        try:
+            live = set(client.scheduler_info().get("workers", {}))
+        except Exception:  # the scheduler is gone: the next submit says so
+            live = set()
+        if info.get("worker") in live and not PointLock.stale(info):
+            return False
+        broken = lock.with_name(f"{lock.name}.dead.{os.getpid()}.{time.monotonic_ns()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(lock, broken)
+            os.unlink(broken)
+        return True
 
     for name in tasks:
         submit(name)
     counts = {"done": 0, "failed": 0, "running": 0, "total": len(tasks)}
-    locks = outdir / STATE / "locks"
     last_poll = 0.0
-    deferred: dict[str, float] = {}  # points whose dead worker's lock is not yet seen stale
+    deferred: dict[str, float] = {}  # points locked by an earlier attempt whose worker is not yet known dead
     first_busy: dict[str, float] = {}
     while futures or deferred:
         now = time.monotonic()
         for name in [n for n, t in deferred.items() if t <= now]:
             del deferred[name]
             submit(name)
-        finished = [f for f in futures if f.done()]
-        for fut in finished:
+        for fut in [f for f in futures if f.done()]:
             name = futures.pop(fut)
             if fut.status == "finished":
                 rec = fut.result()
                 if rec["status"] == "busy" and rec.get("holder_sweep") == sweep_id \
                         and now - first_busy.setdefault(name, now) < 2 * STALE_AFTER:
-                    deferred[name] = now + 2.0  # an earlier attempt's lock: its worker died
+                    deferred[name] = now + (0.0 if our_dead_lock(name) else 2.0)
                     continue
             else:
                 exc = fut.exception() if fut.status == "error" else None
-                if exc is not None and _worker_died(exc) and attempts[name] < retries:
-                    attempts[name] += 1
-                    submit(name)
-                    continue
-                why = (f"its worker died {attempts[name] + 1} times" if exc is not None and _worker_died(exc)
+                died = exc is not None and _worker_died(exc)
+                if died:
+                    if our_dead_lock(name):  # it was running there
+                        attempts[name] += 1
+                    if attempts[name] <= retries and submissions[name] < retries + 20:
+                        submit(name)
+                        continue
+                why = (f"its worker died {attempts[name]} times (--retries {retries})" if died
                        else f"{type(exc).__name__}: {' '.join(str(exc).split())}" if exc is not None
                        else f"task {fut.status}")
                 rec = {"name": name, "index": tasks[name]["point"].index, "status": "failed", "error": why}
-            rec["attempts"] = attempts[name] + 1
+            rec["attempts"] = attempts[name] + (0 if rec["status"] == "failed" else 1)
             _record(report, rec)
             counts["failed" if rec["status"] == "failed" else "done"] += 1
             if progress:
