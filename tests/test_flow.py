@@ -1,4 +1,4 @@
-"""The Dormand–Prince integrator against closed-form gradient flows (SPEC §3)."""
+"""The Dormand–Prince integrator against closed-form gradient flows (docs/theory.md)."""
 
 import math
 
@@ -16,7 +16,7 @@ F64 = torch.float64
 
 
 def example1_psi(t: float, delta: float) -> torch.Tensor:
-    """ψ(t, δw0) of Example 1 with w0 = (1/√2, 1/√2) (SPEC §3, Appendix E)."""
+    """ψ(t, δw0) of Example 1 with w0 = (1/√2, 1/√2) (docs/theory.md, Appendix E)."""
     d2 = delta * delta
     return torch.tensor([2 * delta / math.sqrt(d2 + (8 - d2) * math.exp(-32 * t)),
                          delta / math.sqrt(d2 + (2 - d2) * math.exp(-8 * t))], dtype=F64)
@@ -88,7 +88,7 @@ def _escape(root, *extra):
 
 def test_cli_flow_matches_example1_closed_form_at_default_tolerance(ex1_files, tmp_path):
     """``escape --method flow`` with its default --rtol: every stored trajectory sample
-    (integrator states) within 1e-8 relative of ψ(t, δw0) (SPEC §3) at δ = 1e-3, t ≤ 3."""
+    (integrator states) within 1e-8 relative of ψ(t, δw0) (docs/theory.md) at δ = 1e-3, t ≤ 3."""
     import h5py
 
     res = _escape(ex1_files, "--max-time", "3", "--until", "max-time", "--out", tmp_path / "run.h5")
@@ -142,9 +142,9 @@ def test_dense_output_is_scipys_and_fourth_order():
     accurate as the steps themselves (Example 1's closed form at mid-step)."""
     from scipy.integrate._ivp.rk import RK45
 
-    from ncfkit.flow import _P
+    from ncfkit.rk import DOPRI5
 
-    np.testing.assert_allclose(np.asarray(_P), RK45.P, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(np.asarray(DOPRI5.dense), RK45.P, rtol=1e-15, atol=0)
     w0 = np.full((1, 2), 1e-3 / math.sqrt(2))
     stepper = DormandPrince(example1_rhs(), w0, rtol=1e-10)
     worst = 0.0

@@ -1,4 +1,4 @@
-"""Theory predictions (SPEC §2), Example 1's closed forms (SPEC §3), event detection on
+"""Theory predictions (docs/theory.md §2), Example 1's closed forms (docs/theory.md §3), event detection on
 closed-form trajectories, and the bounded recorder."""
 
 import math

@@ -1,4 +1,4 @@
-"""What the theory predicts for training from small initialization δ·w0 (SPEC §2).
+"""What the theory predicts for training from small initialization δ·w0 (docs/theory.md §2; Theorems 4 and 10).
 
 - Escape time from the origin (Theorem 4 for L_h = 2, Theorem 10 for L_h > 2):
 
@@ -184,7 +184,7 @@ def diagonal_identity_flow(t, y, w0):
     return np.sign(w0) * np.sqrt(u)
 
 
-#: Example 1 of the paper (SPEC §3): data, NCF value, Δ, w*, the saddle and the minimum.
+#: Example 1 of the paper (Sec. 3.1; docs/theory.md §3): data, NCF value, Δ, w*, the saddle and the minimum.
 EXAMPLE1 = {
     "X": np.eye(2),
     "y": np.array([4.0, 1.0]),
@@ -239,6 +239,12 @@ class NcfFlowEscape:
     ``blowup_time`` T_b = ∫ r^{2−L_h} ds, so T_esc(δ) ≈ δ^{2−L_h}·T_b; for L_h = 2,
     r(t) ≈ A e^{2𝒩(w*)t} with ``log_amplitude`` ln A, so T_esc(δ) ≈ (ln(1/δ) − ln A)/(2𝒩(w*)).
     For w0 = w* both reduce to :func:`escape_time` (T_b = 1/(L_h(L_h−2)𝒩), A = 1).
+
+    ``reason`` says why the integration stopped: ``converged`` (the KKT residual
+    ‖θ'‖ ≤ tol·L_h|𝒩|; then ``converged`` is True), ``settled`` (the direction stopped
+    moving although the residual cannot reach tol, as at a kink of ReLU), ``max steps``
+    or ``step underflow``. ``residual`` is ‖θ'‖/(L_h|𝒩|) at ``direction``, ``steps`` the
+    accepted steps and ``evaluations`` the gradients of 𝒩 computed.
     """
 
     L_h: float
@@ -248,6 +254,14 @@ class NcfFlowEscape:
     converged: bool
     steps: int
     direction: np.ndarray | None = field(default=None, repr=False)  # θ at the end (k,)
+    reason: str = "converged"
+    residual: float = math.nan
+    evaluations: int = 0
+
+    @property
+    def settled(self) -> bool:
+        """The direction has stopped moving: converged, or settled at a kink."""
+        return self.reason in ("converged", "settled")
 
     def escape_time(self, delta):
         if not self.ncf > 0:
@@ -258,59 +272,140 @@ class NcfFlowEscape:
 
 
 def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
-                    h_angle: float = 0.02) -> NcfFlowEscape:
-    """Integrate the NCF flow from the unit direction ``w0`` (RK4 on (θ, ln r, t) in the
-    clock s, steps sized so θ turns and ln r grows by at most ``h_angle`` per step) until
-    θ has converged (‖θ'‖ ≤ tol·L_h|𝒩|), then add the analytic tail along θ(∞).
+                    rtol: float | None = None, settle_tol: float = 1e-4, window: float = 1.0,
+                    method: str = "dopri5", engine: str = "auto") -> NcfFlowEscape:
+    """Integrate the NCF flow from the unit direction ``w0`` until its direction θ stops
+    moving, then add the analytic tail along θ(∞).
+
+    The state (θ, ρ = ln r, t) evolves in the clock s (see :class:`NcfFlowEscape`) under
+    the adaptive Runge–Kutta stepper of :mod:`ncfkit.rk` (``method``, a name in
+    :data:`ncfkit.rk.TABLEAUX`); θ is put back on the sphere after each step (the flow
+    leaves ‖θ‖ unchanged). The local error of θ is held to ``rtol`` in the Euclidean norm
+    (θ is a unit vector), those of ρ and t to ``rtol`` of their size. The default
+    ``rtol`` is 1e-8, and 1e-5 for an activation with a kink (ReLU, leaky ReLU): where θ
+    crosses a kink ∇𝒩 jumps, the local error is first order in the step, and the steps
+    shrink in proportion to the tolerance. It stops at the first of:
+
+    - **converged**: the relative KKT residual ε = ‖θ'‖/(L_h|𝒩|) ≤ ``tol`` (Lemma 20), at
+      an accepted point or at the midpoint of the last two (an explicit method at its
+      stability bound oscillates about the limit from step to step);
+    - **settled**: at the end of a window of at least ``window`` time units 1/(L_h|𝒩|)
+      and 8 steps, the direction (the midpoint of the last two accepted points, which
+      cancels that oscillation) has moved m ≤ ``settle_tol`` while ε at the midpoint is
+      still ≥ 10m: near a smooth maximum ε is about (Δ/L_h𝒩)·distance and the move
+      about min(ε, distance), so this is θ chattering across a kink of ReLU, where ε
+      cannot reach ``tol``; or the direction contracts geometrically to a limit at most
+      ``tol`` away (estimated from the last two windows' displacements m₁, m₂ as
+      m₂q/(1 − q), q = m₂/m₁ < 1);
+    - **max steps** accepted steps or 4·``max_steps`` gradients (what ``max_steps``
+      classical RK4 steps cost), or a **step underflow** of the integrator.
 
     Args:
         arch, X, ytilde: the network, data and ỹ of the NCF 𝒩(u) = ỹᵀH(X; u).
         w0: the initial direction (k,), any norm (numpy array or tensor).
+        tol: the relative KKT residual of convergence.
+        max_steps: the most accepted steps (and a quarter of the most gradients).
+        rtol: the integrator's tolerance (default above).
+        settle_tol, window: the settling rule (above).
+        method: the Runge–Kutta tableau; ``engine``: ∇𝒩's engine
+            (:func:`ncfkit.fastgd.ncf_value_and_grad_fn`).
 
     Returns:
         :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
     """
     from .arrays import to_numpy
     from .fastgd import ncf_value_and_grad_fn
+    from .rk import RungeKutta, StepSizeUnderflow
 
     L_h = float(arch.homogeneity)
+    if rtol is None:
+        rtol = 1e-5 if _has_kink(arch) else 1e-8
     # on the host in numpy (the state is one vector; torch's per-op overhead would
     # dominate), ∇𝒩 from the compiled kernel where it applies
-    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, host=True)
-    theta = to_numpy(w0).astype(np.float64).ravel()
-    theta = theta / np.linalg.norm(theta)
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine, host=True)
+    theta0 = to_numpy(w0).astype(np.float64).ravel()
+    k = theta0.size
 
-    def rhs(th):  # in the data's dtype inside value_and_grad, float64 here
+    def ncf_and_residual(th):  # in the data's dtype inside value_and_grad, float64 here
         val, grad = value_and_grad(th)
         val, grad = float(val), np.asarray(grad, dtype=float)
-        tangent = grad - (th @ grad) * th  # = ∇𝒩 − L_h𝒩θ by Euler's identity
-        return tangent, val
+        tangent = grad - (th @ grad) * th  # θ' = ∇𝒩 − L_h𝒩θ by Euler's identity
+        return val, tangent, float(np.linalg.norm(tangent)) / max(L_h * abs(val), 1e-300)
 
-    def clock(rho_):  # dt/ds = r^{2−L_h}
-        return math.exp((2.0 - L_h) * rho_)
+    def rhs(y):  # y = (θ, ρ, t); θ' depends on θ/‖θ‖ only
+        val, tangent, _ = ncf_and_residual(y[:k] / np.linalg.norm(y[:k]))
+        dy = np.empty_like(y)
+        dy[:k] = tangent
+        dy[k] = L_h * val
+        dy[k + 1] = math.exp((2.0 - L_h) * y[k])  # dt/ds = r^{2−L_h}
+        return dy, val
 
-    def unit(v):
-        return v / np.linalg.norm(v)
+    def norm(e):  # e = error / (rtol·(1 + |y|)) entrywise: θ in the Euclidean norm
+        return float(max(np.linalg.norm(e[:k]), abs(e[k]), abs(e[k + 1])))
 
-    rho, t = 0.0, 0.0  # ln r and t, accumulated along the clock s
-    converged, steps = False, 0
-    for steps in range(1, max_steps + 1):  # noqa: B007 (steps is reported after the loop)
-        k1, n1 = rhs(theta)
-        k1_norm = float(np.linalg.norm(k1))
-        if k1_norm <= tol * L_h * max(abs(n1), 1e-300):
-            converged = True
+    y0 = np.concatenate([theta0 / np.linalg.norm(theta0), [0.0, 0.0]])
+    stepper = RungeKutta(rhs, y0, rtol=rtol, atol=rtol, tableau=method, norm=norm, hold_after_reject=True)
+    watch = _SettleWatch(y0[:k], window, settle_tol, tol)
+    theta, ncf, n_extra = y0[:k], float(stepper.aux), 0
+    res = float(np.linalg.norm(stepper.f[:k])) / max(L_h * abs(ncf), 1e-300)
+    reason = "converged" if res <= tol else "max steps"
+    while reason == "max steps" and stepper.n_accepted < max_steps and stepper.n_evals < 4 * max_steps:
+        try:
+            stepper.step()
+        except StepSizeUnderflow:
+            reason = "step underflow"
             break
-        h = h_angle / max(k1_norm, L_h * abs(n1), 1e-300)
-        k2, n2 = rhs(unit(theta + 0.5 * h * k1))
-        k3, n3 = rhs(unit(theta + 0.5 * h * k2))
-        k4, n4 = rhs(unit(theta + h * k3))
-        r2, r3, r4 = rho + 0.5 * h * L_h * n1, rho + 0.5 * h * L_h * n2, rho + h * L_h * n3
-        t += h / 6 * (clock(rho) + 2 * clock(r2) + 2 * clock(r3) + clock(r4))
-        rho += h / 6 * L_h * (n1 + 2 * n2 + 2 * n3 + n4)
-        theta = unit(theta + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4))
-    _, ncf_inf = rhs(theta)
+        stepper.y[:k] /= np.linalg.norm(stepper.y[:k])
+        theta, ncf = stepper.y[:k], float(stepper.aux)
+        speed = float(np.linalg.norm(stepper.f[:k]))
+        res = speed / max(L_h * abs(ncf), 1e-300)
+        if res <= tol:
+            reason = "converged"
+            break
+        h = stepper.t - stepper.t_prev
+        if watch.update(h * max(L_h * abs(ncf), speed)):
+            mid = stepper.y_prev[:k] + theta
+            mid /= np.linalg.norm(mid)
+            ncf_m, _, res_m = ncf_and_residual(mid)
+            n_extra += 1
+            if res_m <= tol or watch.settled(mid, res_m):
+                theta, ncf, res, reason = mid, ncf_m, res_m, "converged" if res_m <= tol else "settled"
+    rho, t = float(stepper.y[k]), float(stepper.y[k + 1])
+    steps, evals = stepper.n_accepted, stepper.n_evals + n_extra
+    theta, converged = np.array(theta), reason == "converged"
     if L_h == 2:
-        log_amp = rho - 2.0 * ncf_inf * t if ncf_inf > 0 else None
-        return NcfFlowEscape(L_h, ncf_inf, None, log_amp, converged, steps, theta)
-    tail = math.exp((2.0 - L_h) * rho) / ((L_h - 2.0) * L_h * ncf_inf) if ncf_inf > 0 else math.inf
-    return NcfFlowEscape(L_h, ncf_inf, t + tail, None, converged, steps, theta)
+        log_amp = rho - 2.0 * ncf * t if ncf > 0 else None
+        return NcfFlowEscape(L_h, ncf, None, log_amp, converged, steps, theta, reason, res, evals)
+    tail = math.exp((2.0 - L_h) * rho) / ((L_h - 2.0) * L_h * ncf) if ncf > 0 else math.inf
+    return NcfFlowEscape(L_h, ncf, t + tail, None, converged, steps, theta, reason, res, evals)
+
+
+def _has_kink(arch) -> bool:
+    """Whether ∇𝒩 jumps somewhere: a piecewise-linear activation other than the identity."""
+    act = getattr(arch, "act", None)
+    return act is not None and getattr(act, "p", None) == 1 and getattr(act, "alpha", 1.0) != 1.0
+
+
+class _SettleWatch:
+    """The settling rule of :func:`ncf_flow_escape`: the direction's displacement over
+    windows of at least ``window`` natural time units and 8 accepted steps."""
+
+    def __init__(self, theta: np.ndarray, window: float, settle_tol: float, tol: float) -> None:
+        self.window, self.settle_tol, self.tol = window, settle_tol, tol
+        self.anchor, self.elapsed, self.steps = theta.copy(), 0.0, 0
+        self.last_m = math.inf  # the previous window's displacement
+
+    def update(self, dtau: float) -> bool:
+        """Account for one accepted step of natural time ``dtau``; True at the end of a
+        window (then call :meth:`settled`)."""
+        self.elapsed += dtau
+        self.steps += 1
+        return self.elapsed >= self.window and self.steps >= 8
+
+    def settled(self, theta: np.ndarray, res: float) -> bool:
+        """Close the window at direction ``theta`` with relative residual ``res``."""
+        m = float(np.linalg.norm(theta - self.anchor))
+        q = m / self.last_m if 0 < self.last_m < math.inf else math.inf
+        left = m * q / (1.0 - q) if q < 1.0 else math.inf
+        self.anchor, self.elapsed, self.steps, self.last_m = theta.copy(), 0.0, 0, m
+        return (m <= self.settle_tol and res >= 10.0 * m) or left <= self.tol
