@@ -302,3 +302,16 @@ def test_progress_hears_each_phase(data):
     assert events[0] == "status" and "training" in events
     ncfkit.find_kkt_points(problem, restarts=2, max_steps=500, progress=lambda e, v: events.append(e))
     assert "ascent" in events
+
+
+def test_notebook_accessors(kkt_run, escape_run):
+    kkt, run = kkt_run[0], escape_run[0]
+    w = kkt.weights(0)
+    assert w.shape == (kkt.summary()["num_params"],) and abs(np.linalg.norm(w) - 1) < 1e-12
+    assert run.runs == run.summary()["runs"]
+    rec = run.records(1)
+    assert rec["time"].shape == rec["loss"].shape and rec["time"].size > 2
+    loaded = ncfkit.load(escape_run[1]).records(1)
+    assert np.array_equal(loaded["loss"], rec["loss"])
+    with pytest.raises(ncfkit.InputError, match="out of range"):
+        run.records(5)

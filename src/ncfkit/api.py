@@ -298,6 +298,13 @@ class KKTResult(Result):
         """The points (sorted by 𝒩 descending) as in the summary."""
         return self.summary()["points"]
 
+    def weights(self, point: int = 0) -> np.ndarray:
+        """w* (k,) of point ``point``, unit norm, in ncfkit's flat layout (float64)."""
+        points = self.record.get("points", {})
+        if str(point) not in points:
+            raise InputError(f"point {point} out of range; the result has points 0..{len(points) - 1}")
+        return np.asarray(points[str(point)]["w"], dtype=np.float64)
+
 
 class SparsityResult(Result):
     """The zero-preserving subset of one weight vector (``raw``: (Source, SparsityReport,
@@ -315,6 +322,19 @@ class EscapeResult(Result):
     def __init__(self, record: dict, raw: Any = None, *, how: str = "", **kw: Any):
         super().__init__(record, raw, **kw)
         self.how = how
+
+    @property
+    def runs(self) -> list[dict]:
+        """One summary per δ, in the order given (the summary's ``runs``)."""
+        return self.summary()["runs"]
+
+    def records(self, run: int = 0) -> dict[str, np.ndarray]:
+        """The records of run ``run`` against time (``time``, ``loss``, ``grad_norm``,
+        ``w_norm``, ``cos_w_star``, ``wz_ratio``, ``step``, ``phase``): what to plot."""
+        runs = self.record.get("runs", {})
+        if str(run) not in runs:
+            raise InputError(f"run {run} out of range; the result has runs 0..{len(runs) - 1}")
+        return {k: np.asarray(v) for k, v in runs[str(run)].get("records", {}).items() if not isinstance(v, str)}
 
 
 RESULT_CLASSES: dict[str, type[Result]] = {c.kind: c for c in (KKTResult, SparsityResult, EscapeResult)}
@@ -419,9 +439,9 @@ def _interrupted(e: BaseException, prov: dict, **fields: Any) -> dict:
 
 
 def _signal_name(e: BaseException) -> str:
-    from ._signals import Terminated
+    from ._signals import describe
 
-    return "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (SIGINT)"
+    return describe(e)
 
 
 # --------------------------------------------------------------------------- sparsity
