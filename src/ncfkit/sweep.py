@@ -1074,6 +1074,8 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
     ``sweep_report`` attribute) when interrupted.
     """
     manifest, states = check_outdir(sweep, force)
+    if all(state == "complete" for state in states.values()):
+        scheduler = "in-process"  # nothing to run: no cluster to start
     cluster = _Cluster(scheduler, workers, retries)  # an unreachable scheduler fails here, before any point
     outdir = sweep.outdir
     sweep_id = hashlib.sha1(f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:12]

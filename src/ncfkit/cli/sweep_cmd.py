@@ -58,7 +58,7 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_js
         if info["note"]:
             console.print(f"[yellow]note:[/] {info['note']}")
         console.print(f"sweep {command_name}: {info['total']} points, {info['skipped']} already complete, "
-                      f"{info['to_run']} to run {info['where']}")
+                      + (f"{info['to_run']} to run {info['where']}" if info["to_run"] else "nothing to run"))
         task = bar.add_task("sweep", total=info["to_run"], done=0, running=0, failed=0, rate="")
         bar.start()
 
