@@ -5,6 +5,7 @@ resume after Ctrl-C, and the per-point locks."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shlex
@@ -29,7 +30,8 @@ FIG1 = ROOT / "examples" / "data" / "fig1_square.npz"
 #: Example 1 on the host (diagonal model, start read from a file: torch is never needed).
 EX1_ARGS = [str(EX1), "--arch", "diag", "--init", str(EX1_W0)]
 
-distributed = pytest.importorskip("distributed")
+needs_dask = pytest.mark.skipif(importlib.util.find_spec("distributed") is None,
+                                reason="Dask not installed (pip install \"ncfkit[cluster]\")")
 
 
 def _env():
@@ -138,6 +140,7 @@ def test_bad_input_one_line_exit_2_nothing_run(tmp_path, no_runs, args, says):
     assert no_runs == [] and not out.exists()
 
 
+@needs_dask
 def test_bad_outdir_and_scheduler(tmp_path, no_runs):
     out = tmp_path / "out"
     base = ["sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--outdir", out]
@@ -187,6 +190,12 @@ def test_point_lock_busy_and_stale(tmp_path, no_runs):
     (tmp_path / f".{p.name}.h5.abc.tmp").write_bytes(b"half")  # what a killed writer leaves
     assert sw.run_point(task)["status"] == "done" and len(no_runs) == 1
     assert not lock.exists() and not list(tmp_path.glob(".*.tmp"))
+    # another host's lock: live while its heartbeat is fresh, stale after STALE_AFTER seconds
+    lock.write_text(json.dumps({"pid": 1, "host": "elsewhere.example", "sweep": "other"}))
+    assert sw.run_point(task)["status"] == "busy" and len(no_runs) == 1
+    old = time.time() - sw.STALE_AFTER - 5
+    os.utime(lock, (old, old))
+    assert sw.run_point(task)["status"] == "done" and len(no_runs) == 2
 
 
 # --------------------------------------------------------------------------- resume
@@ -303,6 +312,7 @@ def test_spec_file_and_kkt_sparsity_sweeps(tmp_path):
 # --------------------------------------------------------------------------- on Dask clusters
 
 
+@needs_dask
 def test_local_cluster_sweep_ctrl_c_and_resume(tmp_path, square5):
     """The embedded LocalCluster (2 workers): Ctrl-C in a terminal (SIGINT to the whole
     process group) stops it cleanly (exit 130, no traceback, no temporary file, no lock);
@@ -343,6 +353,7 @@ def test_local_cluster_sweep_ctrl_c_and_resume(tmp_path, square5):
     assert_same_numbers(_run_rows(out / f["file"]), _run_rows(alone), f["name"])
 
 
+@needs_dask
 def test_retries_when_a_worker_dies(tmp_path):
     """A point whose worker dies (holding its lock) is resubmitted: after one death it runs
     on a fresh worker; one that kills every worker fails after --retries reruns (exit 1)."""
@@ -407,6 +418,7 @@ def dask_cluster(tmp_path):
             p.wait(timeout=30)
 
 
+@needs_dask
 def test_remote_cluster_survives_a_killed_worker(tmp_path, square5, dask_cluster):
     """12 points on a real scheduler; SIGKILL a worker while it runs a point: every point
     ends up present once, valid, and equal to the same point run alone."""
