@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cmp_to_key
 
 import numpy as np
 
@@ -378,6 +379,16 @@ def _same_point(a, b, rtol: float) -> bool:
     return float(norm(out_a - out_b)) <= 1e3 * rtol * oscale
 
 
+def _point_order(a: KKTPoint, b: KKTPoint) -> int:
+    """𝒩 descending; points whose 𝒩 ties to 1e-9 (relative: round-off must not decide
+    the order) come sparsest first, then by their first restart."""
+    fa, fb = a.cert.ncf, b.cert.ncf
+    if abs(fa - fb) > 1e-9 * max(abs(fa), abs(fb), 1e-300):
+        return -1 if fa > fb else 1
+    key = lambda p: (sum(p.cert.active_per_layer or ()), min(p.restarts))  # noqa: E731
+    return (key(a) > key(b)) - (key(a) < key(b))
+
+
 def find_kkt_points(
     arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, restarts: int = 32,
     seed: int = 0, max_steps: int = 20000, tol: float = 1e-9, merge_rtol: float = 1e-5,
@@ -420,7 +431,7 @@ def find_kkt_points(
             cert = replace(cert, reason=reasons[m[0]])
         points.append(KKTPoint(cert, len(m), len(m) / restarts, tuple(m), bool(asc.converged[m[0]]),
                                reasons[m[0]]))
-    points.sort(key=lambda p: -p.cert.ncf)
+    points.sort(key=cmp_to_key(_point_order))
     unconverged = tuple(i for i in range(restarts) if not bool(asc.converged[i] | asc.stalled[i]))
     if piecewise_linear:
         return KKTResult(points, float(arch.homogeneity), arch.num_params, restarts, len(conv),
