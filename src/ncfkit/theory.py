@@ -34,7 +34,7 @@ __all__ = [
     "escape_time", "escape_regressor", "escape_slope", "escape_slope_gd", "path_distance_exponent",
     "sparsity_exponent", "LineFit", "fit_line", "fit_escape_times", "fit_power_law",
     "EXAMPLE1", "example1_psi", "example1_reference_path", "example1_loss",
-    "example1_grad_norm", "diagonal_identity_flow", "NcfFlowEscape", "ncf_flow_escape",
+    "example1_grad_norm", "diagonal_identity_flow", "NcfFlowEscape", "ncf_flow_escape", "ncf_flow",
 ]
 
 
@@ -274,17 +274,46 @@ class NcfFlowEscape:
 def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
                     rtol: float | None = None, settle_tol: float = 1e-4, window: float = 1.0,
                     method: str = "dopri5", engine: str = "auto") -> NcfFlowEscape:
-    """Integrate the NCF flow from the unit direction ``w0`` until its direction θ stops
-    moving, then add the analytic tail along θ(∞).
+    """:func:`ncf_flow` for the NCF 𝒩(u) = ỹᵀH(X; u) of a network: integrate the NCF flow
+    from the direction ``w0`` until θ stops moving, then add the analytic tail along θ(∞).
+
+    Args:
+        arch, X, ytilde: the network, data and ỹ.
+        w0: the initial direction (k,), any norm (numpy array or tensor).
+        rtol: the integrator's tolerance: by default 1e-8, and 1e-5 for an activation
+            with a kink (ReLU, leaky ReLU): where θ crosses a kink ∇𝒩 jumps, the local
+            error is first order in the step, and the steps shrink in proportion to the
+            tolerance.
+        engine: ∇𝒩's engine (:func:`ncfkit.fastgd.ncf_value_and_grad_fn`), on the host in
+            numpy (the state is one vector; torch's per-operation overhead would dominate).
+        tol, max_steps, settle_tol, window, method: as in :func:`ncf_flow`.
+
+    Returns:
+        :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
+    """
+    from .arrays import to_numpy
+    from .fastgd import ncf_value_and_grad_fn
+
+    if rtol is None:
+        rtol = 1e-5 if _has_kink(arch) else 1e-8
+    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine, host=True)
+    return ncf_flow(value_and_grad, arch.homogeneity, to_numpy(w0), tol=tol, max_steps=max_steps, rtol=rtol,
+                    settle_tol=settle_tol, window=window, method=method)
+
+
+def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
+             rtol: float = 1e-8, settle_tol: float = 1e-4, window: float = 1.0,
+             method: str = "dopri5") -> NcfFlowEscape:
+    """Integrate the NCF flow u̇ = ∇𝒩(u) of a 𝒩 homogeneous of order ``L_h`` (given by
+    ``value_and_grad(u) -> (𝒩(u), ∇𝒩(u))``) from the direction ``w0`` until its direction
+    θ stops moving, then add the analytic tail along θ(∞) (:class:`NcfFlowEscape`).
 
     The state (θ, ρ = ln r, t) evolves in the clock s (see :class:`NcfFlowEscape`) under
     the adaptive Runge–Kutta stepper of :mod:`ncfkit.rk` (``method``, a name in
     :data:`ncfkit.rk.TABLEAUX`); θ is put back on the sphere after each step (the flow
     leaves ‖θ‖ unchanged). The local error of θ is held to ``rtol`` in the Euclidean norm
-    (θ is a unit vector), those of ρ and t to ``rtol`` of their size. The default
-    ``rtol`` is 1e-8, and 1e-5 for an activation with a kink (ReLU, leaky ReLU): where θ
-    crosses a kink ∇𝒩 jumps, the local error is first order in the step, and the steps
-    shrink in proportion to the tolerance. It stops at the first of:
+    (θ is a unit vector), those of ρ and t to ``rtol`` of their size. It stops at the
+    first of:
 
     - **converged**: the relative KKT residual ε = ‖θ'‖/(L_h|𝒩|) ≤ ``tol`` (Lemma 20), at
       an accepted point or at the midpoint of the last two (an explicit method at its
@@ -301,29 +330,22 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
       classical RK4 steps cost), or a **step underflow** of the integrator.
 
     Args:
-        arch, X, ytilde: the network, data and ỹ of the NCF 𝒩(u) = ỹᵀH(X; u).
-        w0: the initial direction (k,), any norm (numpy array or tensor).
+        value_and_grad: 𝒩 and its gradient at a unit vector (numpy in, numpy out).
+        L_h: the order of homogeneity of 𝒩.
+        w0: the initial direction (k,), any norm (a numpy array).
         tol: the relative KKT residual of convergence.
         max_steps: the most accepted steps (and a quarter of the most gradients).
-        rtol: the integrator's tolerance (default above).
+        rtol: the integrator's tolerance.
         settle_tol, window: the settling rule (above).
-        method: the Runge–Kutta tableau; ``engine``: ∇𝒩's engine
-            (:func:`ncfkit.fastgd.ncf_value_and_grad_fn`).
+        method: the Runge–Kutta tableau.
 
     Returns:
         :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
     """
-    from .arrays import to_numpy
-    from .fastgd import ncf_value_and_grad_fn
     from .rk import RungeKutta, StepSizeUnderflow
 
-    L_h = float(arch.homogeneity)
-    if rtol is None:
-        rtol = 1e-5 if _has_kink(arch) else 1e-8
-    # on the host in numpy (the state is one vector; torch's per-op overhead would
-    # dominate), ∇𝒩 from the compiled kernel where it applies
-    value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine, host=True)
-    theta0 = to_numpy(w0).astype(np.float64).ravel()
+    L_h = float(L_h)
+    theta0 = np.asarray(w0, dtype=np.float64).ravel()
     k = theta0.size
 
     def ncf_and_residual(th):  # in the data's dtype inside value_and_grad, float64 here
