@@ -109,6 +109,18 @@ def test_grid_axes_and_names(tmp_path):
     assert [q.params for q in s2.points] == [q.params for q in s.points]
 
 
+def test_dry_run_lists_points_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("sweep", "escape", *EX1_ARGS, "--grid", "delta=1e-2,1e-3", "--grid", "seed=0:2", "--outdir", out,
+                "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    points = json.loads(r.stdout)["points"]
+    assert [p["file"] for p in points] == ["delta=0.01_seed=0.h5", "delta=0.01_seed=1.h5", "delta=0.001_seed=0.h5",
+                                           "delta=0.001_seed=1.h5"]
+    assert all(p["state"] == "missing" and p["command_line"].startswith("ncfkit escape ") for p in points)
+    assert not out.exists()
+
+
 @pytest.fixture
 def no_runs(monkeypatch):
     calls = []

@@ -981,6 +981,17 @@ def check_outdir(sweep: Sweep, force: bool) -> tuple[dict | None, dict[str, str]
     return manifest, states
 
 
+def listing(sweep: Sweep, force: bool = False) -> list[dict]:
+    """Each point's file, state (missing / complete / incomplete) and the command line that
+    runs it alone (``ncfkit sweep --dry-run``; also a job-array script). Checks the folder
+    as a run would; writes nothing."""
+    import shlex
+
+    _, states = check_outdir(sweep, force)
+    return [{"file": p.path(sweep.outdir).name, "state": states[p.name],
+             "command_line": shlex.join(command_line(sweep.command, p, p.path(sweep.outdir)))} for p in sweep.points]
+
+
 def _jsonready_fp(sweep: Sweep) -> dict:
     return json.loads(json.dumps(sweep.fingerprint(), default=str))
 

@@ -31,8 +31,9 @@ def _progress_bar(console):
 @click.option("--retries", type=click.IntRange(min=0), help="Reruns of a point whose worker died [default: 2].")
 @click.option("--force", is_flag=True, help="Rerun every point, overwriting what --outdir holds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (counts, failures, table) on stdout.")
+@click.option("--dry-run", is_flag=True, help="List the points (file, state, command line) and run nothing.")
 @guarded
-def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_json):
+def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_json, dry_run):
     """Run COMMAND (escape, kkt or sparsity) at every point of a grid, each point one result
     file DIR/<settings>.h5, on a local Dask cluster (default), a running Dask cluster
     (--scheduler), or in this process when Dask is not installed.
@@ -49,6 +50,8 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_js
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers sizes the local cluster; a --scheduler's cluster has its own workers")
     sweep = plan(command_name, cmd_args, grid, outdir)
+    if dry_run:
+        return _dry_run(sweep, force, as_json)
     console = stderr_console()
     bar = _progress_bar(console)
     task = None
@@ -109,3 +112,13 @@ def _report(console, sweep, report):
         for f in report.failed:
             t.add_row(f["name"], f.get("error") or "")
         console.print(t)
+
+
+def _dry_run(sweep, force, as_json):
+    from ..sweep import listing
+
+    points = listing(sweep, force)
+    if as_json:
+        return emit_json({"outdir": str(sweep.outdir), "points": points})
+    for p in points:
+        click.echo(f"{p['state']:<10} {p['command_line']}")
