@@ -172,6 +172,7 @@ def _enospc_after_half(monkeypatch):
 
 @pytest.mark.parametrize("command", ["kkt", "escape", "teacher"])
 def test_full_disk_mid_write_keeps_the_older_output(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)  # a rescue attempt (which fails too: every disk is full) lands here
     np.savez(tmp_path / "data.npz", X=X, y=Y)
     np.savez(tmp_path / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
     out = tmp_path / ("t.h5" if command == "teacher" else "r.h5")
@@ -188,6 +189,66 @@ def test_full_disk_mid_write_keeps_the_older_output(tmp_path, monkeypatch, comma
                      rf"the earlier {out.name} is left as it was")
     assert out.read_bytes() == b"the older output"
     assert listing(tmp_path) == sorted(["data.npz", "ex1.npz", out.name])  # no temporary file
+
+
+def test_full_disk_rescues_the_finished_result_elsewhere(tmp_path, monkeypatch):
+    """Only the output's file system is full: the older output stays, and the finished
+    result is written to NCFKIT_RESCUE_DIR (else the current folder, else the temporary
+    folder), named in the one line."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "rescue").mkdir()
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    out = tmp_path / "out" / "r.h5"
+    out.write_bytes(b"the older output")
+    real = nio._write_all
+
+    def full_in_out(f, image):
+        if Path(f.name).parent == out.parent:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, image)
+
+    monkeypatch.setattr(nio, "_write_all", full_in_out)
+    res = run("kkt", tmp_path / "data.npz", *FAST, "--out", out, "--force",
+              env={"NCFKIT_RESCUE_DIR": str(tmp_path / "rescue")})
+    line = one_line(res, 1, r"r\.h5': could not write it \(No space left on device\); nothing written; the earlier "
+                            r"r\.h5 is left as it was; the finished result is kept in '.*rescue/r\.rescued-.*\.h5'$")
+    kept = Path(re.search(r"kept in '(.*)'$", line).group(1))
+    assert nio.read_h5(kept, ("kkt",))["points"]
+    assert out.read_bytes() == b"the older output" and listing(tmp_path / "out") == ["r.h5"]
+
+
+def test_output_folder_removed_during_the_run_rescues_the_result(tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)  # no NCFKIT_RESCUE_DIR: the current folder
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    real = nio._h5_image
+
+    def then_remove(fill):
+        image = real(fill)
+        shutil.rmtree(tmp_path / "out")  # a clean-up job, meanwhile
+        return image
+
+    monkeypatch.setattr(nio, "_h5_image", then_remove)
+    line = one_line(run("kkt", "data.npz", *FAST, "--out", "out/r.h5"), 2,
+                    r"folder 'out' does not exist; the finished result is kept in '.*r\.rescued-.*\.h5'$")
+    kept = Path(re.search(r"kept in '(.*)'$", line).group(1))
+    assert kept.parent == tmp_path and nio.read_h5(kept, ("kkt",))["ncfkit_kind"] == "kkt"
+
+
+def test_output_created_before_the_final_write_keeps_the_result_beside_it(tmp_path, monkeypatch):
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    out = tmp_path / "r.h5"
+    real = nio._h5_image
+
+    def other_job(fill):
+        image = real(fill)
+        out.write_bytes(b"the other job's")
+        return image
+
+    monkeypatch.setattr(nio, "_h5_image", other_job)
+    one_line(run("kkt", tmp_path / "data.npz", *FAST, "--out", out), 2,
+             r"r\.h5' appeared during the run; not overwritten; this run's result is kept in .*r\.1\.h5")
+    assert out.read_bytes() == b"the other job's" and nio.read_h5(tmp_path / "r.1.h5")["ncfkit_kind"] == "kkt"
 
 
 def test_hdf5_library_never_writes_to_the_disk_itself(tmp_path, monkeypatch):

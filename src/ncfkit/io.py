@@ -436,7 +436,9 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
     written becomes a :class:`~ncfkit.errors.RunError` naming ``path`` (exit 1); the
     temporary file is removed and an earlier ``path`` is left as it was. A symbolic link
     at ``path`` is written through (:func:`check_output_path`)."""
-    p = check_output_path(path, force=force)
+    # an output that exists now is only refused at the move (below): the run is over, its
+    # result is kept beside the file (commands refuse an existing output at their start)
+    p = check_output_path(path, force=True)
     final = _link_target(p)
     existed = final.exists()
     try:
@@ -578,12 +580,50 @@ def _write_all_to(path: str, image: bytes) -> None:
         _write_all(f, image)
 
 
+def _rescue_image(path, image: bytes) -> Path | None:
+    """Write a finished result that its output could not take (a full disk, a folder
+    removed during the run) to ``NCFKIT_RESCUE_DIR``, else the current folder, else the
+    temporary folder, as ``NAME.rescued-TIME-PID.SUFFIX``; its path, or ``None``."""
+    p = Path(path)
+    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    name = f"{p.stem}.rescued-{stamp}-{os.getpid()}{p.suffix}"
+    folders = [os.environ.get("NCFKIT_RESCUE_DIR"), os.getcwd(), tempfile.gettempdir()]
+    for folder in dict.fromkeys(f for f in folders if f):
+        target = Path(folder) / name
+        try:
+            with open(target, "xb") as f:
+                _write_all(f, image)
+                f.flush()
+                os.fsync(f.fileno())
+            return target
+        except OSError:
+            with contextlib.suppress(OSError):
+                if target.exists():
+                    target.unlink()
+    return None
+
+
 def _write_h5_atomic(path, fill, force: bool) -> None:
+    """Build the file in memory and write it atomically. A finished result the output
+    cannot take (a disk error, its folder gone or read-only) is rescued elsewhere
+    (:func:`_rescue_image`) and the one-line error names where."""
+    from .errors import RunError
+
     image = _h5_image(fill)
-    with atomic_path(path, force=force) as tmp:
-        with open(tmp, "wb") as f:
-            _write_all(f, image)
-            f.flush()
+    try:
+        with atomic_path(path, force=force) as tmp:
+            with open(tmp, "wb") as f:
+                _write_all(f, image)
+                f.flush()
+    except (RunError, InputError) as e:
+        parent = Path(path).parent if str(Path(path).parent) else Path(".")
+        lost_folder = not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)
+        if "kept in" in str(e) or not (isinstance(e, RunError) or lost_folder):
+            raise
+        kept = _rescue_image(path, image)
+        if kept is None:
+            raise
+        raise type(e)(f"{e}; the finished result is kept in {str(kept)!r}") from None
 
 
 def write_h5(path: str | os.PathLike, kind: str, tree: dict[str, Any], force: bool = False) -> None:
