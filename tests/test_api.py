@@ -315,3 +315,14 @@ def test_notebook_accessors(kkt_run, escape_run):
     assert np.array_equal(loaded["loss"], rec["loss"])
     with pytest.raises(ncfkit.InputError, match="out of range"):
         run.records(5)
+
+
+def test_run_command_converts_and_checks_values_as_click_does(data):
+    with pytest.raises(ncfkit.InputError) as info:
+        api.run_command("kkt", str(data), **{**KKT, "arch": "foo"})
+    res = run_cli("kkt", data, "--arch", "foo")
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {info.value}")
+    with pytest.raises(ncfkit.InputError, match="'--restarts': 'x' is not a valid integer"):
+        api.run_command("kkt", str(data), **{**KKT, "restarts": "x"})
+    as_text = api.run_command("kkt", str(data), **{**KKT, "restarts": "4", "hidden": 4})
+    assert as_text.summary() == api.run_command("kkt", str(data), **KKT).summary()

@@ -672,7 +672,7 @@ def run_command(command: str, data: str | os.PathLike | None, *, out: str | os.P
     unknown = sorted(set(params) - set(defaults))
     if unknown:
         raise InputError(f"{command}: unknown parameter {unknown[0]!r}; expected one of {', '.join(defaults)}")
-    p = {**defaults, **params}
+    p = _as_click_would_pass(command, {**defaults, **params})
     if out is not None:
         io.check_output_path(out, force, RESULT_SUFFIXES)
     try:
@@ -687,6 +687,31 @@ def run_command(command: str, data: str | os.PathLike | None, *, out: str | os.P
     if out is not None:
         _write(out, result, force)
     return result
+
+
+def _as_click_would_pass(command: str, params: dict) -> dict:
+    """``params`` converted by the CLI command's own parameter types (so "50" and 50 both
+    work for an int, and a bad value gets click's message, as on the command line)."""
+    import click
+
+    from .cli.main import cli
+
+    cmd = cli.commands[command]
+    ctx = click.Context(cmd)
+    by_name = {param.name: param for param in cmd.params}
+    out = dict(params)
+    for name, value in params.items():
+        param = by_name.get(name)
+        if param is None or value is None:
+            continue
+        if getattr(param, "multiple", False) and not isinstance(value, (list, tuple)):
+            value = (value,)
+        try:
+            out[name] = param.type_cast_value(ctx, value)
+        except click.BadParameter as e:
+            flag = max(param.opts, key=len) if param.opts else name
+            raise InputError(f"Invalid value for '{flag}': {e.message}") from None
+    return out
 
 
 def _plain_params(p: dict) -> dict:
