@@ -469,6 +469,22 @@ def test_result_file_larger_than_memory_refused_by_a_full_read(tmp_path, monkeyp
     assert nio.read_h5(p, max_array=64)["runs"]["0"]["records"]["loss"].shape == (3_000_000,)  # info: not read
 
 
+@pytest.mark.parametrize("command", ["info", "collect", "plot"])
+def test_result_record_columns_that_disagree_refused(results, tmp_path, command):
+    """Datasets of one result checked against each other: every column of a run's
+    records has one row per record (a crafted file with 3 losses for 1,000 times)."""
+    p = tmp_path / "ragged.h5"
+    shutil.copy(results / "escape.h5", p)
+    with h5py.File(p, "r+") as f:
+        rec = f["runs/0/records"]
+        loss = rec["loss"][()]
+        del rec["loss"]
+        rec["loss"] = loss[:3]
+    args = [command, p] + (["-o", tmp_path / "fig.png"] if command == "plot" else [])
+    one_line(run(*args), 2, r"ragged\.h5: /runs/0/records: the record columns disagree in length \(.*loss 3, ")
+    assert listing(tmp_path) == ["ragged.h5"]
+
+
 # --------------------------------------------------------------------------- 11: checksums
 
 

@@ -666,6 +666,11 @@ def _read_node(node, max_array: int | None = None, budget: list[int] | None = No
     out: dict[str, Any] = {}
     for k, v in node.attrs.items():
         out[k] = v.item() if isinstance(v, np.generic) else v
+    if where.rsplit("/", 1)[-1] == "records":  # one row per record in every column
+        rows = {k: (v.shape[0] if v.ndim else None) for k, v in node.items() if isinstance(v, h5py.Dataset)}
+        if len(set(rows.values())) > 1:
+            detail = ", ".join(f"{k} {n}" for k, n in rows.items())
+            raise InputError(f"{where}: the record columns disagree in length ({detail}): damaged")
     for k, v in node.items():
         name = f"{where}/{k}"
         if isinstance(v, h5py.Group):
