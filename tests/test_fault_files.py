@@ -324,6 +324,21 @@ def test_absurd_thread_counts_are_clamped_and_said_once(monkeypatch, capsys, val
         assert len(err) == 1 and f"NCFKIT_THREADS='{value}'" in err[0] and f"using {want} thread" in err[0]
 
 
+@pytest.mark.parametrize("value, expected", [("8G", 8 << 30), ("512m", 512 << 20), ("1.5GiB", 3 << 29),
+                                             ("1000", 1000), ("lots", None), ("-1G", None)])
+def test_memory_limit_setting(monkeypatch, capsys, value, expected):
+    from ncfkit import _runtime
+
+    monkeypatch.setenv("NCFKIT_MAX_MEMORY", value)
+    monkeypatch.setattr(_runtime, "_warned", set())
+    got = [_runtime.available_memory(), _runtime.available_memory()]
+    err = capsys.readouterr().err.strip().splitlines()
+    if expected is None:
+        assert got[0] > 0 and len(err) == 1 and f"NCFKIT_MAX_MEMORY='{value}' is not a size" in err[0]
+    else:
+        assert got == [expected, expected] and err == []
+
+
 @pytest.mark.slow
 def test_huge_thread_count_runs(tmp_path):
     """In a real process: NCFKIT_THREADS=100000 ran out of threads, then segfaulted."""

@@ -117,6 +117,10 @@ def available_memory() -> int:
         parsed = _parse_bytes(setting)
         if parsed is not None:
             return parsed
+        if "NCFKIT_MAX_MEMORY" not in _warned:
+            _warned.add("NCFKIT_MAX_MEMORY")
+            sys.stderr.write(f"warning: NCFKIT_MAX_MEMORY={setting!r} is not a size such as 8G or 512M; "
+                             "ignored\n")
     found = []
     try:
         with open("/proc/meminfo") as f:
