@@ -311,11 +311,46 @@ class ClarkeCertificate:
 
 def _stratum_basis_complement(u, J) -> np.ndarray:
     """Orthonormal basis Q (k, r) of span{u, rows of J} (the normal space of the stratum
-    on the sphere); T is its orthogonal complement."""
-    M = np.vstack([u[None, :], J]) if J.size else u[None, :]
-    U, sv, _ = np.linalg.svd(M.T, full_matrices=False)
-    rank = int((sv > max(M.shape) * np.finfo(float).eps * sv[0]).sum())
-    return U[:, :rank]
+    on the sphere); T is its orthogonal complement.
+
+    Rows of J whose supports (first to last nonzero coordinate) do not overlap are
+    orthogonal, so each group of overlapping rows — in layer 1 the kinks of one neuron,
+    its d incoming weights — gets its own small SVD; u is orthogonalised against them."""
+    k = u.shape[0]
+    eps = np.finfo(float).eps
+    blocks = []
+    if J.size:
+        nz = J != 0
+        has = nz.any(axis=1)
+        first = np.where(has, nz.argmax(axis=1), k)
+        last = np.where(has, k - 1 - nz[:, ::-1].argmax(axis=1), -1)
+        order = np.argsort(first[has], kind="stable")
+        rows = np.flatnonzero(has)[order]
+        group, lo, hi = [], -1, -1
+        for r in rows:  # merge overlapping supports
+            if group and first[r] > hi:
+                blocks.append((lo, hi, group))
+                group = []
+            if not group:
+                lo, hi = first[r], last[r]
+            group.append(r)
+            hi = max(hi, last[r])
+        if group:
+            blocks.append((lo, hi, group))
+    cols = []
+    for lo, hi, group in blocks:
+        sub = J[group, lo:hi + 1]
+        U, sv, _ = np.linalg.svd(sub.T, full_matrices=False)
+        rank = int((sv > max(sub.shape) * eps * sv[0]).sum()) if sv.size and sv[0] > 0 else 0
+        Q = np.zeros((k, rank))
+        Q[lo:hi + 1] = U[:, :rank]
+        cols.append(Q)
+    Q = np.hstack(cols) if cols else np.zeros((k, 0))
+    r = u - Q @ (Q.T @ u)
+    rn = float(np.linalg.norm(r))
+    if rn > 1e3 * eps * float(np.linalg.norm(u)):
+        Q = np.hstack([Q, (r / rn)[:, None]])
+    return Q
 
 
 def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DENSE_MAX):
@@ -396,6 +431,23 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float = KINK_TOL,
     return ClarkeCertificate(u, value, residual, field, exact, int((c != 0).sum()), n_live, s,
                              L_h * value - float(top[0]), tuple(float(t) for t in top), eig_error,
                              int(dim_t), method)
+
+
+@dataclass(frozen=True)
+class _FirstOrder:
+    ncf: float
+    residual: float
+    kinks: int
+
+
+def _first_order(arch, X, ytilde, u, kink_tol) -> _FirstOrder:
+    """The first-order part of :func:`clarke_certificate` (no Hessian)."""
+    net = _Net(arch, X, ytilde, u)
+    kinks = net.kinks(kink_tol)
+    s, g, _ = _best_multipliers(net, kinks)
+    value = net.grad(net.slopes(kinks, s))[0]
+    residual = float(np.linalg.norm(_project(u, g))) / max(float(np.linalg.norm(g)), np.finfo(float).tiny)
+    return _FirstOrder(value, residual, int(sum(int(K.sum()) for K in _live_kinks(net, kink_tol))))
 
 
 def _live_kinks(net: _Net, tau: float) -> list[np.ndarray]:
@@ -524,7 +576,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             free &= ~_neuron_mask(arch, dead)
     else:
         reason = f"Newton on the stratum did not converge in {max_iter} iterations"
-    cert = clarke_certificate(arch, Xn, yn, u, kink_tol=kink_tol, dense_max=dense_max)
+    cert = _first_order(arch, Xn, yn, u, kink_tol)
     certified = cert.residual <= tol
     direction = None
     if not certified:
