@@ -828,3 +828,14 @@ def test_random_corruption_is_refused_or_harmless(results, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert proc.stderr == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_standard_output_is_named(results):
+    """``--json > /dev/full``: exit 1, one line saying it is standard output that failed."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "ncfkit", "info", str(results / "kkt.h5"), "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: No space left on device: standard output (rerun with --debug for the traceback)"]

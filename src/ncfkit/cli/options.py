@@ -127,7 +127,7 @@ def guarded(f):
         except OSError as e:  # a disk that fills up, a file that vanishes mid-run
             if debug:
                 raise
-            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            where = f": {e.filename}" if getattr(e, "filename", None) else _broken_stream(e)
             click.echo(f"error: {_one_line(e.strerror or e)}{where} "
                        "(rerun with --debug for the traceback)", err=True)
             sys.exit(1)
@@ -148,6 +148,22 @@ def guarded(f):
             sys.exit(1)
 
     return wrapper
+
+
+def _broken_stream(e: BaseException) -> str:
+    """': standard output' (or error) when writing to it is what failed (``--json >
+    /dev/full``): the stream a write in the traceback was writing to."""
+    tb = e.__traceback__
+    while tb is not None:
+        stream = tb.tb_frame.f_locals.get("file") if tb.tb_frame.f_code.co_name in ("echo", "write") else None
+        try:
+            fd = stream.fileno() if stream is not None else None
+        except Exception:
+            fd = None
+        if fd in (1, 2):
+            return ": standard output" if fd == 1 else ": standard error"
+        tb = tb.tb_next
+    return ""
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
