@@ -141,6 +141,8 @@ def no_runs(monkeypatch):
     (["--grid", "seed=0:2", "--delta", "0.1", "--lr", "-1"], "--lr"),
     (["--grid", f"data={EX1},nothere.npz", "--delta", "0.1"], "nothere.npz"),
     (["--grid", f"data={EX1}", "--delta", "0.1", str(EX1)], "DATA"),
+    (["--grid", "delta=0.1", "--resources", "GPU=1"], "--scheduler"),
+    (["--grid", "delta=0.1", "--resources", "GPU"], "NAME=AMOUNT"),
 ])
 def test_bad_input_one_line_exit_2_nothing_run(tmp_path, no_runs, args, says):
     out = tmp_path / "out"
@@ -401,7 +403,7 @@ def _free_port() -> int:
 @pytest.fixture
 def dask_cluster(tmp_path):
     """A real `dask scheduler` and two `dask worker` processes (no nanny: killing one kills
-    the worker itself) on 127.0.0.1; always stopped."""
+    the worker itself; one resource `slot` each) on 127.0.0.1; always stopped."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     bindir = Path(sys.executable).parent
@@ -415,7 +417,8 @@ def dask_cluster(tmp_path):
                                       stderr=open(logs / "scheduler.log", "w")))
         for i in range(2):
             procs.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-nanny",
-                                           "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}"],
+                                           "--no-dashboard", "--host", "127.0.0.1", "--name", f"w{i}",
+                                           "--resources", "slot=1"],
                                           env=_env(), stdout=subprocess.DEVNULL,
                                           stderr=open(logs / f"worker{i}.log", "w")))
         from distributed import Client
@@ -437,7 +440,7 @@ def test_remote_cluster_survives_a_killed_worker(tmp_path, square5, dask_cluster
     address, workers = dask_cluster
     out = tmp_path / "out"
     args = ["sweep", "escape", *square5, "--grid", "delta=0.1,0.07,0.05,0.03",
-            "--grid", "seed=0:3", "--outdir", out, "--scheduler", address, "--json"]
+            "--grid", "seed=0:3", "--outdir", out, "--scheduler", address, "--resources", "slot=1", "--json"]
     proc = subprocess.Popen([sys.executable, "-m", "ncfkit", *map(str, args)], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     killed = None

@@ -1074,9 +1074,26 @@ def _worker_died(exc: BaseException) -> bool:
     return isinstance(exc, KilledWorker) or type(exc).__name__ in ("CommClosedError", "FutureCancelledError")
 
 
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """``GPU=1,MEM=4e9`` (``--resources``): what each point takes of a worker's Dask resources."""
+    if not text:
+        return None
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount) if sep and name.strip() else math.nan
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"--resources {text!r}: expected NAME=AMOUNT[,NAME=AMOUNT] with amounts > 0 (e.g. GPU=1)")
+        out[name.strip()] = value
+    return out
+
+
 def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None = None, retries: int = 2,
               force: bool = False, progress: Callable[[dict], None] | None = None,
-              on_start: Callable[[dict], None] | None = None) -> SweepReport:
+              on_start: Callable[[dict], None] | None = None, resources: dict[str, float] | None = None) -> SweepReport:
     """Run the points of ``sweep`` that are not complete; keep ``DIR/sweep.json`` up to date;
     write the table at the end. ``progress`` gets {done, failed, running, total} as points
     finish; ``on_start`` gets {where, note, total, skipped, to_run} once the cluster is up.
@@ -1087,7 +1104,14 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
     manifest, states = check_outdir(sweep, force)
     if all(state == "complete" for state in states.values()):
         scheduler = "in-process"  # nothing to run: no cluster to start
+    if resources and scheduler in (None, "in-process", "sequential"):
+        raise InputError("--resources needs a --scheduler whose workers offer them (dask worker --resources GPU=1)")
     cluster = _Cluster(scheduler, workers, retries)  # an unreachable scheduler fails here, before any point
+    if resources and cluster.client is not None:
+        offered = [w.get("resources", {}) for w in cluster.client.scheduler_info().get("workers", {}).values()]
+        if not any(all(r.get(k, 0) >= v for k, v in resources.items()) for r in offered):
+            cluster.note = (f"no worker of the cluster offers {resources} now; the points wait for one "
+                            "(start workers with dask worker --resources …)")
     outdir = sweep.outdir
     sweep_id = hashlib.sha1(f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}".encode()).hexdigest()[:12]
     try:
@@ -1109,7 +1133,7 @@ def run_sweep(sweep: Sweep, *, scheduler: str | None = None, workers: int | None
             if cluster.client is None:
                 _run_here(tasks, report, progress)
             else:
-                _run_dask(cluster, tasks, report, retries, progress, outdir, sweep_id)
+                _run_dask(cluster, tasks, report, retries, progress, outdir, sweep_id, resources)
         except KeyboardInterrupt as e:
             report.interrupted = True
             cluster.close()  # no more writes; then count what finished meanwhile
@@ -1167,7 +1191,7 @@ def _run_here(tasks: dict, report: SweepReport, progress) -> None:
 
 
 def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int, progress, outdir: Path,
-              sweep_id: str) -> None:
+              sweep_id: str, resources: dict[str, float] | None = None) -> None:
     """Submit every point; as each finishes, record it. A point whose worker died while
     running it (its lock is left, from this sweep) is resubmitted up to ``retries`` times;
     one that was only queued on the dead worker is resubmitted without counting. A point
@@ -1183,7 +1207,7 @@ def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int,
         submissions[name] += 1
         task = dict(tasks[name], attempt=attempts[name])
         key = f"ncfkit-{name}-{sweep_id}-{submissions[name]}"
-        futures[client.submit(run_point, task, key=key, pure=False)] = name
+        futures[client.submit(run_point, task, key=key, pure=False, resources=resources)] = name
 
     def our_dead_lock(name: str) -> bool:
         """Whether ``name`` is locked by this sweep from a worker no longer in the cluster

@@ -29,11 +29,13 @@ def _progress_bar(console):
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes of the local cluster [default: cores].")
 @click.option("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler, or in-process (no cluster).")
 @click.option("--retries", type=click.IntRange(min=0), help="Reruns of a point whose worker died [default: 2].")
+@click.option("--resources", metavar="NAME=N,…",
+              help="Dask worker resources each point takes (GPU=1), with --scheduler.")
 @click.option("--force", is_flag=True, help="Rerun every point, overwriting what --outdir holds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (counts, failures, table) on stdout.")
 @click.option("--dry-run", is_flag=True, help="List the points (file, state, command line) and run nothing.")
 @guarded
-def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_json, dry_run):
+def command(args, grids, spec, outdir, workers, scheduler, retries, resources, force, as_json, dry_run):
     """Run COMMAND (escape, kkt or sparsity) at every point of a grid, each point one result
     file DIR/<settings>.h5, on a local Dask cluster (default), a running Dask cluster
     (--scheduler), or in this process when Dask is not installed.
@@ -44,11 +46,12 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_js
     table of all points (for escape, the columns of `ncfkit collect`).
     """
     from ..errors import RunError
-    from ..sweep import plan, resolve_inputs, run_sweep, write_table
+    from ..sweep import parse_resources, plan, resolve_inputs, run_sweep, write_table
 
     command_name, cmd_args, grid, outdir, workers, retries = resolve_inputs(args, grids, spec, outdir, workers, retries)
     if workers is not None and scheduler is not None:
         raise click.UsageError("--workers sizes the local cluster; a --scheduler's cluster has its own workers")
+    resources = parse_resources(resources)
     sweep = plan(command_name, cmd_args, grid, outdir)
     if dry_run:
         return _dry_run(sweep, force, as_json)
@@ -72,7 +75,7 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, force, as_js
 
     try:
         report = run_sweep(sweep, scheduler=scheduler, workers=workers, retries=retries, force=force,
-                           progress=progress, on_start=on_start)
+                           progress=progress, on_start=on_start, resources=resources)
     except KeyboardInterrupt as e:
         bar.stop()
         r = getattr(e, "sweep_report", None)
