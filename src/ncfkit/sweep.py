@@ -1040,6 +1040,7 @@ class _Cluster:
             self.kind = "local"
             self.where = f"on a local Dask cluster ({n} worker processes, 1 thread each)"
             return
+        logging.getLogger("distributed").setLevel(logging.ERROR)  # its warnings would break the progress bar
         try:
             self.client = Client(scheduler, timeout="5s")
         except (OSError, TimeoutError, ValueError) as e:
