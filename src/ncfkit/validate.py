@@ -106,10 +106,20 @@ def check_step(lr: float, max_time: float | None = None, name: str = "--lr") -> 
     return lr
 
 
+#: Rows of X :func:`output_scale` evaluates at most twice this many: the largest and an even spread.
+PROBE_ROWS = 1024
+
+
 def output_scale(network: Any, X: np.ndarray, probes: int = 4) -> float:
     """max |H(X; w)| over a few unit-norm weight vectors w (a fixed seed), computed in
-    float64 with floating-point warnings off; inf when it overflows."""
+    float64 with floating-point warnings off; inf when it overflows. On at most
+    2 × :data:`PROBE_ROWS` rows of X (the largest ones and an even spread)."""
     X64 = np.asarray(X, dtype=np.float64)
+    if X64.shape[0] > 2 * PROBE_ROWS:  # the largest rows and an even spread: a bounded cost
+        norms = np.einsum("ij,ij->i", X64, X64)
+        rows = np.union1d(np.argpartition(norms, -PROBE_ROWS)[-PROBE_ROWS:],
+                          np.linspace(0, X64.shape[0] - 1, PROBE_ROWS).astype(np.int64))
+        X64 = X64[rows]
     rng = np.random.default_rng(0)
     scale = 0.0
     with np.errstate(all="ignore"):
@@ -136,8 +146,10 @@ def check_numeric_range(network: Any, X: np.ndarray, y: np.ndarray, dtype: Any =
     kind = _dtype_name(dtype)
     high = _log10(float(fi.max)) / 2 - 1  # squares (losses, squared norms) overflow above
     low = _log10(float(fi.tiny)) / 2  # squares underflow below
+    largest = {}
     for name, arr in (("X", X), ("y", y)):
-        m = float(np.max(np.abs(np.asarray(arr, dtype=np.float64)), initial=0.0))
+        a = np.asarray(arr)
+        m = largest[name] = float(max(a.max(initial=0.0), -a.min(initial=0.0))) if a.size else 0.0
         if _log10(m) > high:
             raise InputError(f"{source}: |{name}| reaches {m:.3g}; its squares overflow {kind} (largest "
                              f"{fi.max:.3g}); rescale the data")
@@ -146,7 +158,7 @@ def check_numeric_range(network: Any, X: np.ndarray, y: np.ndarray, dtype: Any =
     if _log10(scale) > high:
         raise InputError(f"{source} with {what}: the network's outputs at unit-norm weights reach "
                          f"{'inf' if math.isinf(scale) else f'{scale:.3g}'}; their squares overflow {kind}")
-    xmax = float(np.max(np.abs(np.asarray(X, dtype=np.float64)), initial=0.0))
+    xmax = largest["X"]
     if xmax > 0 and (scale == 0 and _act_power(network) > 1 or 0 < scale and _log10(scale) < low):
         raise InputError(f"{source} with {what}: the network's outputs at unit-norm weights are "
                          f"~{scale:.3g}, below what {kind} can compute with (gradients underflow)")
