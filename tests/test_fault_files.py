@@ -295,12 +295,17 @@ def test_full_tmpfs_real_process(tmp_path):
         os.truncate(filler, filler.stat().st_size - 8192)  # 8 KB free
         proc = subprocess.run([sys.executable, "-m", "ncfkit", "kkt", str(tmp_path / "data.npz"),
                                "--hidden", "60", "--act", "square", "--restarts", "8", "--max-steps", "50",
-                               "--out", str(out), "--force"], capture_output=True, text=True, timeout=300)
+                               "--out", str(out), "--force"], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
         assert proc.returncode == 1, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
-        assert "Traceback" not in proc.stderr and re.search(r"r\.h5.*No space left on device", lines[-1])
+        assert "Traceback" not in proc.stderr
+        assert re.search(r"r\.h5': could not write it \(No space left on device\); nothing written; the earlier "
+                         r"r\.h5 is left as it was; the finished result is kept in '(.*)'$", lines[-1]), lines[-1]
         assert out.read_bytes() == b"the older output"
         assert listing(disk) == ["filler", "r.h5"]
+        kept = Path(re.search(r"kept in '(.*)'$", lines[-1]).group(1))
+        assert kept.parent == tmp_path and nio.read_h5(kept, ("kkt",))["points"]  # nothing lost
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
 
