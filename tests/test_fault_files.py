@@ -702,6 +702,8 @@ def test_write_errors_other_than_a_full_disk_are_run_errors_naming_the_output(tm
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(nio, "_write_all", fails)
+    monkeypatch.chdir(tmp_path)  # where a rescue would go (it fails as well: no file is left)
+    monkeypatch.setenv("NCFKIT_RESCUE_DIR", str(tmp_path))
     with pytest.raises(RunError, match=r"r\.h5': could not write it \(Input/output error\); nothing written$"):
         nio.write_h5(tmp_path / "r.h5", "kkt", {})
     assert listing(tmp_path) == []
