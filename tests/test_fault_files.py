@@ -671,6 +671,14 @@ def test_provenance_hashes_the_targets_of_external_links(tmp_path):
     assert nio.sha256_of(tmp_path / "plain.npz") == digest(tmp_path / "plain.npz")  # sha256sum's
 
 
+def test_dangling_external_link_named(tmp_path):
+    link = tmp_path / "linked.h5"
+    with h5py.File(link, "w") as f:
+        f["X"] = h5py.ExternalLink("parts/x.h5", "/X")
+        f["y"] = Y
+    one_line(run("kkt", link, *FAST), 2, r"linked\.h5: X is an external link to parts/x\.h5:/X, which cannot be opened")
+
+
 # --------------------------------------------------------------------------- 9: out-of-memory advice
 
 

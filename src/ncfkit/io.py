@@ -257,6 +257,14 @@ def _load_h5(p: Path) -> tuple[Any, Any]:
 
     try:
         with h5py.File(p, "r") as f:
+            for k in ("X", "y"):
+                link = f.get(k, getlink=True)
+                if isinstance(link, h5py.ExternalLink):
+                    try:
+                        f[k]
+                    except (KeyError, OSError):
+                        raise InputError(f"{p}: {k} is an external link to {link.filename}:{link.path}, "
+                                         "which cannot be opened") from None
             missing = [k for k in ("X", "y") if k not in f or not isinstance(f[k], h5py.Dataset)]
             if missing:
                 raise InputError(f"{p}: HDF5 file has no dataset {missing[0]!r}")
