@@ -107,9 +107,9 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     """Definition 2: the limit direction of the NCF flow from w0 (k,), integrated by
     :func:`ncfkit.theory.ncf_flow_escape` (which also predicts the escape time from w0),
     then polished to ``tol`` by the normalized ascent and certified. If the flow does not
-    settle within ``max_steps`` the ascent starts from w0 itself."""
+    settle (converge, or settle at a kink) within ``max_steps`` the ascent starts from w0."""
     flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
-    start = asarray_like(flow.direction, w0) if flow.converged else w0 / norm(w0)
+    start = asarray_like(flow.direction, w0) if flow.settled else w0 / norm(w0)  # settled: also at a kink
     asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.converged,
