@@ -359,7 +359,7 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
         dy = np.empty_like(y)
         dy[:k] = tangent
         dy[k] = L_h * val
-        dy[k + 1] = math.exp((2.0 - L_h) * y[k])  # dt/ds = r^{2−L_h}
+        dy[k + 1] = math.exp(min((2.0 - L_h) * y[k], 700.0))  # dt/ds = r^{2−L_h} (capped: 𝒩 < 0 shrinks r)
         return dy, val
 
     def norm(e):  # e = error / (rtol·(1 + |y|)) entrywise: θ in the Euclidean norm
