@@ -248,7 +248,7 @@ def _project(u, g):
 # --------------------------------------------------------------------------- first order
 
 
-def _best_multipliers(net: _Net, kinks, s0=None, sweeps: int = 20):
+def _best_multipliers(net: _Net, kinks, s0=None, sweeps: int = 6):
     """min_s ‖P_{u⊥} g(s)‖ over the box: (s*, g(s*), exact). g is affine in s unless a
     sample has kinks in two layers; then the linearisation is re-solved until it settles."""
     from scipy.optimize import lsq_linear
@@ -493,7 +493,7 @@ def _zero_neurons(arch, u, active_tol):
 
 
 def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
-           active_tol: float = 1e-3, max_iter: int = 30, dense_max: int = DENSE_MAX) -> PolishResult:
+           active_tol: float = 1e-3, max_iter: int = 25, dense_max: int = DENSE_MAX) -> PolishResult:
     """Newton's method on the smooth stratum of ``w`` (an active-set method), then the
     Clarke certificate.
 
@@ -558,10 +558,10 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                 kinks = [K | (T <= t_min * (1 + 1e-6)) for K, T in zip(kinks, t_hit, strict=True)]
             continue
         t, accepted, trial = 1.0, False, full
-        for _ in range(20):
+        for _ in range(12):
             trial = trial / np.linalg.norm(trial)
             tnet = _Net(arch, Xn, yn, trial)
-            ts, tg, _ = _best_multipliers(tnet, kinks, s)
+            ts, tg, _ = _best_multipliers(tnet, kinks, s, sweeps=1)
             tF = _system(tnet, tnet.slopes(kinks, ts), kinks, trial, tg)
             if np.linalg.norm(tF) < fnorm:
                 accepted = True
