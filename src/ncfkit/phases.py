@@ -44,7 +44,7 @@ import numpy as np
 from .arrays import asarray_like, to_numpy
 
 __all__ = ["SMALL_REL", "unit_norms", "small_units", "active_units", "units_mask", "norm_ratio", "residual",
-           "unit_problems", "UnitProblem", "unit_kkt_points", "UnitFlow", "unit_flow", "UnitForecast",
+           "unit_problems", "UnitProblem", "unit_kkt_points", "UnitFlow", "unit_flow", "unit_flows", "UnitForecast",
            "NextPrediction", "predict_next", "PlateauReport", "analyse_plateaus", "plateaus_json"]
 
 #: A unit is small when its norm is under this fraction of the largest in its layer.
@@ -185,7 +185,7 @@ def unit_problems(arch, X, r, w) -> list[UnitProblem]:
 
 
 def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, starts=None,
-                    max_steps: int = 5000, tol: float = 1e-9) -> list[tuple[float, np.ndarray]]:
+                    max_steps: int = 2000, tol: float = 1e-9) -> list[tuple[float, np.ndarray]]:
     """KKT points of max 𝒩(u) s.t. ‖u‖ = 1 for one neuron of a layer, by projected
     gradient ascent (adaptive step, as :func:`ncfkit.kkt.normalized_ascent`) from
     ``restarts`` random unit starts and the rows of ``starts``; distinct values, largest
@@ -231,73 +231,102 @@ class UnitFlow:
     direction: np.ndarray = field(repr=False)
 
 
-def unit_flow(prob: UnitProblem, u0: np.ndarray, k: int | None = None, *, tol: float = 1e-6,
-              max_steps: int = 20000) -> UnitFlow:
-    """Integrate the unit's NCF flow from u0 (its weights at the saddle) and predict when
-    it grows: with u = ρθ, ‖θ‖ = 1 and the clock ds = ρ^{L_u−2}dt, θ' = ∇𝒩(θ) − L_u𝒩(θ)θ and
-    (ln ρ)' = L_u𝒩(θ) (as :func:`ncfkit.theory.ncf_flow_escape`). The time is the blow-up
-    time (L_u > 2) or the time at which ‖u‖ reaches 1, (ln(1/‖u0‖) − ln A)/(2𝒩(θ∞)) with
-    ln A the log-amplitude gained while θ turned (L_u = 2), as Theorems 4 and 10 give the
-    escape time from the scale δ. Heun steps with an adaptive step (relative accuracy
-    ~1e-4 in the time is plenty beside the O(1) of the theorems), until the direction
-    settles (then the rest is along θ∞ in closed form) or ‖u‖ reaches 1."""
-    u0 = np.asarray(u0, dtype=np.float64)
+def unit_flow(prob: UnitProblem, u0: np.ndarray, k: int | None = None, **kw) -> UnitFlow:
+    """:func:`unit_flows` of one unit (``k``: its coordinate, diagonal model)."""
+    return unit_flows(prob, np.atleast_2d(u0), None if k is None else [k], **kw)[0]
+
+
+def unit_flows(prob: UnitProblem, U0: np.ndarray, coords=None, *, tol: float = 1e-6,
+               max_steps: int = 20000) -> list[UnitFlow]:
+    """Integrate each unit's NCF flow from its row of ``U0`` (its weights at the saddle)
+    and predict when it grows: with u = ρθ, ‖θ‖ = 1 and the clock ds = ρ^{L_u−2}dt,
+    θ' = ∇𝒩(θ) − L_u𝒩(θ)θ and (ln ρ)' = L_u𝒩(θ) (as :func:`ncfkit.theory.ncf_flow_escape`).
+    The time is the blow-up time (L_u > 2) or the time at which ‖u‖ reaches 1,
+    (ln(1/‖u0‖) − ln A)/(2𝒩(θ∞)) with ln A the log-amplitude gained while θ turned
+    (L_u = 2), as Theorems 4 and 10 give the escape time from the scale δ. All units of a
+    layer advance together, each with its own adaptive Heun step (relative accuracy ~1e-4
+    in the time is plenty beside the O(1) of the theorems), until its direction settles
+    (the rest is along θ∞ in closed form), ‖u‖ reaches 1, or a thousand time constants
+    pass without growth. A coordinate of the diagonal model (``coords``: which) has the
+    closed form u(t) = u0·e^{2ct} (D = 2) or its blow-up time |u0|^{2−D}/(D(D−2)c') with
+    c' = c·sign(u0)^D."""
+    U0 = np.asarray(U0, dtype=np.float64)
     L = float(prob.degree)
-    rho0 = float(np.linalg.norm(u0))
-    if not rho0 > 0:
-        return UnitFlow(0.0, 0.0, 0.0, math.inf, False, u0)
-    th = u0 / rho0
+    if prob.F is None:
+        out = []
+        for u, k in zip(U0[:, 0], coords, strict=True):
+            c = float(prob.c[k]) * (np.sign(u) ** L if u != 0 else 1.0)
+            r0 = abs(float(u))
+            if not (r0 > 0 and c > 0):
+                out.append(UnitFlow(r0, c, c, math.inf, True, np.array([np.sign(u)])))
+                continue
+            T = math.log(1 / r0) / (2 * c) if L == 2 else r0 ** (2 - L) / (L * (L - 2) * c)
+            out.append(UnitFlow(r0, c, c, T, True, np.array([np.sign(u)])))
+        return out
+    B = U0.shape[0]
+    rho0 = np.linalg.norm(U0, axis=1)
+    th = U0 / np.where(rho0 > 0, rho0, 1.0)[:, None]
 
     def rhs(th_):
-        v, g = prob.value_and_grad(th_, k)
-        v = float(v)
-        return g - L * v * th_, v
+        v, g = prob.value_and_grad(th_)
+        return g - L * v[:, None] * th_, v, g
 
-    d0, v0 = rhs(th)
-    scale = max(float(np.linalg.norm(prob.value_and_grad(th, k)[1])), 1e-300)
+    d, v, g = rhs(th)
+    v0 = v.copy()
+    scale = np.maximum(np.linalg.norm(g, axis=1), 1e-300)
     h = 0.05 / (L * scale)
-    s = 0.0
-    lnr = math.log(rho0)
-    t = 0.0
-    converged = False
+    s, t = np.zeros(B), np.zeros(B)
+    lnr = np.log(np.where(rho0 > 0, rho0, 1.0))
+    done = ~(rho0 > 0)
+    converged = np.zeros(B, dtype=bool)
     for _ in range(max_steps):
-        d, v = rhs(th)
-        if np.linalg.norm(d) <= tol * L * max(abs(v), 1e-300) and v > 0:
-            converged = True
+        conv = (np.linalg.norm(d, axis=1) <= tol * L * np.maximum(np.abs(v), 1e-300)) & (v > 0)
+        converged |= conv & ~done
+        done |= conv
+        if done.all():
             break
-        th1 = th + h * d
-        th1 /= np.linalg.norm(th1)
-        d1, v1 = rhs(th1)
-        th2 = th + 0.5 * h * (d + d1)
-        th2 /= np.linalg.norm(th2)
-        err = float(np.linalg.norm(th2 - th1))
-        if err > 1e-4 and h > 1e-12 / scale:
-            h *= 0.5
+        a = ~done
+        th_a, d_a, v_a, h_a = th[a], d[a], v[a], h[a]
+        th1 = th_a + h_a[:, None] * d_a
+        th1 /= np.linalg.norm(th1, axis=1, keepdims=True)
+        d1, v1, _ = rhs(th1)
+        th2 = th_a + 0.5 * h_a[:, None] * (d_a + d1)
+        th2 /= np.linalg.norm(th2, axis=1, keepdims=True)
+        err = np.linalg.norm(th2 - th1, axis=1)
+        ok = (err <= 1e-4) | (h_a <= 1e-12 / scale[a])
+        idx = np.flatnonzero(a)
+        rej = idx[~ok]
+        h[rej] *= 0.5
+        acc = idx[ok]
+        if acc.size:
+            ha = h_a[ok]
+            dl = 0.5 * ha * L * (v_a[ok] + v1[ok])  # Δ ln ρ
+            if L == 2:
+                t[acc] += ha
+            else:  # dt = ρ^{2−L} ds, ρ varying inside the step: exact for ln ρ linear in s
+                b = (2 - L) * dl
+                growth = np.where(np.abs(b) > 1e-12, np.expm1(b) / np.where(b != 0, b, 1.0), 1.0)
+                t[acc] += ha * np.exp((2 - L) * lnr[acc]) * growth
+            lnr[acc] += dl
+            s[acc] += ha
+            th[acc] = th2[ok]
+            d_new, v_new, _ = rhs(th[acc])
+            d[acc], v[acc] = d_new, v_new
+            h[acc] = np.where(err[ok] < 2e-5, 1.5 * ha, ha)
+            # ‖u‖ = 1: grown (L_u = 2: T = t; L_u > 2: the tail below is O(1)); or a
+            # thousand time constants without growing: it does not
+            done[acc] |= (lnr[acc] >= 0) | (s[acc] * L * scale[acc] > 1e3)
+    out = []
+    for i in range(B):
+        if not rho0[i] > 0 or not v[i] > 0:
+            out.append(UnitFlow(float(rho0[i]), float(v0[i]), float(v[i]), math.inf, bool(converged[i]), th[i]))
             continue
-        dl = 0.5 * h * L * (v + v1)  # Δ ln ρ
-        if L == 2:
-            t += h
-        else:  # dt = ρ^{2−L} ds, ρ varying inside the step: exact for ln ρ linear in s
-            a = (2 - L) * lnr
-            b = (2 - L) * dl
-            t += h * math.exp(a) * (math.expm1(b) / b if abs(b) > 1e-12 else 1.0)
-        lnr += dl
-        s += h
-        th = th2
-        if err < 2e-5:
-            h *= 1.5
-        if lnr >= 0:  # ‖u‖ = 1: grown (L_u = 2: T = t; L_u > 2: the tail below is O(1))
-            break
-        if s * L * scale > 1e3:  # a thousand time constants without growing: it does not
-            break
-    v_end = float(prob.value_and_grad(th, k)[0])
-    if not v_end > 0:
-        return UnitFlow(rho0, float(v0), v_end, math.inf, converged, th)
-    if L == 2:  # ρ(t') ≈ ρ(t)e^{2𝒩(t'−t)} from here on: reaches 1 at t − ln ρ/(2𝒩)
-        T = t - min(lnr, 0.0) / (2 * v_end)
-    else:  # the tail along θ∞: ∫ ρ^{2−L} dt = ρ^{2−L}/((L−2)L𝒩)
-        T = t + math.exp((2 - L) * lnr) / ((L - 2) * L * v_end)
-    return UnitFlow(rho0, float(v0), v_end, float(T), converged, th)
+        if L == 2:  # ρ(t') ≈ ρ(t)e^{2𝒩(t'−t)} from here on: reaches 1 at t − ln ρ/(2𝒩)
+            T = t[i] - min(lnr[i], 0.0) / (2 * v[i])
+        else:  # the tail along θ∞: ∫ ρ^{2−L} dt = ρ^{2−L}/((L−2)L𝒩)
+            T = t[i] + math.exp((2 - L) * lnr[i]) / ((L - 2) * L * v[i])
+        out.append(UnitFlow(float(rho0[i]), float(v0[i]), float(v[i]), float(T), bool(converged[i]), th[i]))
+    return out
 
 
 @dataclass(frozen=True)
@@ -352,9 +381,10 @@ def predict_next(arch, X, y, loss, w, small=None, *, t_saddle: float = 0.0, rel:
             starts = [u / np.linalg.norm(u) for u in starts if np.linalg.norm(u) > 0]
             kkt = unit_kkt_points(prob, restarts=restarts, seed=seed, starts=starts or None)
             ncf_max.append(kkt[0][0] if kkt else math.nan)
-        for j in units:
-            u0 = prob.unit_weights(arch, w, j)
-            fl = unit_flow(prob, u0, j if prob.F is None else None)
+        if not units:
+            continue
+        U0 = np.stack([prob.unit_weights(arch, w, j) for j in units])
+        for j, fl in zip(units, unit_flows(prob, U0, list(units)), strict=True):
             forecasts.append(UnitForecast(prob.layer, int(j), fl.scale, fl.ncf_start, fl.ncf_limit, fl.time))
     forecasts.sort(key=lambda f: f.time)
     first = forecasts[0] if forecasts and math.isfinite(forecasts[0].time) else None
