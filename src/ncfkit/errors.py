@@ -3,6 +3,7 @@
 :class:`InputError` -- bad usage or bad input: one line on stderr, exit code 2.
 :class:`RunError` -- a run that failed (divergence, a solver that cannot meet its
 tolerance): one line on stderr, exit code 1, partial results kept.
+:class:`OutputError` -- an output that could not be written: a RunError and an OSError.
 """
 
 
@@ -20,5 +21,13 @@ class InputError(NcfkitError, ValueError):
 
 class RunError(NcfkitError, RuntimeError):
     """A computation that started but failed; what was computed so far is kept."""
+
+    exit_code = 1
+
+
+class OutputError(RunError, OSError):
+    """An output that could not be written (a full disk, an I/O error): a :class:`RunError`
+    (exit 1, one line naming the output) and an :class:`OSError` (``errno`` kept), so code
+    that catches either sees it."""
 
     exit_code = 1

@@ -425,11 +425,13 @@ def check_output_path(path: str | os.PathLike, force: bool = False, suffixes: tu
 
 
 def _disk_error(p: Path, e: OSError, replaced: bool):
-    from .errors import RunError
+    from .errors import OutputError
 
-    what = e.strerror or type(e).__name__
+    what = e.strerror or str(e) or type(e).__name__
     kept = f"; the earlier {p.name} is left as it was" if replaced else ""
-    return RunError(f"output {str(p)!r}: could not write it ({what}); nothing written{kept}")
+    err = OutputError(f"output {str(p)!r}: could not write it ({what}); nothing written{kept}")
+    err.errno = e.errno
+    return err
 
 
 @contextlib.contextmanager
