@@ -31,7 +31,7 @@ def kkt_table(result, arch):
         c = p.cert
         row = [str(i), f"{c.ncf:.10g}", f"{c.delta:.6g}", f"{c.residual:.1e}", f"{c.eig_error:.1e}",
                c.kind, "yes" if c.second_order else "no", str(p.count), f"{p.basin_fraction:.0%}",
-               "yes" if p.converged else "stalled"]
+               "yes" if p.converged else ("no" if p.reason else "stalled")]
         if neurons:
             row[5:5] = [",".join(map(str, c.active_per_layer)), fmt(c.balance_error, ".1e")]
         t.add_row(*row)
@@ -44,6 +44,8 @@ def kkt_report(console, result, arch, tol: float, max_steps: int) -> None:
         console.print(f"[yellow]warning:[/] {len(result.stalled)} starts stalled above --tol {tol:g} "
                       "(𝒩 stopped improving: a kink of a non-differentiable activation); "
                       "their points are listed with converged = no")
+    for start, reason in getattr(result, "reasons", ()):  # relu / leaky: why a start is not certified
+        console.print(f"[yellow]warning:[/] start {start} not converged: {reason}")
     if result.unconverged:
         console.print(f"[yellow]warning:[/] {len(result.unconverged)} starts did not reach "
                       f"--tol {tol:g} in {max_steps} steps (raise --max-steps)")
