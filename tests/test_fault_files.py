@@ -854,3 +854,14 @@ def test_full_standard_output_is_named(results):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: No space left on device: standard output (rerun with --debug for the traceback)"]
+
+
+def test_result_left_open_for_writing_is_named_with_the_fix(results, tmp_path):
+    """A program that opened a result file for writing and crashed (a notebook kernel)
+    leaves HDF5's consistency flags set: the one line says so and how to clear them,
+    rather than "corrupted"."""
+    p = tmp_path / "left.h5"
+    shutil.copy(results / "kkt.h5", p)
+    crash = f"import h5py, os; f = h5py.File({str(p)!r}, 'r+'); f.attrs['note'] = 1; f.flush(); os._exit(0)"
+    subprocess.run([sys.executable, "-c", crash], check=True, timeout=120)
+    one_line(run("info", p), 2, r"left\.h5: marked open for writing by another program .*h5clear -s .*left\.h5'$")

@@ -64,7 +64,7 @@ def h5_linked_files(path: str | os.PathLike) -> list[str]:
 
         found: list[str] = []
         me = os.path.realpath(path)
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             for name in f:
                 try:
                     obj = f[name]
@@ -256,7 +256,7 @@ def _load_h5(p: Path) -> tuple[Any, Any]:
     import h5py
 
     try:
-        with h5py.File(p, "r") as f:
+        with h5py.File(p, "r", locking=False) as f:
             for k in ("X", "y"):
                 link = f.get(k, getlink=True)
                 if isinstance(link, h5py.ExternalLink):
@@ -339,7 +339,7 @@ def declared_data_bytes(path: str | os.PathLike) -> int | None:
         if suffix in H5_SUFFIXES:
             import h5py
 
-            with h5py.File(p, "r") as f:
+            with h5py.File(p, "r", locking=False) as f:
                 return sum(_declared_bytes(f[k].shape) for k in ("X", "y") if k in f)
         if suffix == ".csv":
             return 3 * p.stat().st_size
@@ -560,7 +560,9 @@ def _write_node(group, key: str, value: Any) -> None:
 
 
 #: HDF5 file format of ncfkit's outputs: 1.10's, whose metadata (superblock, object
-#: headers with the attributes, chunk indexes) carries checksums.
+#: headers with the attributes, chunk indexes) carries checksums. Readers open files
+#: without HDF5's file locks (``locking=False``): outputs are written whole and renamed
+#: into place, and the locks fail on file systems without them (NFS, Lustre).
 H5_LIBVER = ("v110", "latest")
 
 
@@ -729,12 +731,16 @@ def read_h5(path: str | os.PathLike, kinds: tuple[str, ...] | None = None,
                          "files are the .h5 files its commands write with --out)")
     limit = int(RESULT_MEMORY_SHARE * available_memory())
     try:
-        with h5py.File(p, "r") as f:
+        with h5py.File(p, "r", locking=False) as f:
             tree = _read_node(f, max_array, [limit, limit])
     except InputError as e:
         raise InputError(f"{p}: {e}") from None
     except Exception as e:
-        what = "a checksum does not match" if "checksum" in str(e).lower() or "filter" in str(e).lower() else ""
+        text = str(e).lower()
+        if "already open for write" in text:
+            raise InputError(f"{p}: marked open for writing by another program (HDF5's file consistency flags); "
+                             f"if none has it open, clear them with 'h5clear -s {p}'") from None
+        what = "a checksum does not match" if "checksum" in text or "filter" in text else ""
         raise InputError(f"{p}: not a readable HDF5 file: truncated or corrupted "
                          f"({what or type(e).__name__})") from None
     kind = tree.get("ncfkit_kind")
