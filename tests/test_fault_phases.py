@@ -130,3 +130,16 @@ def test_real_sigterm_at_a_phase(folder, command, sig):
     tree = read_h5(folder / "r.h5", (command,))
     assert tree["status"] == "interrupted" and tree["phase"] == where
     assert sorted(p.name for p in folder.iterdir()) == ["data.npz", "r.h5"]
+
+
+def test_phases_are_per_thread():
+    import threading
+
+    seen = []
+    _phases.reset()
+    with _phases.phase("main-work"):
+        t = threading.Thread(target=lambda: seen.append(_phases.current_phase()))
+        t.start()
+        t.join()
+        assert _phases.current_phase() == "main-work"
+    assert seen == [None]

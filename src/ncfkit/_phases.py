@@ -29,13 +29,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 __all__ = ["phase", "current_phase", "phases_entered", "reset"]
 
-_stack: list[str] = []
-_left_by_exception: str | None = None
-_entries: dict[str, int] = {}
+class _State(threading.local):
+    """Each thread's own phases (a library caller may run commands on several threads)."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.left_by_exception: str | None = None
+
+
+_state = _State()
+_entries: dict[str, int] = {}  # the whole process's, for NCFKIT_STOP_AT=NAME#K
 
 
 def _stop_requested(name: str) -> bool:
@@ -59,7 +67,6 @@ def _interrupt() -> None:
     path itself is exercised; otherwise (no handler: the signal would kill the process)
     by raising the exception that handler raises."""
     import signal
-    import threading
     import time
 
     from ._signals import Terminated
@@ -78,9 +85,8 @@ def _interrupt() -> None:
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[str]:
     """Run the block as phase ``name`` (see the module docstring); yields ``name``."""
-    global _left_by_exception
-    _left_by_exception = None
-    _stack.append(name)
+    _state.left_by_exception = None
+    _state.stack.append(name)
     _entries[name] = _entries.get(name, 0) + 1
     try:
         if _stop_requested(name):
@@ -92,19 +98,19 @@ def phase(name: str) -> Iterator[str]:
                 e.ncfkit_phase = name
             except AttributeError:  # pragma: no cover - exceptions without a __dict__
                 pass
-        if _left_by_exception is None:
-            _left_by_exception = name
+        if _state.left_by_exception is None:
+            _state.left_by_exception = name
         raise
     finally:
-        _stack.pop()
+        _state.stack.pop()
 
 
 def current_phase() -> str | None:
-    """The innermost phase running now; outside every phase, the phase the last exception
-    left (until another phase is entered); else ``None``."""
-    if _stack:
-        return _stack[-1]
-    return _left_by_exception
+    """The innermost phase this thread is running; outside every phase, the phase the
+    last exception left (until another phase is entered); else ``None``."""
+    if _state.stack:
+        return _state.stack[-1]
+    return _state.left_by_exception
 
 
 def phases_entered() -> dict[str, int]:
@@ -114,7 +120,6 @@ def phases_entered() -> dict[str, int]:
 
 def reset() -> None:
     """Forget every phase (for a library caller running several commands in one process)."""
-    global _left_by_exception
-    _stack.clear()
+    _state.stack.clear()
     _entries.clear()
-    _left_by_exception = None
+    _state.left_by_exception = None
