@@ -5,6 +5,7 @@ nothing in between), the samples of the Figure-4 run around its false saddle (a
 slow-down between two stages of the drop at loss 574.8 / ‖∇𝓛‖ = 108.5 that is not a
 plateau), a synthetic staircase, and a steady decay (no plateau)."""
 
+import json
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from ncfkit.dynamics import Settings, parse_until
 from ncfkit.events import EventDetector, EventSettings, Phase, detect_events
 from ncfkit.theory import example1_grad_norm, example1_loss, example1_psi
+from utils import run_cli
 
 #: (time since escape, loss, ‖∇𝓛‖) of the Figure-4 run (examples/fig4.sh, --method flow,
 #: rtol 1e-8), every 6th recorded sample and all around the false saddle; 𝓛(0) = 6446.28.
@@ -208,3 +210,21 @@ def test_parse_until_rejects(text, why):
         parse_until(text)
     with pytest.raises(ValueError, match=why):
         Settings(max_time=1.0, until=text)
+
+
+@pytest.mark.parametrize("value, why", [("saddles:0", "must be >= 1"), ("saddles:-1", "must be >= 1"),
+                                        ("saddles:2.5", "whole number"), ("later", "expected saddle")])
+def test_cli_until_bad_values_exit_2_with_one_line(ex1_files, value, why):
+    res = run_cli("escape", ex1_files / "ex1.npz", "--arch", "diag", "--init", ex1_files / "w0.npz",
+                  "--delta", "1e-3", "--until", value)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"--until '{value}'" in res.stderr and why in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_until_saddles_2_follows_example1_to_its_minimum(ex1_files):
+    res = run_cli("escape", ex1_files / "ex1.npz", "--arch", "diag", "--init", ex1_files / "w0.npz",
+                  "--delta", "1e-3", "--until", "saddles:2", "--max-time", "10", "--delta-ref", "none", "--json")
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.stdout)["runs"][0]
+    assert run["status"] == "stationary" and run["saddle_loss"] == pytest.approx(1.0, abs=1e-3)
+    assert run["final_loss"] < 1e-12

@@ -524,7 +524,8 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
             relative tolerance ``rtol`` [1e-9]).
         max_time: gradient-flow time limit [3 × the longest escape time predicted from w0].
         eps: escape is the first time the loss < (1 − eps)·loss(0).
-        until: ``"saddle"`` (stop after the first saddle) or ``"max-time"``.
+        until: ``"saddle"`` (stop after the first saddle), ``"saddles:K"`` (after the K-th
+            plateau), ``"converged"`` or ``"max-time"`` (:func:`ncfkit.dynamics.parse_until`).
         delta_ref: δ of the reference run along w*: a number, ``"auto"`` or None/``"none"``.
         restarts, max_steps, tol: the KKT search and the NCF flow / ascent to w*.
 
@@ -597,7 +598,7 @@ def _escape_settings(problem: Problem, deltas, *, lr, eps, max_time, point, delt
     ranges checked against the problem's dtype); return (the δ as floats, δ_ref as
     :func:`ncfkit.escape.run_escape` takes it, rtol)."""
     from . import validate  # the dtype's range: --rtol, --delta, --lr (issue 17)
-    from .dynamics import METHODS
+    from .dynamics import METHODS, parse_until
     from .escape import check_settings
 
     try:
@@ -619,8 +620,10 @@ def _escape_settings(problem: Problem, deltas, *, lr, eps, max_time, point, delt
         validate.check_step(lr, max_time)
     if method not in METHODS:
         raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
-    if until not in ("saddle", "max-time"):
-        raise InputError(f"--until {until!r}: expected saddle or max-time")
+    try:
+        parse_until(until)
+    except ValueError as e:
+        raise InputError(f"--until {e}") from None
     return deltas, ref, rtol
 
 

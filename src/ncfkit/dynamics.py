@@ -66,7 +66,7 @@ def parse_until(until: str) -> int | None:
         ValueError: anything else, with a message naming what is accepted.
     """
     if not isinstance(until, str):
-        raise ValueError(f"until must be a string (got {until!r})")
+        raise ValueError(f"{until!r}: expected saddle, saddles:K, converged or max-time")
     if until in ("converged", "max-time"):
         return None
     if until == "saddle":
@@ -76,12 +76,12 @@ def parse_until(until: str) -> int | None:
         try:
             k = int(tail.strip())
         except ValueError:
-            raise ValueError(f"until {until!r}: K in saddles:K must be a whole number >= 1 "
+            raise ValueError(f"{until!r}: K in saddles:K must be a whole number >= 1 "
                              f"(got {tail!r})") from None
         if k < 1:
-            raise ValueError(f"until {until!r}: K in saddles:K must be >= 1 (got {k})")
+            raise ValueError(f"{until!r}: K in saddles:K must be >= 1 (got {k})")
         return k
-    raise ValueError(f"until must be saddle, saddles:K, converged or max-time (got {until!r})")
+    raise ValueError(f"{until!r}: expected saddle, saddles:K, converged or max-time")
 
 
 def snapshot_name(index: int) -> str:
@@ -596,6 +596,7 @@ class HessianExtremes:
     max: float
     method: str  # dense / lanczos
     rtol: float = 1e-7
+    residual: float = 0.0  # achieved max ‖Hv − λv‖/‖H‖ of the two eigenpairs (ncfkit.spectra)
 
     @property
     def kind(self) -> str:
@@ -605,28 +606,25 @@ class HessianExtremes:
         return "minimum" if self.min > tol else "degenerate"
 
 
-def min_hessian_eigenvalue(objective: Objective, w, dense_max: int = 3000,
+def min_hessian_eigenvalue(objective: Objective, w, dense_max: int | None = None,
                            chunk: int | None = None) -> HessianExtremes:
     """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,) (numpy array or
-    tensor): dense for k ≤ ``dense_max`` (:func:`ncfkit.ncf.loss_hessian`, ``chunk`` rows
-    at a time, so memory stays bounded), else Lanczos (scipy ``eigsh``) on Hessian-vector
-    products."""
+    tensor) by :func:`ncfkit.spectra.extreme_eigs`: dense for k ≤ ``dense_max`` (default
+    :func:`ncfkit.spectra.dense_max`; :func:`ncfkit.ncf.loss_hessian`, ``chunk`` rows at a
+    time, refused up front when it would not fit in memory), else Lanczos on closed-form
+    Hessian-vector products, both ends from one Krylov space, no k × k matrix;
+    ``residual`` is the accuracy achieved."""
+    from .spectra import extreme_eigs
+
     o = objective
-    k = w.shape[-1]
-    if k <= dense_max:
-        H = to_numpy(loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk)).astype(np.float64)
-        eigs = np.linalg.eigvalsh((H + H.T) / 2)
-        return HessianExtremes(float(eigs[0]), float(eigs[-1]), "dense")
-    from scipy.sparse.linalg import LinearOperator, eigsh
 
-    def matvec(x):
-        v = asarray_like(np.asarray(x).ravel(), w)
-        return to_numpy(loss_hvp(o.arch, o.X, o.y, o.loss, w, v)).astype(np.float64)
+    def matmat(V):
+        return to_numpy(loss_hvp(o.arch, o.X, o.y, o.loss, w, asarray_like(V, w))).astype(np.float64)
 
-    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    lo = eigsh(op, k=1, which="SA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
-    hi = eigsh(op, k=1, which="LA", tol=1e-8, maxiter=20 * k, return_eigenvectors=False)
-    return HessianExtremes(float(lo[0]), float(hi[0]), "lanczos")
+    spec = extreme_eigs(matmat, w.shape[-1], num=2, which="BE", dense=dense_max, tol=1e-8,
+                        dense_matrix=lambda: to_numpy(loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk)))
+    return HessianExtremes(float(spec.values.min()), float(spec.values.max()), spec.method,
+                           residual=spec.residual)
 
 
 def hermite_interpolate(t_query: np.ndarray, t: np.ndarray, w: np.ndarray, dw: np.ndarray) -> np.ndarray:

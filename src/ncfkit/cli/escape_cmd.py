@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from ..api import COMMAND_PARAMS
-from ..dynamics import METHODS
+from ..dynamics import METHODS, UNTIL_HELP
 from ..fastgd import ENGINES
 from .options import emit_json, guarded, model_options, output_options, stderr_console
 
@@ -39,8 +39,7 @@ INIT_HELP = ("random: a unit direction drawn from --seed; kkt: along the KKT poi
                    "(compiled where it applies). Both give the same iterates up to round-off.")
 @click.option("--eps", type=float, default=_D["eps"], show_default=True,
               help="Escape: the first time the loss < (1 − eps)·loss(0).")
-@click.option("--until", type=click.Choice(["saddle", "max-time"]), default=_D["until"], show_default=True,
-              help="Stop a run once it has passed its first saddle, or run to --max-time.")
+@click.option("--until", default=_D["until"], show_default=True, help="When a run stops: " + UNTIL_HELP + ".")
 @click.option("--delta-ref", default=_D["delta_ref"], show_default=True,
               help="δ of the reference run along w* (p(t)); a number, auto or none.")
 @click.option("--restarts", type=int, default=_D["restarts"], show_default=True,
