@@ -161,6 +161,15 @@ class RungeKutta:
     Raises:
         ValueError: rtol is not > 0.
         StepSizeUnderflow: from :meth:`step`, when the step size falls to round-off.
+
+    y' = −y from y(0) = 1 to t = 1 (e^{−1} = 0.367879441…):
+
+    >>> stepper = RungeKutta(lambda y: (-y, None), np.ones((1, 1)), rtol=1e-10)
+    >>> while stepper.t < 1.0 - 1e-12:
+    ...     stepper.h_max = 1.0 - stepper.t
+    ...     stepper.step()
+    >>> round(float(stepper.y[0, 0]), 9)
+    0.367879441
     """
 
     def __init__(

@@ -18,6 +18,9 @@
 - Example 1 (Sec. 3.1, Appendix E): the diagonal model H = w1²x1 + w2²x2 on X = I,
   y = (4, 1), square loss (sum). Every coordinate solves the logistic equation
   d(w_k²)/dt = −8 w_k² (w_k² − y_k), so ψ has a closed form; see :func:`example1_psi`.
+- The escape time from an arbitrary w0 (:func:`ncf_flow_escape`): the NCF flow from w0
+  (eq. 5, Definition 2) in polar form on the Runge–Kutta stepper of :mod:`ncfkit.rk`, until
+  its direction converges to a KKT point or settles at a kink of ReLU (:func:`ncf_flow`).
 
 Every function takes floats or numpy arrays and returns the same; ``ncf`` is 𝒩(w*),
 ``Delta`` the Δ of a Δ-second-order KKT point, ``L_h`` the order of homogeneity.
@@ -409,7 +412,7 @@ def _has_kink(arch) -> bool:
 
 
 class _SettleWatch:
-    """The settling rule of :func:`ncf_flow_escape`: the direction's displacement over
+    """The settling rule of :func:`ncf_flow`: the direction's displacement over
     windows of at least ``window`` natural time units and 8 accepted steps."""
 
     def __init__(self, theta: np.ndarray, window: float, settle_tol: float, tol: float) -> None:
