@@ -461,12 +461,12 @@ def atomic_path(path: str | os.PathLike, force: bool = False) -> Iterator[str]:
             yield tmp
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            _move_into_place(tmp, final, force)
         except OSError as e:
             raise _disk_error(p, e, existed) from e
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        _move_into_place(tmp, final, force)
         _fsync_dir(final.parent)
     finally:
         with contextlib.suppress(OSError):
