@@ -251,6 +251,9 @@ CASES = [
     Case("teacher-labels-overflow",
          lambda f: ["data", "teacher", "-o", f.path("t.npz"), "--act", "poly:50", "--hidden", "3,3"],
          r"--act poly:50 --hidden 3,3: the teacher's labels overflow float64"),
+    Case("teacher-labels-squares-overflow",
+         lambda f: ["data", "teacher", "-o", f.path("t.npz"), "--act", "poly:20", "--hidden", "3,3"],
+         r"--act poly:20 --hidden 3,3: the teacher's labels: \|y\| reaches .* use a smaller power"),
     # ---- ncfkit info
     Case("info-missing", lambda f: ["info", f.path("none.h5")], r"does not exist"),
     Case("info-empty", lambda f: ["info", f.text("e.h5", b"")], r"is empty"),

@@ -93,4 +93,8 @@ def teacher_dataset(
         bad = "NaN" if np.isnan(y).any() else "Inf"
         raise InputError(f"--act {act} --hidden {hidden}: the teacher's labels overflow float64 ({bad}); "
                          "use a smaller power, fewer or narrower layers")
+    from .validate import check_data_range  # labels ncfkit itself would refuse are not written
+
+    check_data_range(X.numpy(), y, "float64", f"--act {act} --hidden {hidden}: the teacher's labels",
+                     "use a smaller power, fewer or narrower layers")
     return X.numpy(), y

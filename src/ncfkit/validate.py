@@ -23,8 +23,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["finfo", "check_tolerance", "check_seed", "check_scale", "check_step", "check_numeric_range",
-           "SEED_LIMIT"]
+__all__ = ["finfo", "check_tolerance", "check_seed", "check_scale", "check_step", "check_data_range",
+           "check_numeric_range", "output_scale", "SEED_LIMIT"]
 
 #: Seeds must be below this: numpy's and torch's generators both take them.
 SEED_LIMIT = 2**63
@@ -136,6 +136,21 @@ def output_scale(network: Any, X: np.ndarray, probes: int = 4) -> float:
     return scale
 
 
+def check_data_range(X: np.ndarray, y: np.ndarray, dtype: Any = "float64", source: str = "the data",
+                     hint: str = "rescale the data") -> dict:
+    """Refuse X or y whose squares overflow ``dtype``; return {"X": max |X|, "y": max |y|}."""
+    fi = finfo(dtype)
+    high = _log10(float(fi.max)) / 2 - 1
+    largest = {}
+    for name, arr in (("X", X), ("y", y)):
+        a = np.asarray(arr)
+        m = largest[name] = float(max(a.max(initial=0.0), -a.min(initial=0.0))) if a.size else 0.0
+        if _log10(m) > high:
+            raise InputError(f"{source}: |{name}| reaches {m:.3g}; its squares overflow {_dtype_name(dtype)} "
+                             f"(largest {fi.max:.3g}); {hint}")
+    return largest
+
+
 def check_numeric_range(network: Any, X: np.ndarray, y: np.ndarray, dtype: Any = "float64",
                         source: str = "the data", act: str | None = None) -> float:
     """Refuse data and a network that cannot be computed with in ``dtype``: |X| or |y|
@@ -146,13 +161,7 @@ def check_numeric_range(network: Any, X: np.ndarray, y: np.ndarray, dtype: Any =
     kind = _dtype_name(dtype)
     high = _log10(float(fi.max)) / 2 - 1  # squares (losses, squared norms) overflow above
     low = _log10(float(fi.tiny)) / 2  # squares underflow below
-    largest = {}
-    for name, arr in (("X", X), ("y", y)):
-        a = np.asarray(arr)
-        m = largest[name] = float(max(a.max(initial=0.0), -a.min(initial=0.0))) if a.size else 0.0
-        if _log10(m) > high:
-            raise InputError(f"{source}: |{name}| reaches {m:.3g}; its squares overflow {kind} (largest "
-                             f"{fi.max:.3g}); rescale the data")
+    largest = check_data_range(X, y, dtype, source)
     what = f"--act {act}" if act else getattr(network, "describe", lambda: "the network")()
     scale = output_scale(network, X)
     if _log10(scale) > high:
