@@ -193,6 +193,35 @@ def test_ncf_flow_of_example1_converges_to_w_star(w0):
     assert flow.residual <= 1e-7 and 0 < flow.steps < 200 and flow.evaluations < 1500
 
 
+def test_ncf_flow_of_a_quadratic_form():
+    """𝒩(u) = uᵀAu (L_h = 2): φ(t) = e^{2At}w0, so θ → ±e_max, 𝒩 → λ_max and
+    r(t) ≈ |⟨w0, e_max⟩|·e^{2λ_max t}, i.e. ln A = ln|⟨w0, e_max⟩| for a unit w0."""
+    rng = np.random.default_rng(7)
+    B = rng.standard_normal((6, 6))
+    A = (B + B.T) / 2
+    lam, vecs = np.linalg.eigh(A)
+    w0 = rng.standard_normal(6)
+    w0 /= np.linalg.norm(w0)
+    flow = theory.ncf_flow(lambda u: (u @ A @ u, 2 * A @ u), 2, w0)
+    assert flow.reason == "converged"
+    assert flow.ncf == pytest.approx(lam[-1], rel=1e-12)
+    assert abs(float(flow.direction @ vecs[:, -1])) == pytest.approx(1.0, abs=1e-12)
+    assert flow.log_amplitude == pytest.approx(math.log(abs(float(w0 @ vecs[:, -1]))), abs=1e-7)
+
+
+def test_gradient_flow_stepper_is_the_generic_one_with_dopri5():
+    """flow.DormandPrince is RungeKutta with the DOPRI5 tableau, step for step."""
+    from ncfkit.flow import DormandPrince
+
+    rhs, _ = spiral()
+    a = DormandPrince(rhs, np.array([[1.0, 0.5]]), rtol=1e-9)
+    b = RungeKutta(rhs, np.array([[1.0, 0.5]]), rtol=1e-9, tableau="dopri5")
+    for _ in range(20):
+        a.step()
+        b.step()
+        assert a.t == b.t and np.array_equal(a.y, b.y)
+
+
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
 def test_ncf_flow_methods_agree(method):
     """Any tableau gives the same prediction (the cubic model, blow-up time 1/(3ỹ_1u_1))."""
