@@ -166,7 +166,7 @@ def test_underflow_is_a_run_error(name):
 def test_bad_tolerance_and_unknown_method():
     with pytest.raises(ValueError, match="rtol"):
         RungeKutta(lambda y: (y, None), np.ones((1, 1)), rtol=0.0)
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="unknown Runge–Kutta method 'rk99'; one of dopri5"):
         RungeKutta(lambda y: (y, None), np.ones((1, 1)), tableau="rk99")
 
 

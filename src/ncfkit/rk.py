@@ -159,7 +159,7 @@ class RungeKutta:
     ``n_accepted``, ``n_rejected`` and ``n_evals`` (calls of rhs) count the work.
 
     Raises:
-        ValueError: rtol is not > 0.
+        ValueError: rtol is not > 0, or the method has no tableau.
         StepSizeUnderflow: from :meth:`step`, when the step size falls to round-off.
 
     y' = −y from y(0) = 1 to t = 1 (e^{−1} = 0.367879441…):
@@ -181,6 +181,8 @@ class RungeKutta:
     ) -> None:
         if not rtol > 0:
             raise ValueError("rtol must be > 0")
+        if isinstance(tableau, str) and tableau not in TABLEAUX:
+            raise ValueError(f"unknown Runge–Kutta method {tableau!r}; one of {', '.join(TABLEAUX)}")
         self.tableau = TABLEAUX[tableau] if isinstance(tableau, str) else tableau
         self.rhs, self.rtol, self.h_max, self.norm = rhs, rtol, h_max, norm
         self.hold_after_reject = hold_after_reject
