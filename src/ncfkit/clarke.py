@@ -61,7 +61,7 @@ import numpy as np
 from .arrays import to_numpy
 from .errors import InputError
 
-__all__ = ["applies", "check_certificate_defined", "ClarkeCertificate", "clarke_certificate",
+__all__ = ["applies", "check_certificate_defined", "ClarkeCertificate", "clarke_certificate", "default_kink_tol",
            "PolishResult", "polish", "KINK_TOL", "DENSE_MAX"]
 
 #: Relative tolerance τ below which a pre-activation counts as vanishing (certificate).
@@ -396,18 +396,27 @@ def _as_host(arch, X, ytilde, w):
     return Xn, yn, u / np.linalg.norm(u)
 
 
-def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float = KINK_TOL,
+def default_kink_tol(*arrays) -> float:
+    """:data:`KINK_TOL`, or 100 ulps of the coarsest float format among ``arrays`` when
+    that is larger (a float32 point is only known to ~1e-7)."""
+    eps = max(float(np.finfo(to_numpy(a).dtype).eps) for a in arrays)
+    return max(KINK_TOL, 100 * eps)
+
+
+def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
                        dense_max: int = DENSE_MAX) -> ClarkeCertificate:
     """The Clarke-KKT certificate of the unit point along ``w`` (see the module doc):
     residual min_s ‖P_{w⊥}g(s)‖/‖g(s)‖ over the multipliers of the pre-activations with
-    |z| ≤ ``kink_tol``·‖W_l[j,:]‖‖h_{l−1,i}‖, and Δ = L_h 𝒩 − λ_max(∇²𝒩_{D(s*)}|T) on the
-    smooth stratum. ``X``, ``ytilde``, ``w``: numpy arrays or tensors (read in float64).
+    |z| ≤ ``kink_tol``·‖W_l[j,:]‖‖h_{l−1,i}‖ (default :func:`default_kink_tol`), and
+    Δ = L_h 𝒩 − λ_max(∇²𝒩_{D(s*)}|T) on the smooth stratum. ``X``, ``ytilde``, ``w``:
+    numpy arrays or tensors (read in float64).
 
     Raises:
         ValueError: ``arch`` is not a feed-forward net with activation max(x, αx), α ≠ 1.
     """
     if not applies(arch):
         raise ValueError(f"no Clarke certificate for {arch.describe()}")
+    kink_tol = default_kink_tol(X, ytilde, w) if kink_tol is None else kink_tol
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     L_h = float(arch.homogeneity)
     net = _Net(arch, Xn, yn, u)

@@ -286,7 +286,7 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
             *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6,
-            kink_tol: float = clarke.KINK_TOL) -> Certificate:
+            kink_tol: float | None = None) -> Certificate:
     """Certify one point w (normalised to unit norm first); ``X``, ``ytilde`` and ``w``
     are numpy arrays or tensors (:mod:`ncfkit.arrays`), and ``Certificate.w`` is of w's kind.
 
@@ -297,9 +297,10 @@ def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.
     Feed-forward nets with a piecewise-linear activation max(x, αx) (relu, leaky:α) get
     the Clarke certificate of :mod:`ncfkit.clarke` (``field`` "clarke" or
     "conservative"): the residual minimises over the multipliers of the pre-activations
-    within ``kink_tol`` of zero, and Δ, the top eigenvalues and the Lemma-20 error are
-    those of the smooth stratum. It is computed in float64 on the host from either kind
-    of input, so numpy arrays and tensors give the same certificate.
+    within ``kink_tol`` of zero (default :func:`ncfkit.clarke.default_kink_tol`), and Δ,
+    the top eigenvalues and the Lemma-20 error are those of the smooth stratum. It is
+    computed in float64 on the host from either kind of input, so numpy arrays and
+    tensors give the same certificate.
     """
     w = w / norm(w)
     w = w if is_numpy(w) else w.detach()
