@@ -481,6 +481,9 @@ def _sparsity(src, loaded_data, *, tol, verify, data, loss, reduction, steps, lr
 
     if steps < 1:
         raise InputError(f"--steps must be >= 1 (got {steps})")
+    from .validate import check_seed  # numpy and torch both take it (issue 17)
+
+    check_seed(seed)
     if not 0 < init_scale < float("inf"):
         raise InputError(f"--init-scale must be a positive number (got {init_scale:g})")
     eta = sp.parse_lr(lr)

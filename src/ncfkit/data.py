@@ -83,6 +83,9 @@ def teacher_dataset(
     y_i = H_teacher(x_i) from a small random network with standard normal weights."""
     if n < 1 or d < 1:
         raise InputError(f"teacher data needs n >= 1 and d >= 1 (got n={n}, d={d})")
+    from .validate import check_seed
+
+    check_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=gen, dtype=torch.float64)
     X = X / X.norm(dim=1, keepdim=True)
