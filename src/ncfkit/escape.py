@@ -112,7 +112,7 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     start = asarray_like(flow.direction, w0) if flow.settled else w0 / norm(w0)  # settled: also at a kink
     asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
-                           converged=bool(asc.converged[0]) and flow.converged,
+                           converged=bool(asc.converged[0]) and flow.settled,  # settled: also at a kink
                            steps=flow.steps + int(asc.steps[0]), flow=flow)
 
 

@@ -1057,7 +1057,8 @@ def governing_point_record(point) -> dict[str, Any]:
                wz_mask=to_numpy(point.wz_mask).astype(np.uint8))
     if point.flow is not None:
         rec.update(ncf_flow_blowup_time=point.flow.blowup_time, ncf_flow_log_amplitude=point.flow.log_amplitude,
-                   ncf_flow_converged=bool(point.flow.converged), ncf_flow_steps=int(point.flow.steps))
+                   ncf_flow_converged=bool(point.flow.converged), ncf_flow_steps=int(point.flow.steps),
+                   ncf_flow_stop=str(getattr(point.flow, "reason", "")))
     if point.zero_neurons is not None:
         rec["zero_neurons"] = json.dumps([[int(j) for j in z] for z in point.zero_neurons])
     return rec
@@ -1401,7 +1402,8 @@ RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
 /kkt               attrs: the certificate (certificate_record), source,
                    ascent_converged, ascent_steps, zero_preserving_size,
                    ncf_flow_blowup_time (L_h > 2) / ncf_flow_log_amplitude (L_h = 2),
-                   ncf_flow_converged, ncf_flow_steps,
+                   ncf_flow_converged, ncf_flow_steps, ncf_flow_stop (converged |
+                   settled: the direction stopped moving, e.g. at a ReLU kink | max steps),
                    active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
                    norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
 /predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent
