@@ -308,3 +308,18 @@ def test_combinations_without_a_certificate_are_input_errors(arch, act, match):
         clarke.check_certificate_defined(arch, act)
     clarke.check_certificate_defined("mlp", "relu")
     clarke.check_certificate_defined("diag", None)
+
+
+def test_stratum_delta_dense_equals_lanczos(kink_point, monkeypatch):
+    """Δ and the top eigenvalues on the stratum: the dense matrix (zero neurons' incoming
+    coordinates dropped) and Lanczos on matrix-free products agree."""
+    import ncfkit.kkt as kkt_module
+
+    arch, X, yt, ref = kink_point
+    dense = certify(arch, X, yt, ref.w)
+    monkeypatch.setattr(kkt_module, "DENSE_MAX", 0)
+    lanczos = certify(arch, X, yt, ref.w)
+    assert (dense.hessian_method, lanczos.hessian_method) == ("dense", "lanczos")
+    assert lanczos.delta == pytest.approx(dense.delta, rel=1e-8, abs=1e-9 * abs(dense.ncf))
+    assert lanczos.top_eigs[0] == pytest.approx(dense.top_eigs[0], rel=1e-8, abs=1e-9 * abs(dense.ncf))
+    assert lanczos.stratum_dim == dense.stratum_dim

@@ -365,11 +365,18 @@ def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DEN
         return V - (V @ Q) @ Q.T
 
     if k <= dense_max:
-        H = net.hessian(Ds, np.arange(k))
-        # P H P − c·QQᵀ: the normal space sinks below the spectrum (bounded memory, no basis of T)
+        # Coordinates whose unit vector lies in the normal space (the incoming weights of a
+        # zero neuron: all its pre-activations vanish) carry no direction of T: drop them.
+        F = np.flatnonzero(np.einsum("ij,ij->i", Q, Q) < 1 - 1e-9)
+        QF, sv, _ = np.linalg.svd(Q[F], full_matrices=False)
+        QF = QF[:, :int((sv > 1e-9).sum())]
+        if F.size - QF.shape[1] != dim_t:  # not an exact split: keep every coordinate
+            F, QF = np.arange(k), Q
+        H = net.hessian(Ds, F)
+        # P H P − c·QQᵀ: the normal space sinks below the spectrum (no basis of T is built)
         c = 1.0 + 2.0 * float(np.abs(H).sum(axis=1).max())
-        P = np.eye(k) - Q @ Q.T
-        Hp = P @ H @ P - c * (Q @ Q.T)
+        P = np.eye(F.size) - QF @ QF.T
+        Hp = P @ H @ P - c * (QF @ QF.T)
         eigs = np.linalg.eigvalsh(0.5 * (Hp + Hp.T))[::-1][:min(num, dim_t)]
         return eigs, dim_t, "dense"
     from scipy.sparse.linalg import LinearOperator, eigsh
@@ -384,7 +391,7 @@ def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DEN
         return (hx - shift * (x - px))[0]
 
     op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    vals, vecs = eigsh(op, k=min(num + Q.shape[1], k - 1), which="LA", tol=1e-10, maxiter=20 * k)
+    vals, vecs = eigsh(op, k=min(num + 1, k - 1), which="LA", tol=1e-10, maxiter=20 * k)
     normal = np.linalg.norm(Q.T @ vecs, axis=0) > 0.5
     return np.sort(vals[~normal])[::-1][:num], dim_t, "lanczos"
 
