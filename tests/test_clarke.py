@@ -323,3 +323,22 @@ def test_stratum_delta_dense_equals_lanczos(kink_point, monkeypatch):
     assert lanczos.delta == pytest.approx(dense.delta, rel=1e-8, abs=1e-9 * abs(dense.ncf))
     assert lanczos.top_eigs[0] == pytest.approx(dense.top_eigs[0], rel=1e-8, abs=1e-9 * abs(dense.ncf))
     assert lanczos.stratum_dim == dense.stratum_dim
+
+
+def test_kkt_command_on_relu_data_against_the_oracle(tmp_path):
+    """``ncfkit kkt --act relu --json``: the top point is certified (residual ≤ 1e-8) at the
+    d = 2 oracle's 𝒩*, and no point is left unconverged without being listed as such."""
+    import json
+
+    from utils import run_cli
+
+    X, yt = _d2_data(4, 60)
+    np.savez(tmp_path / "d2.npz", X=X, y=yt / 2)  # square loss: ỹ = 2y
+    res = run_cli("kkt", tmp_path / "d2.npz", "--hidden", 6, "--act", "relu", "--restarts", 6, "--seed", 4,
+                  "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    top = doc["points"][0]
+    assert top["converged"] and top["residual"] <= 1e-8
+    assert rel_error(top["ncf"], 0.5 * _relu_oracle_d2(X, yt)) <= ORACLE_RTOL
+    assert "stalled" not in res.stderr
