@@ -140,6 +140,21 @@ def test_symlink_loop_is_refused(tmp_path):
     one_line(run("kkt", tmp_path / "data.npz", *FAST, "--out", tmp_path / "a.h5"), 2, r"a\.h5.*loops")
 
 
+def test_read_only_output_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A folder the user may not write (as root every folder is writable, so the
+    permission check is simulated)."""
+    np.savez(tmp_path / "data.npz", X=X, y=Y)
+    (tmp_path / "ro").mkdir()
+    real = os.access
+    monkeypatch.setattr(nio.os, "access", lambda p, mode: False if Path(p).name == "ro" else real(p, mode))
+    import ncfkit.api as api
+
+    monkeypatch.setattr(api, "find_kkt_points", lambda *a, **k: pytest.fail("work started"))
+    one_line(run("kkt", tmp_path / "data.npz", *FAST, "--out", tmp_path / "ro" / "r.h5"), 2,
+             r"output '.*ro/r\.h5': folder '.*ro' is not writable")
+    assert listing(tmp_path / "ro") == []
+
+
 def test_output_that_appears_during_the_run_keeps_the_finished_run_beside_it(tmp_path, monkeypatch):
     """Another job writes the same --out meanwhile: not overwritten, and this run's
     result is kept as NAME.1.h5, named in the one line (exit 2)."""
