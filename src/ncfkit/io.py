@@ -934,6 +934,11 @@ def certificate_record(cert) -> dict[str, Any]:
     if cert.active_per_layer is not None:
         rec["active_per_layer"] = np.asarray(cert.active_per_layer, dtype=np.int64)
         rec["active_neurons"] = json.dumps([[int(j) for j in a] for a in cert.active_neurons])
+    if getattr(cert, "field", "smooth") != "smooth":  # relu / leaky: the Clarke certificate (ncfkit.clarke)
+        rec.update(field=cert.field, multipliers=int(cert.multipliers), kinks=int(cert.kinks),
+                   exact=bool(cert.exact), stratum_dim=int(cert.stratum_dim))
+    if getattr(cert, "reason", None):
+        rec["reason"] = cert.reason
     return rec
 
 
@@ -975,6 +980,10 @@ KKT_POINT_KEYS = ("ncf", "lam", "residual", "delta", "second_order", "kind", "co
                   "basin_fraction", "converged", "eig_error", "top_hessian_eigs", "hessian_method")
 
 
+#: Extra per-point keys of relu / leaky certificates (and ``reason`` of an uncertified point).
+CLARKE_KEYS = ("field", "multipliers", "kinks", "exact", "stratum_dim", "reason")
+
+
 def kkt_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The JSON object of ``ncfkit kkt --json`` from a ``kkt`` record."""
     points = []
@@ -984,6 +993,7 @@ def kkt_summary(record: dict[str, Any]) -> dict[str, Any]:
             out["active_per_layer"] = _plain(p["active_per_layer"])
             out["active_neurons"] = _json_field(p, "active_neurons")
             out["balance_error"] = _plain(p.get("balance_error"))
+        out.update({k: _plain(p[k]) for k in CLARKE_KEYS if k in p})
         points.append(out)
     return {k: _plain(record.get(k)) for k in ("homogeneity", "num_params", "restarts", "converged")} \
         | {"points": points}
