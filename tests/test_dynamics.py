@@ -330,3 +330,10 @@ def test_until_saddle_is_saddles_1_and_max_time_says_how_far(example1):
     assert short.status == "max time" and "after 1 of 2 saddle(s)" in short.message
     conv = _example1_run(example1, 1e-3, 1e-3, until="converged", max_time=2.0)
     assert conv.status == "max time" and "before converging" in conv.message
+
+
+def test_example1_large_delta_keeps_its_first_slow_down_as_saddle(example1):
+    run = _example1_run(example1, 0.1, 1e-3, until="max-time", max_time=3.0)
+    assert run.plateaus == () and run.transient is not None
+    assert run.saddle == run.transient.saddle and run.saddle_left
+    assert run.snapshots["saddle"].step == run.saddle.step and run.saddle.loss == pytest.approx(0.853, abs=0.01)

@@ -228,3 +228,17 @@ def test_cli_until_saddles_2_follows_example1_to_its_minimum(ex1_files):
     run = json.loads(res.stdout)["runs"][0]
     assert run["status"] == "stationary" and run["saddle_loss"] == pytest.approx(1.0, abs=1e-3)
     assert run["final_loss"] < 1e-12
+
+
+@pytest.mark.parametrize("delta, loss", [(0.1, 0.853), (0.05, 0.940)])
+def test_no_plateau_reports_the_first_slow_down_as_before(delta, loss):
+    """Example 1 from δ ≥ 0.05: the loss only shoulders on its way to the minimum (no
+    plateau by the ratio rule); the saddle reported is that shoulder, left, as a rule
+    looking at the dip of ‖∇𝓛‖ alone finds it (Figure 2's large-δ runs keep their numbers)."""
+    t = np.linspace(0.0, 3.0, 6001)
+    w = example1_psi(t, delta)
+    det = detect_events(t, example1_loss(w), example1_grad_norm(w))
+    assert det.plateaus == [] and det.all_plateaus() == []
+    assert det.transient is not None and not det.transient.confirmed and det.transient.left
+    assert det.saddle == det.transient.saddle and det.saddle.loss == pytest.approx(loss, abs=0.01)
+    assert det.saddle_left and det.phase == Phase.ESCAPING

@@ -208,6 +208,8 @@ class RunResult:
     #: every plateau (:class:`ncfkit.events.Plateau`), the last one open if the run ended in
     #: it; the saddle of plateau i has the snapshot :func:`snapshot_name` (i)
     plateaus: tuple[Plateau, ...] = ()
+    #: a run without a confirmed plateau: its first slow-down (reported as ``saddle``)
+    transient: Plateau | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +264,7 @@ class Tracker:
         self._last = None  # (step, t, w, values, grad) at the previous checkpoint, active rows
         self._last_loss = [float("nan")] * batch
         self._candidate: list[Snapshot | None] = [None] * batch  # the current saddle candidate
+        self._kept: list[dict[str, Snapshot]] = [{} for _ in range(batch)]
         self._stop_after = parse_until(settings.until)
 
     # ------------------------------------------------------------------ helpers
@@ -379,12 +382,10 @@ class Tracker:
             if "passed" in fired:  # the plateau just left: its saddle is the last candidate
                 self.snapshots[r][snapshot_name(len(det.plateaus))] = self._candidate[r]
                 self._candidate[r] = None
+            if "dropped" in fired and det.transient is not None and "transient" not in self._kept[r]:
+                self._kept[r]["transient"] = self._candidate[r]  # the run's first slow-down
             if "saddle" in fired:
                 self._candidate[r] = Snapshot(t, step, float(v[0]), float(v[1]), w[i].copy())
-                if not det.plateaus:  # the first plateau's candidate, as it always was
-                    self.snapshots[r]["saddle"] = self._candidate[r]
-            elif "dropped" in fired and not det.plateaus:
-                self.snapshots[r].pop("saddle", None)
             change = max(change, self._change(v_prev[i], v, det.loss0))
             k = self._stop_after
             if "passed" in fired and k is not None and len(det.plateaus) >= k:
@@ -472,13 +473,15 @@ class Tracker:
             cand = self._candidate[r]
             if cur is not None and cand is not None and cand.step == cur.saddle.step:
                 snaps[snapshot_name(cur.index)] = cand
+            elif not det.plateaus and det.transient is not None and "transient" in self._kept[r]:
+                snaps["saddle"] = self._kept[r]["transient"]
             out.append(RunResult(
                 status=self.status[r] or "max time", message=self.message[r],
                 escape=det.escape, saddle=det.saddle, phase=PHASE_NAMES[det.phase],
-                saddle_left=det.phase == Phase.PAST_SADDLE, snapshots=snaps,
+                saddle_left=det.saddle_left, snapshots=snaps,
                 records=rec, trajectory=traj, steps=self.stop_step[r],
                 final_time=self.stop_time[r], loss0=det.loss0,
-                divergence_time=self.divergence_time[r], plateaus=plateaus))
+                divergence_time=self.divergence_time[r], plateaus=plateaus, transient=det.transient))
         return out
 
 

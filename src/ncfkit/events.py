@@ -22,8 +22,9 @@ sample of least ‖∇𝓛‖ inside it (the band's half-width also has a floor 
    covered half the drop from its top 𝓛_top — 𝓛(0), or the previous saddle's loss — to
    𝓛_s). Measuring the drop from its half-way point, not from its start, makes the rule
    blind to the slow exponential start of an escape;
-3. *left*: once 𝓛 < (1 − m)·𝓛_s. A confirmed plateau is then final (event ``passed``)
-   and the next drop begins with 𝓛_top = 𝓛_s; an unconfirmed candidate was a transient
+3. *left*: once 𝓛 < (1 − m)·𝓛_s at a sample that is no new candidate (a lower ‖∇𝓛‖
+   moves the candidate first). A confirmed plateau is then final (event ``passed``) and
+   the next drop begins with 𝓛_top = 𝓛_s; an unconfirmed candidate was a transient
    slow-down inside the drop and is dropped (the search goes on in the same drop).
 
 While a plateau is confirmed its saddle keeps moving to any sample of smaller ‖∇𝓛‖ (the
@@ -38,7 +39,10 @@ A run that reaches ‖∇𝓛‖ ≤ ``stationary_rtol`` × its peak since escap
 (converged: nothing more happens in finite time); its candidate there is confirmed and
 later samples only move it to a smaller ‖∇𝓛‖ (no plateau starts or ends at round-off). A
 run that ends inside an unconfirmed band reports that candidate as an open plateau
-(``confirmed`` False). The smallest Hessian eigenvalue at a saddle tells a strict saddle
+(``confirmed`` False). A run with no confirmed plateau but a transient slow-down (Example
+1 at δ ≥ 0.05: the loss only shoulders at 0.85–0.94 on its way to the minimum) reports
+the first transient as its saddle (:attr:`EventDetector.transient`, left), as a rule
+that looks at the dip of ‖∇𝓛‖ alone would. The smallest Hessian eigenvalue at a saddle tells a strict saddle
 from a minimum (:mod:`ncfkit.phases`).
 
 ``phase`` follows the first saddle only (near origin → escaping → at saddle → past
@@ -193,6 +197,9 @@ class EventDetector:
         self.phase = Phase.NEAR_ORIGIN
         self.escape: Event | None = None
         self.plateaus: list[Plateau] = []  # the plateaus left so far
+        #: the first candidate of the first drop that was left unconfirmed (index 0): what a
+        #: run without any plateau reports as its saddle (the slow-down a dip-only rule finds)
+        self.transient: Plateau | None = None
         self.candidate: Event | None = None  # the current saddle candidate
         self.confirmed = False  # the candidate's plateau is confirmed
         self.peak_grad = 0.0  # peak of ‖∇𝓛‖ since escape
@@ -211,12 +218,25 @@ class EventDetector:
 
     @property
     def saddle(self) -> Event | None:
-        """The first plateau's saddle (the current candidate while there is none yet)."""
-        return self.plateaus[0].saddle if self.plateaus else self.candidate
+        """The first plateau's saddle; while there is no confirmed plateau, the first
+        transient slow-down (:attr:`transient`), else the current candidate."""
+        if self.plateaus:
+            return self.plateaus[0].saddle
+        if self.candidate is not None and self.confirmed:
+            return self.candidate
+        return self.transient.saddle if self.transient is not None else self.candidate
+
+    @property
+    def saddle_left(self) -> bool:
+        """The loss has dropped 1% below the loss of :attr:`saddle`."""
+        if self.plateaus:
+            return True
+        return self.transient is not None and not (self.candidate is not None and self.confirmed)
 
     def current_plateau(self) -> Plateau | None:
-        """The plateau the run is in now (confirmed or not), or None."""
-        if self.candidate is None:
+        """The plateau the run is in now (confirmed, or an unconfirmed candidate unless the
+        run has no plateau but a :attr:`transient`), or None."""
+        if self.candidate is None or (not self.confirmed and not self.plateaus and self.transient is not None):
             return None
         return Plateau(len(self.plateaus) + 1, self.candidate, self._enter, None, self.drop_top,
                        self._half, self.drop_peak, self.confirmed, self.stationary)
@@ -298,7 +318,8 @@ class EventDetector:
         self.peak_grad = max(self.peak_grad, grad_norm)
         self.drop_peak = max(self.drop_peak, grad_norm)
         c = self.candidate
-        if c is not None and loss < self._band(c.loss)[0]:  # the band is left
+        lower = c is not None and grad_norm < c.grad_norm  # a new candidate comes first
+        if c is not None and not lower and loss < self._band(c.loss)[0]:  # the band is left
             if self.confirmed:
                 self.plateaus.append(Plateau(len(self.plateaus) + 1, c, self._enter,
                                              Event(t, step, loss, grad_norm), self.drop_top, self._half,
@@ -308,6 +329,9 @@ class EventDetector:
                 fired.append("passed")
                 self._new_drop(t, loss, c.loss, grad_norm)
             else:
+                if self.transient is None and not self.plateaus:
+                    self.transient = Plateau(0, c, self._enter, Event(t, step, loss, grad_norm), self.drop_top,
+                                             self._half, self.drop_peak, False)
                 self.candidate = None
                 fired.append("dropped")
         c = self.candidate
