@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import theory
+from . import clarke, theory
 from ._lazy import torch
 from ._phases import phase
 from .arrays import asarray_like, norm, to_numpy, xp
@@ -54,7 +54,7 @@ from .dynamics import (
 )
 from .errors import InputError
 from .io import RUN_H5_LAYOUT, RUN_KEYS
-from .kkt import Certificate, certify, normalized_ascent
+from .kkt import Certificate, certify, clarke_ascent, normalized_ascent
 
 __all__ = ["GoverningPoint", "zero_preserving_subset", "governing_point", "certified_point",
            "default_delta_ref", "default_max_time", "RunSummary", "Reference", "Fits",
@@ -110,7 +110,9 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     settle (converge, or settle at a kink) within ``max_steps`` the ascent starts from w0."""
     flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
     start = asarray_like(flow.direction, w0) if flow.settled else w0 / norm(w0)  # settled: also at a kink
-    asc = normalized_ascent(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
+    # relu / leaky: the ascent that converges at kinks (stratum Newton + Clarke certificate)
+    ascend = clarke_ascent if clarke.applies(arch) else normalized_ascent
+    asc = ascend(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.settled,  # settled: also at a kink
                            steps=flow.steps + int(asc.steps[0]), flow=flow)
