@@ -326,3 +326,20 @@ def test_run_command_converts_and_checks_values_as_click_does(data):
         api.run_command("kkt", str(data), **{**KKT, "restarts": "x"})
     as_text = api.run_command("kkt", str(data), **{**KKT, "restarts": "4", "hidden": 4})
     assert as_text.summary() == api.run_command("kkt", str(data), **KKT).summary()
+
+
+def test_kkt_default_tolerance_follows_the_dtype():
+    """float32 cannot resolve the float64 default 1e-9: the default becomes 8 × eps and the
+    points converge; an explicit --tol below eps is still refused."""
+    import numpy as np
+
+    from pathlib import Path
+
+    data = Path(__file__).resolve().parents[1] / "examples" / "data" / "fig1_square.npz"
+    problem = ncfkit.Problem.load(data, hidden=[4], act="square", dtype="float32")
+    res = ncfkit.find_kkt_points(problem, restarts=2, max_steps=5000)
+    tol = res.record["provenance"]["tol"]
+    assert tol == pytest.approx(8 * float(np.finfo(np.float32).eps))
+    assert res.points and all(p["residual"] <= 1e-5 for p in res.points)
+    with pytest.raises(ncfkit.InputError, match="--tol 1e-09: finer than float32"):
+        ncfkit.find_kkt_points(problem, restarts=1, tol=1e-9)

@@ -392,12 +392,14 @@ def _as_read_back(result: Result) -> dict:
 # --------------------------------------------------------------------------- kkt
 
 
-def find_kkt_points(problem: Problem, *, restarts: int = 32, max_steps: int = 20000, tol: float = 1e-9,
+def find_kkt_points(problem: Problem, *, restarts: int = 32, max_steps: int = 20000, tol: float | None = None,
                     active_tol: float = 1e-3, progress: ProgressFn | None = None) -> KKTResult:
     """KKT points of  max 𝒩(u) = ỹᵀH(X; u)  s.t. ‖u‖ = 1: projected gradient ascent from
     ``restarts`` random unit starts (seeded by the problem's seed), each converged start
     certified (first-order residual, Δ, Lemma 20, Lemma 17) and points equal up to the
-    network's symmetries merged (:func:`ncfkit.kkt.find_kkt_points`).
+    network's symmetries merged (:func:`ncfkit.kkt.find_kkt_points`). ``tol`` (the
+    relative residual at which a start stops): None is 1e-9, or 8 × the machine epsilon
+    where the dtype cannot resolve that (float32).
 
     Raises:
         InputError: a bad setting (named as its CLI flag), a non-homogeneous network.
@@ -407,9 +409,11 @@ def find_kkt_points(problem: Problem, *, restarts: int = 32, max_steps: int = 20
     for name, value, low in (("--restarts", restarts, 1), ("--max-steps", max_steps, 1)):
         if value < low:
             raise InputError(f"{name} must be >= {low} (got {value})")
-    from .validate import check_tolerance  # finite, > 0, no finer than the dtype's epsilon (issue 17)
+    from .validate import check_tolerance, default_tolerance
 
-    check_tolerance("--tol", tol, problem.settings["dtype"])
+    if tol is None:
+        tol = default_tolerance(problem.settings["dtype"])
+    check_tolerance("--tol", tol, problem.settings["dtype"])  # finite, > 0, no finer than the dtype's epsilon
     if not active_tol >= 0:
         raise InputError(f"--active-tol must be >= 0 (got {active_tol})")
     problem.require_homogeneous()
@@ -650,7 +654,7 @@ _MODEL = dict(arch="mlp", hidden="50", depth=2, act="relu", loss_name="square", 
 
 #: The parameters of each command, by their click names, with the CLI's defaults.
 COMMAND_PARAMS: dict[str, dict[str, Any]] = {
-    "kkt": {**_MODEL, "restarts": 32, "max_steps": 20000, "tol": 1e-9, "active_tol": 1e-3},
+    "kkt": {**_MODEL, "restarts": 32, "max_steps": 20000, "tol": None, "active_tol": 1e-3},
     "escape": {**_MODEL, "deltas": (), "init": "random", "kkt_file": None, "point": 0, "lr": 1e-3,
                "max_time": None, "method": "gd", "rtol": None, "engine": "auto", "eps": 0.01,
                "until": "saddle", "delta_ref": "auto", "restarts": 32, "max_steps": 20000, "tol": 1e-9},

@@ -58,6 +58,12 @@ def check_tolerance(name: str, value: float, dtype: Any = "float64", *, below_on
     return value
 
 
+def default_tolerance(dtype: Any = "float64", finest: float = 1e-9) -> float:
+    """The default relative tolerance of an iterative solve: ``finest`` where the dtype
+    resolves it, else 8 × the machine epsilon (float32: about 9.5e-7)."""
+    return max(float(finest), 8.0 * float(finfo(dtype).eps))
+
+
 def check_seed(seed: int, name: str = "--seed") -> int:
     if not 0 <= int(seed) < SEED_LIMIT:
         raise InputError(f"{name} {seed}: must be an integer in [0, 2^63)")

@@ -17,8 +17,9 @@ _D = COMMAND_PARAMS["kkt"]
               help="Random unit-norm starts, run as one batch.")
 @click.option("--max-steps", type=int, default=_D["max_steps"], show_default=True,
               help="Ascent steps at most per start.")
-@click.option("--tol", type=float, default=_D["tol"], show_default=True,
-              help="Stop a start when ‖∇𝒩 − (wᵀ∇𝒩)w‖ / ‖∇𝒩‖ falls below this.")
+@click.option("--tol", type=float, default=_D["tol"],
+              help="Stop a start when ‖∇𝒩 − (wᵀ∇𝒩)w‖ / ‖∇𝒩‖ falls below this "
+                   "[default: 1e-9; 8 × machine epsilon ≈ 9.5e-7 for float32].")
 @click.option("--active-tol", type=float, default=_D["active_tol"], show_default=True,
               help="A hidden neuron is zero when its norm is below this fraction of the largest.")
 @output_options
@@ -38,7 +39,7 @@ def command(data, as_json, out, force, **params):
     console = stderr_console()
     with ConsoleProgress(console, restarts=params["restarts"]) as progress:
         result = run_command("kkt", data, out=out, force=force, progress=progress, **params)
-    kkt_report(console, result.raw, result.problem.arch, params["tol"], params["max_steps"])
+    kkt_report(console, result.raw, result.problem.arch, result.record["provenance"]["tol"], params["max_steps"])
     if out:
         console.print(f"wrote {out}")
     if as_json:
