@@ -331,9 +331,9 @@ def test_run_command_converts_and_checks_values_as_click_does(data):
 def test_kkt_default_tolerance_follows_the_dtype():
     """float32 cannot resolve the float64 default 1e-9: the default becomes 8 × eps and the
     points converge; an explicit --tol below eps is still refused."""
-    import numpy as np
-
     from pathlib import Path
+
+    import numpy as np
 
     data = Path(__file__).resolve().parents[1] / "examples" / "data" / "fig1_square.npz"
     problem = ncfkit.Problem.load(data, hidden=[4], act="square", dtype="float32")
