@@ -13,7 +13,7 @@ that writes its partial results in ``except KeyboardInterrupt:`` does so for bot
             raise
 
 The CLI's :func:`~ncfkit.cli.main.main` wraps every command in it; the error policy
-(:func:`~ncfkit.cli.options.guarded`) then exits with 128 + the signal number (130 for
+(:func:`~ncfkit.cli.policy.guarded`) then exits with 128 + the signal number (130 for
 SIGINT, 143 for SIGTERM), the shell's convention for a process ended by a signal.
 """
 
