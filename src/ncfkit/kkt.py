@@ -236,52 +236,30 @@ class Certificate:
     exact: bool | None = None  # the Clarke residual is the exact minimum over the multipliers
     stratum_dim: int | None = None  # dim of the smooth stratum's tangent space ∩ w⊥ (Δ is on it)
     reason: str | None = None  # why the point is not certified (None: certified or not asked)
+    eig_residual: float | None = None  # achieved ‖Hv − λv‖/‖H‖ of the top eigenpairs (ncfkit.spectra)
+
+
+def _restricted_spectrum(arch, X, ytilde, w, num: int = 3):
+    """Largest eigenvalues of ∇²𝒩(w) restricted to w⊥ (:func:`ncfkit.spectra.extreme_eigs`
+    with w deflated): dense for k ≤ :data:`DENSE_MAX`, else Lanczos on closed-form HVPs
+    (no k × k matrix); its ``residual`` is the accuracy achieved."""
+    from .spectra import extreme_eigs
+
+    wt = w if is_numpy(w) else w.detach()
+    wn = to_numpy(wt).astype(np.float64)
+
+    def matmat(V):
+        return to_numpy(ncf_hvp(arch, X, ytilde, wt, asarray_like(V, wt))).astype(np.float64)
+
+    return extreme_eigs(matmat, w.shape[-1], num=num, which="LA", dense=DENSE_MAX, tol=1e-10, deflate=wn,
+                        dense_matrix=lambda: to_numpy(ncf_hessian(arch, X, ytilde, wt)))
 
 
 def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tuple[np.ndarray, str]:
-    """Largest eigenvalues of ∇²𝒩(w) restricted to w⊥: dense for small k, else Lanczos
-    (scipy ``eigsh``) on the operator P∇²𝒩P − c·wwᵀ, c pushing w's own direction away."""
-    k = w.shape[-1]
-    if k <= 1:
-        return np.array([-np.inf]), "dense"
-    if k <= DENSE_MAX:
-        H = to_numpy(ncf_hessian(arch, X, ytilde, w)).astype(np.float64)
-        H += H.T
-        H *= 0.5
-        wn = to_numpy(w).astype(np.float64)
-        wn /= np.linalg.norm(wn)
-        # P H P − c·w wᵀ with P = I − w wᵀ, formed in place: w is its eigenvector with
-        # eigenvalue −c, below the whole spectrum, and the other k − 1 eigenvalues are
-        # those of ∇²𝒩 restricted to w⊥ (no k × (k−1) basis is built: bounded memory).
-        Hw = H @ wn
-        whw = float(wn @ Hw)
-        c = 1.0 + 2.0 * float(np.abs(H).sum(axis=1).max())  # > spectral radius
-        H -= np.outer(wn, Hw)
-        H -= np.outer(Hw, wn)
-        H += (whw - c) * np.outer(wn, wn)
-        eigs = np.linalg.eigvalsh(H)[1:]
-        return eigs[::-1][:num], "dense"
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    wt = w if is_numpy(w) else w.detach()
-    # Shift w's own eigenvalue (0 in P∇²𝒩P) to −c so it separates from the restricted
-    # spectrum; c is a heuristic scale, so w's eigenpair is also dropped explicitly below.
-    L_h = float(arch.homogeneity)
-    shift = 10 * abs(L_h * (L_h - 1) * float(ncf(arch, X, ytilde, wt))) + 1.0
-
-    def matvec(x):
-        b0 = asarray_like(np.asarray(x).ravel(), wt)
-        b = b0 - (wt @ b0) * wt
-        hb = ncf_hvp(arch, X, ytilde, wt, b)
-        hb = hb - (wt @ hb) * wt
-        return to_numpy(hb - shift * (wt @ b0) * wt).astype(np.float64)
-
-    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    # One eigenpair more than needed: when every restricted eigenvalue lies below −c
-    # (a negative or zero point), w itself is among the largest and must not count.
-    vals, vecs = eigsh(op, k=min(num + 1, k - 1), which="LA", tol=1e-10, maxiter=20 * k)
-    along_w = np.abs(to_numpy(wt).astype(np.float64) @ vecs) > 0.5
-    return np.sort(vals[~along_w])[::-1][:num], "lanczos"
+    """(largest eigenvalues of ∇²𝒩(w) restricted to w⊥, dense / lanczos): see
+    :func:`_restricted_spectrum`."""
+    spec = _restricted_spectrum(arch, X, ytilde, w, num)
+    return spec.values, spec.method
 
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
@@ -318,7 +296,8 @@ def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.
         val = float(val_t)
         gscale = max(float(norm(grad)), tiny)
         residual = float(norm(grad - L_h * val * w)) / gscale
-        top, method = _restricted_top_eigs(arch, X, ytilde, w)
+        spec = _restricted_spectrum(arch, X, ytilde, w)
+        top, method, extra["eig_residual"] = spec.values, spec.method, spec.residual
         delta = L_h * val - float(top[0])
         hw = ncf_hvp(arch, X, ytilde, w, w)
         target = L_h * (L_h - 1) * val
