@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import click
 
-from .options import emit_json, guarded, stderr_console
+from .options import stderr_console
+from .policy import emit_json, guarded
 
 
 def _progress_bar(console):
