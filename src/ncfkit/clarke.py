@@ -62,12 +62,15 @@ from .arrays import to_numpy
 from .errors import InputError
 
 __all__ = ["applies", "check_certificate_defined", "ClarkeCertificate", "clarke_certificate", "default_kink_tol",
-           "PolishResult", "polish", "KINK_TOL", "DENSE_MAX"]
+           "PolishResult", "polish", "KINK_TOL", "DENSE_MAX", "NEWTON_MAX"]
 
 #: Relative tolerance τ below which a pre-activation counts as vanishing (certificate).
 KINK_TOL = 1e-9
-#: Above this many free parameters (plus kinks) the stratum is not solved densely.
+#: Above this many parameters the stratum's Hessian spectrum is computed matrix-free.
 DENSE_MAX = 3000
+#: Above this many unknowns (free weights + kinks) :func:`polish` does not attempt the
+#: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host).
+NEWTON_MAX = 1500
 
 
 def applies(arch) -> bool:
@@ -509,7 +512,7 @@ def _zero_neurons(arch, u, active_tol):
 
 
 def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
-           active_tol: float = 1e-3, max_iter: int = 25, dense_max: int = DENSE_MAX) -> PolishResult:
+           active_tol: float = 1e-3, max_iter: int = 25, newton_max: int = NEWTON_MAX) -> PolishResult:
     """Newton's method on the smooth stratum of ``w`` (an active-set method), then the
     Clarke certificate.
 
@@ -536,7 +539,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     tiny = np.finfo(float).tiny
     reason = None
     kinks = None
-    iterations = 0
+    iterations, too_large = 0, False
     for iteration in range(1, max_iter + 1):
         iterations = iteration
         net = _Net(arch, Xn, yn, u)
@@ -545,8 +548,10 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
         fidx = np.flatnonzero(free)
         m = int(sum(int(K.sum()) for K in kinks))
-        if fidx.size + m > dense_max:
-            reason = f"stratum too large for the dense solve ({fidx.size} free weights + {m} kinks > {dense_max})"
+        if fidx.size + m > newton_max:
+            reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
+                      f"> {newton_max})")
+            too_large = True
             break
         s, g, _ = _best_multipliers(net, kinks)
         Ds = net.slopes(kinks, s)
@@ -598,8 +603,9 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     if not certified:
         net = _Net(arch, Xn, yn, u)
         s, g, _ = _best_multipliers(net, net.kinks(kink_tol))
-        direction = _project(u, g)
-        direction = direction / max(float(np.linalg.norm(direction)), tiny)
+        if not too_large:  # a larger stratum further on would be too large as well
+            direction = _project(u, g)
+            direction = direction / max(float(np.linalg.norm(direction)), tiny)
         lo, hi = _slope_bounds(net.alpha)
         at_bound = int(np.sum((np.abs(s - lo) < 1e-12) | (np.abs(s - hi) < 1e-12)))
         if reason is None:

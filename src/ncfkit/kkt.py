@@ -181,7 +181,7 @@ def clarke_ascent(
         again = []
         for row, i in enumerate(pending):
             used[i] += int(a_steps[row])
-            pol = clarke.polish(arch, Xn, yn, a_u[row], tol=tol, active_tol=active_tol, dense_max=DENSE_MAX)
+            pol = clarke.polish(arch, Xn, yn, a_u[row], tol=tol, active_tol=active_tol)
             u[i], val[i], res[i], done[i], reason[i] = pol.u, pol.ncf, pol.residual, pol.certified, pol.reason
             if pol.certified or pol.direction is None or rnd == rounds - 1:
                 continue
