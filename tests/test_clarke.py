@@ -340,5 +340,7 @@ def test_kkt_command_on_relu_data_against_the_oracle(tmp_path):
     doc = json.loads(res.stdout)
     top = doc["points"][0]
     assert top["converged"] and top["residual"] <= 1e-8
+    assert (top["field"], top["exact"]) == ("clarke", True) and "reason" not in top
     assert rel_error(top["ncf"], 0.5 * _relu_oracle_d2(X, yt)) <= ORACLE_RTOL
     assert "stalled" not in res.stderr
+
