@@ -395,7 +395,11 @@ def find_kkt_points(
         stalled = nonzero(asc.stalled)
     groups: list[tuple[tuple, list[int]]] = []  # (signature of the first member, members)
     # Converged starts first, so a stalled start joins a converged point when it matches.
-    for r in sorted(conv, key=lambda i: -float(asc.ncf[i])) + sorted(stalled, key=lambda i: -float(asc.ncf[i])):
+    # Smooth activations: the best start of a group is its representative. Certified
+    # relu/leaky points of one group tie in 𝒩 up to round-off, so they go in start order:
+    # round-off must not pick the representative (or the group) of a start.
+    key = (lambda i: i) if piecewise_linear else (lambda i: -float(asc.ncf[i]))
+    for r in sorted(conv, key=key) + sorted(stalled, key=key):
         sig = _signature(arch, X, ytilde, asc.u[r], active_tol)
         for ref, members in groups:
             if _same_point(ref, sig, merge_rtol):
