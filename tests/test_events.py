@@ -228,6 +228,10 @@ def test_cli_until_saddles_2_follows_example1_to_its_minimum(ex1_files):
     run = json.loads(res.stdout)["runs"][0]
     assert run["status"] == "stationary" and run["saddle_loss"] == pytest.approx(1.0, abs=1e-3)
     assert run["final_loss"] < 1e-12
+    sad, minimum = run["plateaus"]  # docs/phases.md: every plateau, measured
+    assert sad["kind"] == "strict saddle" and minimum["kind"] == "minimum" and minimum["stationary"]
+    assert sad["active_units"] == [[0]] and minimum["prev_zero_grown"] == [[1]]
+    assert sad["next"]["first"]["unit"] == 1 and sad["next"]["time"] > sad["exit_time"] > sad["time"]
 
 
 @pytest.mark.parametrize("delta, loss", [(0.1, 0.853), (0.05, 0.940)])

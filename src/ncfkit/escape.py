@@ -159,6 +159,9 @@ class RunSummary:
     final_time: float
     final_loss: float
     result: RunResult = field(repr=False)
+    #: every plateau, measured (:func:`ncfkit.phases.analyse_plateaus`, ``to_dict`` form);
+    #: filled for ``until`` = converged or saddles:K with K >= 2
+    plateaus: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,7 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
             sparsity_ratio_saddle=_ratio(mask, r.snapshots["saddle"].w) if "saddle" in r.snapshots else None,
             path_distance=pdist, saddle_distance_to_p_star=p_star_dist,
             status=r.status, message=r.message, final_time=r.final_time,
-            final_loss=r.snapshots["final"].loss, result=r))
+            final_loss=r.snapshots["final"].loss, result=r, plateaus=_plateaus(objective, r, mask, settings)))
     fits = Fits(None, None, None, None, None, None, None)
     if theory_ok:
         fits = _fits(runs, point, L_h, settings.lr if method == "gd" else None)
@@ -380,6 +383,16 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         interrupted, stopped_in = sim.interrupted, "train"
     return EscapeReport(arch, L_h, arch.num_params, point, runs, reference, fits, sim,
                         interrupted, stopped_in)
+
+
+def _plateaus(objective: Objective, run: RunResult, mask, settings: Settings) -> list:
+    """Every plateau of a run followed past its first saddle (docs/phases.md)."""
+    from .dynamics import parse_until
+    from .phases import analyse_plateaus, plateaus_json
+
+    if parse_until(settings.until) == 1 or run.status == "interrupted":
+        return []
+    return plateaus_json(analyse_plateaus(objective, run, wz_mask=mask))
 
 
 def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: float | None) -> Fits:

@@ -1034,6 +1034,8 @@ def run_record(summary, arch) -> dict[str, Any]:
     values = {k: getattr(summary, k) for k in RUN_KEYS if k not in ("steps", "final_w_norm")}
     values.update(steps=r.steps, final_w_norm=float(np.linalg.norm(r.snapshots["final"].w)))
     node = {k: _nan(v) for k, v in values.items()}
+    if getattr(summary, "plateaus", None):  # docs/phases.md (JSON: nested lists and nulls)
+        node["plateaus"] = json.dumps(summary.plateaus)
     node.update(_trajectory_record(r, arch))
     return node
 
@@ -1160,7 +1162,9 @@ def escape_summary(record: dict[str, Any]) -> dict[str, Any]:
     out = {
         "homogeneity": _plain(record.get("homogeneity")), "num_params": _plain(record.get("num_params")),
         "kkt": _escape_kkt_summary(record.get("kkt")),
-        "runs": [{k: _plain(r.get(k)) for k in RUN_KEYS} for r in _numbered(record.get("runs"))],
+        "runs": [{k: _plain(r.get(k)) for k in RUN_KEYS}
+                 | ({"plateaus": json.loads(r["plateaus"])} if isinstance(r.get("plateaus"), str) else {})
+                 for r in _numbered(record.get("runs"))],
         "status": _plain(record.get("status")), "method": _plain(record.get("method")),
         "engine": engine or None, "lr": _plain(record.get("lr")), "eps": _plain(record.get("eps")),
         "max_time": _plain(record.get("max_time")), "wall_time": _plain(record.get("_wall_time")),
@@ -1428,7 +1432,9 @@ RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
                    plus event-driven, at most Settings.capacity rows
   events/escape    attrs time (crossing time), step, loss, grad_norm
   events/saddle    attrs time, step, loss, grad_norm
-  snapshots/<name> name in init, escape, saddle, final; attrs time, step, loss,
+                   attr plateaus (with --until converged or saddles:K, K >= 2): JSON list,
+                   one object per plateau (docs/phases.md), as in --json
+  snapshots/<name> name in init, escape, saddle, saddle_2, …, final; attrs time, step, loss,
                    grad_norm; datasets w (k,) and, for mlp, W1 … WL (nn.Linear layout)
   trajectory/      datasets time (m,), w (m, k): bounded sample of ψ(t)
 /reference         the run from δ_ref·w* that stands for p(t): attrs delta_ref, escaped,
