@@ -350,3 +350,38 @@ def test_kkt_command_on_relu_data_against_the_oracle(tmp_path):
     assert rel_error(top["ncf"], 0.5 * _relu_oracle_d2(X, yt)) <= ORACLE_RTOL
     assert "stalled" not in res.stderr
 
+
+
+@pytest.mark.parametrize(("hidden", "act"), [((5,), "relu"), ((4, 3), "relu"), ((4, 3), "leaky:0.2"),
+                                             ((3, 3, 2), "leaky:-0.5")],
+                         ids=["relu-L2", "relu-L3", "leaky-L3", "leaky-neg-L4"])
+def test_off_every_kink_the_clarke_certificate_is_the_smooth_one(hidden, act):
+    """At a random point with no vanishing pre-activation (checked) the field is the
+    gradient: the Clarke residual, Δ (on T = w⊥: no kink constraints) and the Lemma-20 error
+    equal those from an independent autograd gradient and ``torch.func`` Hessian."""
+    from torch.func import hessian
+
+    from utils import orthonormal_complement, ref_mlp_forward, ref_sigma
+
+    rng = np.random.default_rng(14)  # a seed whose samples all reach every layer (no h = 0)
+    X, yt = rng.standard_normal((12, 3)), rng.standard_normal(12)
+    arch = MLP(3, hidden, parse_activation(act))
+    w = rng.standard_normal(arch.num_params)
+    w /= np.linalg.norm(w)
+    c = certify(arch, X, yt, w)
+    assert (c.kinks, c.multipliers, c.stratum_dim) == (0, 0, arch.num_params - 1)
+    sigma = ref_sigma(1.0, arch.act.alpha)
+    Xt, yt_t, wt = (torch.as_tensor(a) for a in (X, yt, w))
+    f = lambda v: yt_t @ ref_mlp_forward(Xt, v, [3, *hidden, 1], sigma)  # noqa: E731
+    wr = wt.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(wr), wr)
+    g = g.numpy()
+    L_h = arch.homogeneity
+    value = float(f(wt))
+    assert c.ncf == pytest.approx(value, rel=1e-12)
+    assert c.residual == pytest.approx(np.linalg.norm(g - (w @ g) * w) / np.linalg.norm(g), rel=1e-10)
+    H = hessian(f)(wt).numpy()
+    Q = orthonormal_complement(w)
+    top = np.linalg.eigvalsh(Q.T @ ((H + H.T) / 2) @ Q)[-1]
+    assert c.delta == pytest.approx(L_h * value - top, rel=1e-9, abs=1e-12)
+    assert c.field == ("clarke" if len(hidden) == 1 else "conservative")

@@ -435,19 +435,19 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
     kinks = net.kinks(kink_tol)
     s, g, exact = _best_multipliers(net, kinks)
     Ds = net.slopes(kinks, s)
-    value = net.grad(Ds)[0]
+    value, _, cs = net.grad(Ds)
     tiny = np.finfo(float).tiny
     residual = float(np.linalg.norm(_project(u, g))) / max(float(np.linalg.norm(g)), tiny)
-    cs = net.grad(Ds)[2]
     c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)]) if kinks else np.zeros(0)
     J = net.kink_gradients(Ds, kinks)
+    multipliers = int(np.count_nonzero((c != 0) & np.any(J != 0, axis=1)))  # columns c_k ∇z_k ≠ 0
     top, dim_t, method = _top_eigs_on_stratum(net, Ds, u, J, dense_max=dense_max)
     target = L_h * (L_h - 1) * value
     hw = net.hvp(Ds, u[None, :])[0]
     eig_error = float(np.linalg.norm(hw - target * u)) / max(abs(target), tiny)
     field = "clarke" if len(net.Ws) == 2 else "conservative"
     n_live = int(sum(int(K.sum()) for K in _live_kinks(net, kink_tol)))
-    return ClarkeCertificate(u, value, residual, field, exact, int((c != 0).sum()), n_live, s,
+    return ClarkeCertificate(u, value, residual, field, exact, multipliers, n_live, s,
                              L_h * value - float(top[0]), tuple(float(t) for t in top), eig_error,
                              int(dim_t), method)
 
@@ -472,12 +472,7 @@ def _first_order(arch, X, ytilde, u, kink_tol) -> _FirstOrder:
 def _live_kinks(net: _Net, tau: float) -> list[np.ndarray]:
     """Kink masks of the neurons that are not exactly zero (a zero neuron has every
     pre-activation zero; it is absent from the stratum rather than a set of kinks)."""
-    kinks = net.kinks(tau)
-    out = []
-    for l, K in enumerate(kinks):
-        alive = (np.abs(net.Ws[l]).sum(axis=1) > 0) & (np.abs(net.Ws[l + 1]).sum(axis=0) > 0)
-        out.append(K & alive[:, None])
-    return out
+    return [K & a[:, None] for K, a in zip(net.kinks(tau), _alive(net), strict=True)]
 
 
 # --------------------------------------------------------------------------- the stratum solve
@@ -662,8 +657,8 @@ def _flips(net: _Net, tnet: _Net, kinks, dead):
 
 
 def _system(net: _Net, Ds, kinks, u, g) -> np.ndarray:
-    """The stratum's KKT system: [P_{u⊥} g; z_k / ‖g‖-free scale] (z scaled by its bound
-    times ‖g‖ so both parts are relative)."""
+    """The stratum's KKT system [P_{u⊥} g; ‖g‖·z_K] (the kinks' pre-activations scaled by
+    ‖g‖, so that both parts scale alike with ỹ)."""
     r = _project(u, g)
     z = np.concatenate([z[K] for z, K in zip(net.zs, kinks, strict=True)]) if kinks else np.zeros(0)
     return np.concatenate([r, z * max(float(np.linalg.norm(g)), 1e-300)])
