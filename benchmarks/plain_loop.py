@@ -4,7 +4,7 @@
     python benchmarks/plain_loop.py DATA --hidden 50 --act square --delta 0.02 \
         --lr 0.005 --steps 250000 --init w0.npz [--dtype float32] [--save-every 1]
 
-The initial direction is read from a weight file (SPEC §4: W1 … WL, normalised, times δ),
+The initial direction is read from a weight file (docs/theory.md §4: W1 … WL, normalised, times δ),
 so ncfkit can be started from the very same point with ``--init w0.npz``. Prints one JSON
 line: wall time, peak RSS, final loss, and the escape/first-saddle steps found by eye's
 stand-in (loss below 99% of its start; the minimum gradient norm after that).
@@ -58,15 +58,16 @@ def main() -> None:
     ap.add_argument("--init", required=True, help="weight .npz with W1..WL (direction)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--save-final", default=None, help="write the final weights here (.npz)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     dtype = getattr(torch, args.dtype)
     z = np.load(args.data)
-    X = torch.as_tensor(z["X"], dtype=dtype)
-    y = torch.as_tensor(z["y"], dtype=dtype).reshape(-1, 1)
+    X = torch.as_tensor(z["X"], dtype=dtype, device=args.device)
+    y = torch.as_tensor(z["y"], dtype=dtype, device=args.device).reshape(-1, 1)
     init = dict(np.load(args.init))
-    net = build(X.shape[1], [int(k) for k in args.hidden.split(",")], args.act, init, args.delta, dtype)
+    net = build(X.shape[1], [int(k) for k in args.hidden.split(",")], args.act, init, args.delta, dtype).to(args.device)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr)
     loss_fn = nn.MSELoss()
     losses, iterates = [], []
@@ -92,7 +93,7 @@ def main() -> None:
         settled = np.nonzero(rate[: start + 1] < 1e-3 * rate.max())[0]
         saddle = escape + int(settled[0]) if settled.size else None
     if args.save_final:
-        np.savez(args.save_final, **{f"W{l + 1}": p.detach().numpy() for l, p in enumerate(net.parameters())})
+        np.savez(args.save_final, **{f"W{l + 1}": p.detach().cpu().numpy() for l, p in enumerate(net.parameters())})
     print(json.dumps({
         "method": "plain torch loop", "dtype": args.dtype, "steps": args.steps, "lr": args.lr,
         "wall_s": wall, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -1,5 +1,5 @@
 """Every bad input through the real CLI: exit code 2, one line on stderr that names the
-problem, no traceback, and no file touched (issue 7, SPEC §4 "Exit codes").
+problem, no traceback, and no file touched (issue 7, docs/theory.md §4 "Exit codes").
 
 The table drives click's CliRunner. Each case builds its files in ``tmp_path``; the test
 hashes every file there before and after the run, so a refused ``--out`` cannot have
@@ -289,7 +289,7 @@ CASES = [
     Case("sparsity-kkt-without-points",
          sparsity(lambda f: f.forged("k.h5", "kkt", {"provenance": {"seed": 0}})),
          r"no converged point"),
-    # ---- ncfkit escape (SPEC §4)
+    # ---- ncfkit escape (docs/theory.md §4)
     Case("escape-delta-0", escape("--delta", "0"), r"delta|δ", needs=("escape",)),
     Case("escape-delta-negative", escape("--delta", "-1e-3"), r"delta|δ", needs=("escape",)),
     Case("escape-delta-second-negative", escape("--delta", "1e-3", "--delta", "-1"),

@@ -1,5 +1,5 @@
 """Dynamics (ncfkit.dynamics) and the escape analysis (ncfkit.escape), float64 and seeded:
-GD against a plain autograd loop, Example 1 against its closed form (SPEC §3), the
+GD against a plain autograd loop, Example 1 against its closed form (docs/theory.md §3), the
 escape-time fit, bounded records, divergence and interruption."""
 
 import math

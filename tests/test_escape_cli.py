@@ -1,4 +1,4 @@
-"""``ncfkit escape`` and ``ncfkit collect`` through click's CliRunner: the SPEC §4 JSON
+"""``ncfkit escape`` and ``ncfkit collect`` through click's CliRunner: the docs/theory.md §4 JSON
 contract, the run.h5 layout, KKT-file provenance checks, divergence (exit 1, file kept)
 and interruption (Ctrl-C and SIGTERM: exit 130/143, file marked interrupted)."""
 

@@ -30,7 +30,7 @@ def files(tmp_path_factory) -> Path:
     X = rng.standard_normal((6, 3))
     np.savez(root / "data.npz", X=X / np.linalg.norm(X, axis=1, keepdims=True),
              y=rng.standard_normal(6))
-    np.savez(root / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))  # SPEC §3, Example 1
+    np.savez(root / "ex1.npz", X=np.eye(2), y=np.array([4.0, 1.0]))  # docs/theory.md §3, Example 1
     res = run_cli("kkt", root / "data.npz", "--hidden", "3", "--act", "square", "--restarts", "4",
                "--seed", "5", "--out", root / "kkt.h5")
     assert res.exit_code == 0, res.output

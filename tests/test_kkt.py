@@ -1,5 +1,5 @@
 """KKT points of the constrained NCF (eq. 4, Lemma 20) found and certified by
-:mod:`ncfkit.kkt`, checked against the closed forms of SPEC §3 (relative error ≤ 1e-6):
+:mod:`ncfkit.kkt`, checked against the closed forms of docs/theory.md §3 (relative error ≤ 1e-6):
 
 - Example 1 (diagonal model, D = 2, X = I, y = [4, 1]): w* = ±(1, 0), 𝒩 = 8, Δ = 12;
 - L-layer linear nets: max 𝒩 = ‖Xᵀỹ‖·L^{−L/2}, end-to-end vector W_L⋯W_1 ∥ Xᵀỹ;

@@ -1,5 +1,5 @@
-"""``ncfkit kkt`` through click's CliRunner: the SPEC §4 JSON contract on the Figure-1
-data against the 2-layer square closed form (SPEC §3), the HDF5 ``--out`` file and its
+"""``ncfkit kkt`` through click's CliRunner: the docs/theory.md §4 JSON contract on the Figure-1
+data against the 2-layer square closed form (docs/theory.md §3), the HDF5 ``--out`` file and its
 provenance, ``--force``, and bad input (exit 2, one line, no traceback).
 
 The Figure-1 run (k = 1050, dense Hessian) is made once per module and shared.

@@ -1,9 +1,9 @@
 """The NCF 𝒩(u) = ỹᵀH(X; u) (eq. 3), its gradient and Hessian-vector products
-(:mod:`ncfkit.ncf`), and the losses' ỹ = −ℓ'(0, y) (:mod:`ncfkit.losses`, SPEC §1).
+(:mod:`ncfkit.ncf`), and the losses' ỹ = −ℓ'(0, y) (:mod:`ncfkit.losses`, docs/theory.md §1).
 
 References: an independent autograd implementation of 𝒩 (a plain ``F.linear`` loop,
 differentiated by ``torch.autograd`` and ``torch.func.hessian``), central finite
-differences, Euler's identity for homogeneous functions, and the loss formulas of SPEC §1
+differences, Euler's identity for homogeneous functions, and the loss formulas of docs/theory.md §1
 written out by hand.
 """
 

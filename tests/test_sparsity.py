@@ -1,7 +1,7 @@
 """Zero-preserving subsets (Def. 15, Lemma 16), the balance of a KKT point (Lemma 17),
 and their verification by gradient descent (:mod:`ncfkit.sparsity`).
 
-Oracles: hand-counted masks, the closed-form 2-layer square KKT point of SPEC §3, and a
+Oracles: hand-counted masks, the closed-form 2-layer square KKT point of docs/theory.md §3, and a
 plain autograd gradient-descent loop.
 """
 
@@ -79,7 +79,7 @@ def test_mask_rejects_unknown_part():
 
 
 def test_closed_form_square_kkt_point_has_one_active_neuron():
-    """SPEC §3: the 2-layer square maximiser is one neuron with ‖w_j‖² = 2/3, v_j² = 1/3
+    """docs/theory.md §3: the 2-layer square maximiser is one neuron with ‖w_j‖² = 2/3, v_j² = 1/3
     along the top eigenvector of M = Σ ỹ_i x_i x_iᵀ; Lemma 17 holds with p = 2."""
     X, y = _data(n=30, d=5, seed=1)
     ytilde = make_loss("square").ytilde(y)

@@ -1,10 +1,10 @@
-"""``ncfkit sparsity`` through click's CliRunner: the SPEC §4 JSON contract, the masks
+"""``ncfkit sparsity`` through click's CliRunner: the docs/theory.md §4 JSON contract, the masks
 file, weight snapshots, --verify, and every bad input (exit 2, one line, nothing
 overwritten).
 
 KKT files are written here in the layout of ``ncfkit kkt --out`` (root ``ncfkit_kind =
 "kkt"``, ``provenance`` with ``architecture`` as JSON, ``points/<i>/w``) from the closed-form
-2-layer square KKT point of SPEC §3, so these tests do not depend on the ascent.
+2-layer square KKT point of docs/theory.md §3, so these tests do not depend on the ascent.
 """
 
 from __future__ import annotations

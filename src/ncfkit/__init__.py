@@ -14,7 +14,7 @@ In a notebook::
 The science follows Kumar & Haupt, "Towards Understanding Gradient Flow Dynamics of
 Homogeneous Neural Networks Beyond the Origin". Each idea lives in one module:
 
-- :mod:`ncfkit.activations` -- σ(x) = max(x, αx)^p and its grammar (SPEC §1)
+- :mod:`ncfkit.activations` -- σ(x) = max(x, αx)^p and its grammar (docs/theory.md §1)
 - :mod:`ncfkit.losses` -- square / logistic losses and ỹ = −ℓ'(0, y) (eq. 1)
 - :mod:`ncfkit.models` -- feed-forward nets (eq. 9) and the diagonal model (Example 1)
 - :mod:`ncfkit.ncf` -- the NCF 𝒩(u) = ỹᵀH(X; u) (eq. 3), gradients, Hessian products

@@ -1,4 +1,4 @@
-"""Activations σ(x) = max(x, αx)^p (SPEC §1) and their grammar.
+"""Activations σ(x) = max(x, αx)^p (docs/theory.md §1) and their grammar.
 
 A homogeneous activation satisfies σ(cx) = c^p σ(x) for c > 0, which makes a feed-forward
 net of depth L homogeneous of order L_h = 1 + p + … + p^{L-1} (eq. 9). ``tanh`` and

@@ -142,7 +142,7 @@ class RunSummary:
     delta: float
     escaped: bool
     escape_time: float | None
-    predicted_escape_time: float | None  # SPEC §2 (leading order along w*)
+    predicted_escape_time: float | None  # docs/theory.md §2 (leading order along w*)
     predicted_escape_time_w0: float | None  # the NCF flow from w0 (theory.ncf_flow_escape)
     saddle_time: float | None
     saddle_loss: float | None

@@ -1021,7 +1021,7 @@ REFERENCE_KEYS = ("delta_ref", "escaped", "escape_time", "saddle_time", "p_star_
 FIT_KEYS = ("slope", "predicted_slope", "relative_error", "intercept", "r2", "n", "regressor",
             "predicted_slope_gd", "predicted_slope_w0")
 EXPONENT_KEYS = ("empirical", "theory", "r2", "n", "at")
-#: The escape file's kkt group as JSON ``kkt`` (SPEC keys first).
+#: The escape file's kkt group as JSON ``kkt`` (the documented keys of docs/theory.md §4 first).
 ESCAPE_KKT_KEYS = ("ncf", "delta", "residual", "kind", "second_order", "lam", "source",
                    "ascent_converged", "ascent_steps", "zero_preserving_size")
 

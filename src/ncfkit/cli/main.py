@@ -9,7 +9,7 @@ from .. import __version__
 
 class _OneLineUsageError(click.UsageError):
     """A click usage error (unknown option, a value of the wrong type, a missing argument)
-    shown as one line, as ncfkit's own input errors are (SPEC §4: exit 2, one line)."""
+    shown as one line, as ncfkit's own input errors are (docs/theory.md §4: exit 2, one line)."""
 
     def show(self, file=None) -> None:
         hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
