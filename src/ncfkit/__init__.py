@@ -19,13 +19,19 @@ Homogeneous Neural Networks Beyond the Origin". Each idea lives in one module:
 - :mod:`ncfkit.models` -- feed-forward nets (eq. 9) and the diagonal model (Example 1)
 - :mod:`ncfkit.ncf` -- the NCF 𝒩(u) = ỹᵀH(X; u) (eq. 3), gradients, Hessian products
 - :mod:`ncfkit.kkt` -- KKT points of the constrained NCF (eq. 4, Lemma 20)
+- :mod:`ncfkit.clarke` -- Clarke-KKT certificates where the activation has a kink (ReLU, leaky ReLU)
 - :mod:`ncfkit.sparsity` -- zero-preserving subsets (Def. 15, Lemmas 16-17, Thm 18)
 - :mod:`ncfkit.dynamics` -- gradient descent / gradient flow of the training loss
 - :mod:`ncfkit.theory` -- the predictions of Theorems 4, 10, 18 and Corollaries 5-12
+- :mod:`ncfkit.phases` -- plateaus beyond the first saddle and which neurons grow next (Appendix G)
+- :mod:`ncfkit.escape` -- the escape experiment: governing point, runs, measurements beside theory
 - :mod:`ncfkit.io` -- every file format (data, results, weights, provenance)
+- :mod:`ncfkit.sweep` -- grids of runs on Dask (or in one process), resumable
 
 Numerics: :mod:`ncfkit.fastgd` (the compiled gradient kernel and GD engines),
-:mod:`ncfkit.flow` (the adaptive gradient-flow integrator), :mod:`ncfkit.arrays` (the
+:mod:`ncfkit.rk` (the one Runge–Kutta stepper; each method is a Butcher tableau),
+:mod:`ncfkit.flow` (the adaptive gradient flow on it), :mod:`ncfkit.validate` (checks of
+settings that know the dtype), :mod:`ncfkit.arrays` (the
 maths on numpy arrays or torch tensors alike) and :mod:`ncfkit._lazy` (torch imported
 on first use, so a CPU run on the kernel never pays for it).
 """
