@@ -198,7 +198,8 @@ def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, sta
         U = np.concatenate([U, np.atleast_2d(np.asarray(starts, dtype=np.float64))])
     U /= np.maximum(np.linalg.norm(U, axis=1, keepdims=True), 1e-300)
     val, grad = prob.value_and_grad(U)
-    eta = np.full(U.shape[0], 1.0 / (prob.degree * max(float(np.median(np.linalg.norm(grad, axis=1))), 1e-300)))
+    eta0 = 1.0 / (prob.degree * max(float(np.median(np.linalg.norm(grad, axis=1))), 1e-300))
+    eta = np.full(U.shape[0], eta0)
     for _ in range(max_steps):
         tan = grad - (U * grad).sum(1, keepdims=True) * U
         res = np.linalg.norm(tan, axis=1) / np.maximum(np.linalg.norm(grad, axis=1), 1e-300)
@@ -207,10 +208,10 @@ def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, sta
         trial = U + eta[:, None] * tan
         trial /= np.linalg.norm(trial, axis=1, keepdims=True)
         t_val, t_grad = prob.value_and_grad(trial)
-        ok = t_val >= val - 1e-15 * np.abs(val)
+        ok = (t_val >= val - 1e-15 * np.abs(val)) & np.isfinite(t_val)
         U = np.where(ok[:, None], trial, U)
         val, grad = np.where(ok, t_val, val), np.where(ok[:, None], t_grad, grad)
-        eta = np.where(ok, 1.5 * eta, 0.5 * eta)
+        eta = np.where(ok, np.minimum(1.5 * eta, 1e6 * eta0), 0.5 * eta)  # capped: at a kink tan → 0
     order = np.argsort(-val)
     out: list[tuple[float, np.ndarray]] = []
     for i in order:
