@@ -126,12 +126,6 @@ class _Net:
             self.scales.append(np.linalg.norm(W, axis=1)[:, None] * np.linalg.norm(h, axis=0)[None, :])
             h = np.maximum(z, self.alpha * z)
 
-    def zs_ratio(self, other: _Net) -> list[np.ndarray]:
-        """Per pre-activation, the fraction t at which z, moving linearly from this net's
-        value to ``other``'s, vanishes (exact in layer 1 for an unnormalised step)."""
-        return [np.where(z != oz, z / np.where(z != oz, z - oz, 1.0), np.inf)
-                for z, oz in zip(self.zs, other.zs, strict=True)]
-
     def kinks(self, tau: float) -> list[np.ndarray]:
         """Boolean masks (k_l, n) of the vanishing pre-activations, |z| ≤ τ·bound."""
         return [np.abs(z) <= tau * s for z, s in zip(self.zs, self.scales, strict=True)]
@@ -535,12 +529,14 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     reason = None
     kinks = None
     iterations, too_large = 0, False
+    best = (np.inf, u)  # (system residual, point): Newton steps computed from round-off can jump away
     for iteration in range(1, max_iter + 1):
         iterations = iteration
         net = _Net(arch, Xn, yn, u)
         alive = _alive(net)
         kinks = _live_kinks(net, detect_tol) if kinks is None else \
             [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
+        kinks = _effective(net, kinks)
         fidx = np.flatnonzero(free)
         m = int(sum(int(K.sum()) for K in kinks))
         if fidx.size + m > newton_max:
@@ -553,18 +549,24 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         F = _system(net, Ds, kinks, u, g)
         fnorm = float(np.linalg.norm(F))
         gnorm = max(float(np.linalg.norm(g)), tiny)
+        if fnorm / gnorm < best[0]:
+            best = (fnorm / gnorm, u)
         if fnorm <= 1e-3 * tol * gnorm:
             break
         step = _newton_step(net, Ds, kinks, u, g, fidx)
         full, dead = _remove_vanishing_neurons(arch, u, u + step)
         tnet = _Net(arch, Xn, yn, full)  # not normalised: z is linear in the step in layer 1
-        flips = _flips(net, tnet, kinks, dead)
+        # pre-activations of the stratum's polynomial (kinks' outputs at exactly 0): a sample
+        # whose inputs to a layer all sit at kinks gives that layer exact zeros, not round-off
+        D0 = net.slopes(kinks, None)
+        z_now, z_trial = _stratum_zs(net, D0), _stratum_zs(tnet, D0)
+        flips = _flips(z_now, z_trial, net.scales, kinks, dead, detect_tol)
         if flips is not None:
             # The step crosses kinks on the way to the stratum's solution. Those it crosses
             # within its first percent (where the ascent zigzagged) become constraints at
             # once and the step is solved again from u; otherwise the step stops where the
             # first pre-activation vanishes, which becomes a constraint.
-            t_hit = [np.where(f, r, np.inf) for f, r in zip(flips, net.zs_ratio(tnet), strict=True)]
+            t_hit = [np.where(f, r, np.inf) for f, r in zip(flips, _crossing(z_now, z_trial), strict=True)]
             t_min = float(min(float(T.min()) for T in t_hit if T.size))
             if t_min <= 1e-2:
                 kinks = [K | (T <= 1e-2) for K, T in zip(kinks, t_hit, strict=True)]
@@ -593,6 +595,10 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     else:
         reason = f"Newton on the stratum did not converge in {max_iter} iterations"
     cert = _first_order(arch, Xn, yn, u, kink_tol)
+    if best[1] is not u:
+        alt = _first_order(arch, Xn, yn, best[1], kink_tol)
+        if alt.residual < cert.residual:
+            u, cert = best[1], alt
     certified = cert.residual <= tol
     direction = None
     if not certified:
@@ -611,6 +617,23 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             reason += f"; Clarke residual {cert.residual:.1e} > tol {tol:g}"
     return PolishResult(u, cert.ncf, cert.residual, bool(certified), None if certified else reason, iterations,
                         cert.kinks, direction)
+
+
+def _effective(net: _Net, kinks) -> list[np.ndarray]:
+    """The kinks whose pre-activation has a nonzero gradient: in a deeper net a sample that
+    no neuron of layer l − 1 passes (h_{l−1}(x_i) = 0 for ReLU) has z_{l,j,i} = 0 for every
+    j with ∇z = 0 — no constraint, no column of the field — so the solve leaves it out."""
+    if len(kinks) < 2 or not any(K.any() for K in kinks[1:]):
+        return kinks
+    rows = np.any(net.kink_gradients(net.slopes(kinks, None), kinks) != 0, axis=1)
+    out, pos = [], 0
+    for K in kinks:
+        m = int(K.sum())
+        E = np.zeros_like(K)
+        E[K] = rows[pos:pos + m]
+        out.append(E)
+        pos += m
+    return out
 
 
 def _alive(net: _Net) -> list[np.ndarray]:
@@ -645,12 +668,25 @@ def _neuron_mask(arch, neurons: list[np.ndarray]) -> np.ndarray:
     return flat
 
 
-def _flips(net: _Net, tnet: _Net, kinks, dead):
-    """Masks of the pre-activations off the kinks (of neurons that stay) whose sign the
-    step u → trial flips, or None when there is none."""
+def _stratum_zs(net: _Net, Ds) -> list[np.ndarray]:
+    """Pre-activations z_l = W_l h_{l−1} of the net with slopes ``Ds`` (h = D ⊙ z)."""
+    hs = net.forward(Ds)
+    return [W @ h for W, h in zip(net.Ws[:-1], hs[:-1], strict=True)]
+
+
+def _crossing(zs, tzs) -> list[np.ndarray]:
+    """Per pre-activation, the fraction t at which z, moving linearly from ``zs`` to
+    ``tzs``, vanishes (exact in layer 1 for an unnormalised step)."""
+    return [np.where(z != tz, z / np.where(z != tz, z - tz, 1.0), np.inf) for z, tz in zip(zs, tzs, strict=True)]
+
+
+def _flips(zs, tzs, scales, kinks, dead, tau: float):
+    """Masks of the pre-activations off the kinks (of neurons that stay, and not themselves
+    within ``tau`` of zero: those are kinks, or vacuous ones left out by :func:`_effective`)
+    whose sign the step flips (``zs`` → ``tzs``), or None when there is none."""
     out, anyf = [], False
-    for z, tz, K, d in zip(net.zs, tnet.zs, kinks, dead, strict=True):
-        f = (np.sign(tz) != np.sign(z)) & (z != 0) & ~K & ~d[:, None]
+    for z, tz, K, d, sc in zip(zs, tzs, kinks, dead, scales, strict=True):
+        f = (np.sign(tz) != np.sign(z)) & (np.abs(z) > tau * sc) & ~K & ~d[:, None]
         anyf |= bool(f.any())
         out.append(f)
     return out if anyf else None
