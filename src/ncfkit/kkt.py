@@ -59,7 +59,7 @@ def kkt_residual(u: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, L_h: 
 def normalized_ascent(
     arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, u0: torch.Tensor,
     max_steps: int = 20000, tol: float = 1e-9, patience: int = 300,
-    progress: Callable[[int, int], None] | None = None, engine: str = "auto",
+    progress: Callable[[int, int], None] | None = None, engine: str = "auto", finish: float | None = 1e-5,
 ) -> AscentResult:
     """Projected gradient ascent of 𝒩 on the unit sphere from every row of ``u0``.
 
@@ -74,9 +74,15 @@ def normalized_ascent(
     kink, where the one-sided gradient is no ascent direction; a start whose 𝒩 has not
     grown by more than round-off for ``patience`` steps stops as *stalled*.
 
+    Where the activation is smooth (not max(x, αx)), a start whose residual is ≤ ``finish``
+    (None: never) finishes by Riemannian trust-region Newton steps on the sphere
+    (:func:`ncfkit._trust.trust_region_finish`, closed-form Hessian-vector products):
+    quadratic convergence where the gradient steps converge linearly; a start it cannot
+    finish continues the ascent.
+
     𝒩 and ∇𝒩 come from :func:`ncfkit.fastgd.ncf_value_and_grad_fn` (``engine``: the
-    compiled kernel where it applies, else torch); the iterates are float64 on the host,
-    and the result has the kind (numpy or torch), dtype and device of ``u0``.
+    compiled kernel or numpy/BLAS on the CPU, by cost, else torch); the iterates are
+    float64 on the host, and the result has the kind (numpy or torch), dtype and device of ``u0``.
     """
     L_h = float(arch.homogeneity)
     # The iteration runs on the host in numpy (its ~20 vector operations per step cost
@@ -98,12 +104,21 @@ def normalized_ascent(
     best = val.copy()
     since = np.zeros(R, dtype=np.int64)
     idx = np.arange(R)  # rows of the full batch still running
+    tried = np.zeros(R, dtype=bool)  # the trust-region finish was tried (once per start)
+    finish_row = None if finish is None or clarke.applies(arch) else _finisher(arch, X, ytilde, value_and_grad,
+                                                                               g0, tol, eps)
 
     for step in range(max_steps + 1):
         radial = (u * grad).sum(-1, keepdims=True)
         tangent = grad - radial * u
         tan_norm = np.linalg.norm(tangent, axis=-1)
         res = tan_norm / np.maximum(np.linalg.norm(grad, axis=-1), g0)
+        if finish_row is not None:
+            for j in np.flatnonzero((res <= finish) & (res > tol) & ~tried[idx]):
+                tried[idx[j]] = True
+                fr = finish_row(u[j])
+                if fr.converged:
+                    u[j], val[j], grad[j], res[j] = fr.u, fr.ncf, fr.grad, fr.residual
         stall = since >= patience
         fin = (res <= tol) | stall
         if step == max_steps:
@@ -140,6 +155,16 @@ def normalized_ascent(
     back = (lambda a: a) if is_numpy(u0) else (lambda a: torch.as_tensor(a, device=u0.device))
     return AscentResult(asarray_like(out_u, u0), asarray_like(out_val, u0), asarray_like(out_res, u0),
                         back(done), back(steps), back(stalled))
+
+
+def _finisher(arch, X, ytilde, value_and_grad, g0: float, tol: float, eps: float):
+    """The trust-region finish of one start u (k,) (numpy float64)."""
+    from ._trust import trust_region_finish
+
+    def hvp(u, v):
+        return to_numpy(ncf_hvp(arch, X, ytilde, asarray_like(u, X), asarray_like(v, X))).astype(np.float64)
+
+    return lambda u: trust_region_finish(value_and_grad, hvp, u, g0=g0, tol=tol, eps=eps)
 
 
 def clarke_ascent(
