@@ -271,9 +271,13 @@ def _best_multipliers(net: _Net, kinks, s0=None, sweeps: int = 6):
         if not live.any():
             break
         rhs = -(r - PA[:, live] @ s[live])
-        x = _lstsq(PA[:, live], rhs)
+        # ‖PA s − rhs‖² = ‖R s − Qᵀrhs‖² + const (PA = QR, k × m with m ≪ k): the bounded
+        # problem is solved on the m × m triangle
+        Q, R = np.linalg.qr(PA[:, live])
+        rhs = Q.T @ rhs
+        x = _lstsq(R, rhs)
         if x.min() < lo or x.max() > hi:  # the unconstrained minimiser leaves the box
-            x = lsq_linear(PA[:, live], rhs, bounds=(lo, hi), method="bvls", tol=1e-14).x
+            x = lsq_linear(R, rhs, bounds=(lo, hi), method="bvls", tol=1e-14).x
         new = s.copy()
         new[live] = x
         Ds = net.slopes(kinks, new)
