@@ -1,0 +1,210 @@
+"""Issue 13's benchmark (run by hand, not in CI): ncfkit at the sizes researchers run,
+side by side with the usual PyTorch loop.
+
+    python benchmarks/bench_scale.py [--only S,M,L] [--steps 1000] [--device cuda] [--engines]
+
+Workloads (the same start and the same number of steps for every row):
+
+- S: the paper's Figure 1 (n = 100, d = 20, 50 hidden, x², mean square loss, δ = 0.02,
+  η = 0.005) to t = 800 (160,000 steps);
+- M: the Figure-8 shape (MNIST 0/1 at 14×14: n = 12,665, d = 196; random data of that
+  shape), ReLU 20-20-20, MSE, η = 0.05, ``--steps`` steps;
+- L: wide, n = 2,000, d = 784, ReLU 200, MSE, η = 0.05, ``--steps`` steps.
+
+Rows: the usual loop (``benchmarks/plain_loop.py``: nn.Module, torch.optim.SGD,
+``loss.item()`` every step, every iterate kept; float32, and float64 for M and L), and
+``ncfkit escape`` from the same direction (``--init w0.npz``, float64): gd without the
+reference run (``--delta-ref none``), gd with it (the default), and on S also
+``--method flow``. Each row is its own process (imports included); wall time and peak
+RSS come from ``os.wait4``; the per-phase times from ``escape --json`` (``timing`` where
+the build reports it; else the integration alone, ``wall_time``). ``--engines`` also
+times one gradient per host engine on a grid of sizes against ``ncfkit.fastgd``'s cost
+model (which engine ``auto`` takes, which was fastest).
+
+``--device cuda`` runs every row on the GPU (the plain loop too); on this project's
+CPU-only machines it is untested by measurement. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIG1 = ROOT / "examples" / "data" / "fig1_square.npz"
+NCFKIT = [sys.executable, "-m", "ncfkit"]
+PLAIN = [sys.executable, str(ROOT / "benchmarks" / "plain_loop.py")]
+
+WORKLOADS = {
+    # name: (n, d, hidden, act, lr, delta, steps (None: --steps))
+    "S": (100, 20, "50", "square", 0.005, 0.02, 160_000),
+    "M": (12_665, 196, "20,20,20", "relu", 0.05, 0.02, None),
+    "L": (2_000, 784, "200", "relu", 0.05, 0.02, None),
+}
+
+
+def run(cmd: list[str], log: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB, stdout) of one child process (stderr to ``log``)."""
+    t0 = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text()[-2000:]
+        raise SystemExit(f"failed ({code}): {' '.join(map(str, cmd))}\n{tail}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def make_data(tmp: Path, name: str, n: int, d: int, seed: int = 0) -> Path:
+    """S: the paper's Figure-1 data; M, L: Gaussian inputs of rms 1 per feature and
+    labels ±1 from a random ReLU teacher (the shape is what matters for the timing)."""
+    if name == "S":
+        return FIG1
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    teacher = np.maximum(X @ rng.standard_normal((d, 10)) / np.sqrt(d), 0) @ rng.standard_normal(10)
+    y = np.where(teacher >= np.median(teacher), 1.0, -1.0)
+    path = tmp / f"{name}.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def write_w0(path: Path, widths: list[int], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    np.savez(path, **{f"W{l + 1}": rng.standard_normal((widths[l + 1], widths[l]))
+                      for l in range(len(widths) - 1)})
+
+
+def phases(res: dict) -> dict:
+    """Per-phase seconds from ``escape --json`` (``timing`` when reported)."""
+    timing = res.get("timing") or res.get("phase_times")
+    if isinstance(timing, dict):
+        return {k: float(v) for k, v in timing.items() if isinstance(v, (int, float))}
+    return {"integration": float(res.get("wall_time") or 0.0)}
+
+
+def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool) -> dict:
+    n, d, hidden, act, lr, delta, fixed = WORKLOADS[name]
+    steps = fixed or steps
+    data = make_data(tmp, name, n, d)
+    widths = [d, *(int(k) for k in hidden.split(",")), 1]
+    w0 = tmp / f"w0_{name}.npz"
+    write_w0(w0, widths)
+    data_mb = os.path.getsize(data) / 2**20
+    rows: dict[str, dict] = {}
+    for dtype in ("float32", "float64") if plain64 else ("float32",):
+        wall, rss, out = run([*PLAIN, data, "--hidden", hidden, "--act", act, "--delta", delta, "--lr", lr,
+                              "--steps", steps, "--init", w0, "--dtype", dtype, "--device", device],
+                             tmp / f"{name}_plain_{dtype}.log")
+        res = json.loads(out)
+        rows[f"plain torch loop ({dtype})"] = {"wall_s": wall, "peak_mb": rss, "loop_s": res["wall_s"],
+                                                "ms_per_step": 1e3 * res["wall_s"] / steps,
+                                                "final_loss": res["final_loss"]}
+        print(f"  {name} plain {dtype}: {wall:.2f} s, {rss:.0f} MB", flush=True)
+    common = ["escape", data, "--hidden", hidden, "--act", act, "--reduction", "mean", "--delta", delta,
+              "--lr", lr, "--init", w0, "--max-time", repr(steps * lr), "--until", "max-time", "--json",
+              "--device", device, "--force"]
+    variants = {"ncfkit gd, no reference run": ["--method", "gd", "--delta-ref", "none"],
+                "ncfkit gd": ["--method", "gd"]}
+    if name == "S":
+        variants["ncfkit flow"] = ["--method", "flow"]
+    for label, extra in variants.items():
+        out_h5 = tmp / f"{name}_{len(rows)}.h5"
+        wall, rss, out = run([*NCFKIT, *common, "--out", out_h5, *extra], tmp / f"{name}_{len(rows)}.log")
+        res = json.loads(out)
+        r0 = res["runs"][0]
+        rows[label] = {"wall_s": wall, "peak_mb": rss, "engine": res.get("engine"), "phases": phases(res),
+                       "steps": r0.get("steps"), "final_loss": r0.get("final_loss")}
+        print(f"  {name} {label}: {wall:.2f} s, {rss:.0f} MB, engine {res.get('engine')}, "
+              f"phases {rows[label]['phases']}", flush=True)
+    return {"n": n, "d": d, "hidden": hidden, "act": act, "lr": lr, "steps": steps, "data_mb": data_mb,
+            "rows": rows}
+
+
+def engines_grid() -> list[dict]:
+    """One gradient (B = 1) per host engine on a grid of sizes, against the cost model."""
+    from ncfkit import fastgd
+    from ncfkit.dynamics import Objective
+    from ncfkit.losses import make_loss
+    from ncfkit.models import make_architecture
+
+    out = []
+    grid = [(100, 20, (50,)), (100, 20, (20, 20)), (1000, 20, (50,)), (500, 50, (100,)),
+            (2000, 100, (100,)), (12_665, 196, (20, 20, 20)), (2000, 784, (200,))]
+    for n, d, hidden in grid:
+        rng = np.random.default_rng(0)
+        X, y = rng.standard_normal((n, d)), rng.standard_normal(n)
+        arch = make_architecture("mlp", d, hidden, "relu")
+        obj = Objective(arch, X, y, make_loss("square", "mean"))
+        w = 0.1 * rng.standard_normal((1, arch.num_params))
+        times = {}
+        for engine in ("compiled", "numpy"):
+            f = fastgd.value_and_grad_fn(obj, engine, host=True)
+            f(w)
+            t0, reps = time.perf_counter(), 0
+            while time.perf_counter() - t0 < 0.5 or reps < 3:
+                f(w)
+                reps += 1
+            times[engine] = (time.perf_counter() - t0) / reps
+        chosen = fastgd.resolve_engine(obj, "auto")
+        fastest = min(times, key=times.get)
+        row = {"n": n, "d": d, "hidden": list(hidden), "k": arch.num_params,
+               "ms": {e: 1e3 * t for e, t in times.items()},
+               "predicted_ms": {e: 1e3 * t for e, t in fastgd.predicted_costs(arch, n).items()},
+               "auto": chosen, "fastest": fastest, "loss_vs_best": times[chosen] / times[fastest]}
+        out.append(row)
+        print(f"  n={n:6d} d={d:4d} hidden={hidden!s:12s} k={arch.num_params:7d}: compiled "
+              f"{row['ms']['compiled']:8.3f} ms, numpy {row['ms']['numpy']:8.3f} ms; auto -> {chosen} "
+              f"(fastest {fastest}, x{row['loss_vs_best']:.2f})", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="S,M,L", help="workloads, e.g. M,L")
+    ap.add_argument("--steps", type=int, default=1000, help="steps of M and L (S: 160,000, to t = 800)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (every row)")
+    ap.add_argument("--engines", action="store_true", help="also check auto's cost model")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    machine = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
+               "machine": platform.machine(), "python": platform.python_version(),
+               "load_avg": os.getloadavg()}
+    results: dict = {"machine": machine, "device": args.device, "workloads": {}}
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        for name in args.only.split(","):
+            print(f"{name}:", flush=True)
+            results["workloads"][name] = workload(tmp, name.strip(), args.steps, args.device,
+                                                  plain64=name != "S")
+    if args.engines:
+        print("engines (one gradient, B = 1, float64):", flush=True)
+        results["engines"] = engines_grid()
+    print(f"\nmachine: {machine}")
+    for name, w in results["workloads"].items():
+        base = w["rows"]["plain torch loop (float32)"]["wall_s"]
+        print(f"\n{name}: n = {w['n']}, d = {w['d']}, hidden {w['hidden']} {w['act']}, η = {w['lr']}, "
+              f"{w['steps']} steps, data {w['data_mb']:.1f} MB")
+        print(f"  {'':32s} {'wall s':>8s} {'vs plain32':>10s} {'peak MB':>8s}  phases")
+        for label, r in w["rows"].items():
+            ph = ", ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
+            print(f"  {label:32s} {r['wall_s']:8.2f} {base / r['wall_s']:9.2f}x {r['peak_mb']:8.0f}  {ph}")
+    print(json.dumps(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
