@@ -607,15 +607,18 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     direction = None
     if not certified:
         net = _Net(arch, Xn, yn, u)
-        s, g, _ = _best_multipliers(net, net.kinks(kink_tol))
+        ks = net.kinks(kink_tol)
+        s, g, _ = _best_multipliers(net, ks)
         if not too_large:  # a larger stratum further on would be too large as well
             direction = _project(u, g)
             direction = direction / max(float(np.linalg.norm(direction)), tiny)
         lo, hi = _slope_bounds(net.alpha)
-        at_bound = int(np.sum((np.abs(s - lo) < 1e-12) | (np.abs(s - hi) < 1e-12)))
+        Ds = net.slopes(ks, s)
+        live = np.any(net.columns(Ds, ks, net.grad(Ds)[2]) != 0, axis=0)  # multipliers that enter g
+        at_bound = int(np.sum(live & ((np.abs(s - lo) < 1e-12) | (np.abs(s - hi) < 1e-12))))
         if reason is None:
             reason = (f"Clarke residual {cert.residual:.1e} > tol {tol:g}: the stratum's KKT point needs "
-                      f"multipliers outside [{lo:g}, {hi:g}] ({at_bound} of {s.size} at a bound); "
+                      f"multipliers outside [{lo:g}, {hi:g}] ({at_bound} of {int(live.sum())} at a bound); "
                       "𝒩 increases off the stratum")
         else:
             reason += f"; Clarke residual {cert.residual:.1e} > tol {tol:g}"
