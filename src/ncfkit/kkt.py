@@ -10,6 +10,11 @@ a batch of starts at once, each with its own adaptive step; it is the practical 
 for the NCF flow u̇ = ∇𝒩(u) whose limit direction defines the stable set (Def. 2).
 :func:`certify` computes every diagnostic of one point; :func:`find_kkt_points` runs
 many restarts, certifies, and merges points equal up to the network's symmetries.
+
+For the kinks of relu / leaky:α nets (p = 1) the conditions are read in Clarke's sense
+(:mod:`ncfkit.clarke`): :func:`certify` reports the Clarke residual and Δ on the smooth
+stratum, and :func:`clarke_ascent` polishes each start on its stratum (Newton) until it
+is certified or says why not.
 """
 
 from __future__ import annotations
@@ -403,7 +408,12 @@ def find_kkt_points(
     active_tol: float = 1e-3, progress: Callable[[int, int], None] | None = None,
 ) -> KKTResult:
     """Batched ascent from ``restarts`` random unit starts (seeded), certification of every
-    converged start, and merging of points equal up to the network's symmetries."""
+    converged start, and merging of points equal up to the network's symmetries.
+
+    Piecewise-linear activations (relu, leaky:α) use :func:`clarke_ascent`: every start is
+    certified (Clarke residual ≤ ``tol``) or carries a reason, every start belongs to a
+    point, and ``KKTResult.reasons`` lists the uncertified ones (``stalled`` and
+    ``unconverged`` stay empty). Points whose 𝒩 ties to 1e-9 are ordered sparsest first."""
     from .models import random_direction
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
