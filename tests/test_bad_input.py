@@ -195,6 +195,12 @@ CASES = [
     Case("act-poly-overflow", kkt("--act", "poly:1e308", "--hidden", "2,2"),
          r"poly:1e308.*overflows"),
     Case("diag-depth-0", kkt("--arch", "diag", "--depth", "0"), r"--depth must be >= 1"),
+    # an activation given for a network that has none: no certificate is defined (issue 14)
+    Case("diag-act-relu", lambda f: ["kkt", f.npz(), "--arch", "diag", "--act", "relu", "--restarts", "2"],
+         r"--act relu: the diagonal model \(--arch diag\) has no activation"),
+    Case("escape-diag-act", lambda f: ["escape", f.npz(), "--arch", "diag", "--act", "leaky:0.1", "--delta", "0.1",
+                                       "--max-time", "0.01", "--delta-ref", "none"],
+         r"--act leaky:0.1: the diagonal model"),
     # ---- the numerics
     Case("restarts-0", kkt("--restarts", "0"), r"--restarts must be >= 1"),
     Case("max-steps-0", kkt("--max-steps", "0"), r"--max-steps must be >= 1"),

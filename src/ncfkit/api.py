@@ -94,7 +94,7 @@ class Problem:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, arch: str = "mlp", hidden: int | str | Sequence[int] = 50,
-             depth: int = 2, act: str = "relu", loss: str = "square", reduction: str = "sum", seed: int = 0,
+             depth: int = 2, act: str | None = None, loss: str = "square", reduction: str = "sum", seed: int = 0,
              dtype: str = "float64", device: str = "cpu", engine: str | None = None) -> Problem:
         """Load a data file (``.npz`` with X, y; ``.h5``/``.hdf5``; ``.csv``, last column y)
         and build the network and loss.
@@ -103,7 +103,9 @@ class Problem:
             arch: ``"mlp"`` (a feed-forward net) or ``"diag"`` (the diagonal model of Example 1).
             hidden: hidden widths of the mlp: ``50``, ``"20,20"`` or ``[20, 20]``.
             depth: the power D of the diagonal model.
-            act: activation (``relu``, ``leaky:A``, ``square``, ``poly:P``, ``tanh``, …).
+            act: activation (``relu``, ``leaky:A``, ``square``, ``poly:P``, ``tanh``, …) of an
+                architecture that has one; None: ``relu``. Given for one that has none (the
+                diagonal model), it is refused: no certificate is defined for that pair.
             loss, reduction: ``square``/``logistic``; ``sum``/``mean``.
             seed: random seed of the KKT restarts and of ``init="random"``.
             dtype, device: ``float64``/``float32``; ``cpu``/``cuda``/``cuda:N``.
@@ -143,21 +145,27 @@ class Problem:
     @classmethod
     def _build(cls, ds, options: dict) -> Problem:
         from .losses import make_loss
-        from .models import make_architecture
+        from .models import ARCHITECTURES, make_architecture
 
         o = options
         loss = make_loss(o["loss"], o["reduction"])
-        network = make_architecture(o["arch"], ds.d, _hidden_text(o["hidden"]), o["act"], o["depth"])
+        takes_act = "act" in getattr(ARCHITECTURES.get(o["arch"]), "options", ("act",))
+        act = o["act"] if o["act"] is not None else DEFAULT_ACT
+        network = make_architecture(o["arch"], ds.d, _hidden_text(o["hidden"]), act, o["depth"])
+        if o["act"] is not None and not takes_act:
+            from .clarke import check_certificate_defined
+
+            check_certificate_defined(o["arch"], o["act"])  # the diagonal model has no activation
         try:
             order = network.homogeneity
         except OverflowError:  # poly:P with a huge P: p**l overflows
             order = math.inf
         if order is not None and not math.isfinite(order):
-            raise InputError(f"--act {o['act']}: the homogeneity order L_h = 1 + p + … + p^(L-1) of "
+            raise InputError(f"--act {act}: the homogeneity order L_h = 1 + p + … + p^(L-1) of "
                              f"{network.describe()} overflows; use a smaller power P")
         from .validate import check_numeric_range  # X ~ 1e200, leaky:1e308, poly:1e9: refused up front
 
-        check_numeric_range(network, ds.X, ds.y, o["dtype"], ds.source, o["act"] if o["arch"] == "mlp" else None)
+        check_numeric_range(network, ds.X, ds.y, o["dtype"], ds.source, act if takes_act else None)
         host = False
         engine, device = o["engine"], str(o["device"])
         if engine in ("auto", "compiled", "numpy") and device.strip() == "cpu":
@@ -192,7 +200,7 @@ class Problem:
     def require_homogeneous(self) -> None:
         """Raise :class:`InputError` unless the network is homogeneous (the NCF needs it)."""
         if self.arch.homogeneity is None:
-            act = self.options.get("act", getattr(getattr(self.arch, "act", None), "name", "?"))
+            act = getattr(getattr(self.arch, "activation", None), "name", self.options.get("act"))
             raise InputError(f"--act {act}: not homogeneous; the NCF theory needs a homogeneous "
                              "activation (linear, relu, leaky:A, square, sqrelu, poly:P)")
 
@@ -202,7 +210,8 @@ class Problem:
                 f"{'host' if self.host else self.device})")
 
 
-_PROBLEM_DEFAULTS = dict(arch="mlp", hidden=50, depth=2, act="relu", loss="square", reduction="sum",
+DEFAULT_ACT = "relu"  # of an architecture with an activation, when none is given
+_PROBLEM_DEFAULTS = dict(arch="mlp", hidden=50, depth=2, act=None, loss="square", reduction="sum",
                          seed=0, dtype="float64", device="cpu", engine=None)
 
 
@@ -649,7 +658,7 @@ def _escape_warnings(arch, method: str, gp, progress: ProgressFn | None) -> None
 
 # --------------------------------------------------------------------------- commands by CLI names
 
-_MODEL = dict(arch="mlp", hidden="50", depth=2, act="relu", loss_name="square", reduction="sum", seed=0,
+_MODEL = dict(arch="mlp", hidden="50", depth=2, act=None, loss_name="square", reduction="sum", seed=0,
               dtype="float64", device="cpu")
 
 #: The parameters of each command, by their click names, with the CLI's defaults.

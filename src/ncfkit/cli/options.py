@@ -26,8 +26,9 @@ def model_options(f):
                      help="Hidden widths of the mlp, e.g. 50 or 20,20."),
         click.option("--depth", type=int, default=2, show_default=True,
                      help="Power D of the diagonal model H = Σ w_k^D x_k."),
-        click.option("--act", default="relu", show_default=True,
-                     help="Activation: linear, relu, leaky:A, square, sqrelu, poly:P, poly:P:A, tanh, gelu."),
+        click.option("--act", default=None,
+                     help="Activation of the mlp: linear, relu, leaky:A, square, sqrelu, poly:P, poly:P:A, "
+                          "tanh, gelu [default: relu]. The diagonal model has none."),
         click.option("--loss", "loss_name", type=click.Choice(list(LOSSES)), default="square",
                      show_default=True, help="Per-sample loss ℓ."),
         click.option("--reduction", type=click.Choice(REDUCTIONS), default="sum", show_default=True,
