@@ -89,8 +89,12 @@ def check_certificate_defined(arch_name: str, act: str | None) -> None:
 
     if act is None:
         return
-    if arch_name == "diag":
-        raise InputError(f"--act {act}: the diagonal model (--arch diag) has no activation; "
+    from .models import ARCHITECTURES
+
+    cls = ARCHITECTURES.get(arch_name)
+    if cls is not None and "act" not in cls.options:
+        what = cls.title.split(" H = ")[0].split(" (")[0]
+        raise InputError(f"--act {act}: {what} (--arch {arch_name}) has no activation; "
                          "drop --act or use --arch mlp")
     a = parse_activation(act)
     if not a.homogeneous:

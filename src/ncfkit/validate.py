@@ -181,8 +181,9 @@ def check_numeric_range(network: Any, X: np.ndarray, y: np.ndarray, dtype: Any =
 
 
 def _act_power(network: Any) -> float:
-    act = getattr(network, "act", None)
-    p = getattr(act, "p", None)
+    """The power of the weights in the output: the activation's p, or for a network
+    without one (the diagonal model) its homogeneity order."""
+    p = getattr(getattr(network, "activation", None), "p", None)
     if p is None:
-        return float(getattr(network, "depth", 1)) if getattr(network, "kind", "") == "diag" else 1.0
+        return float(getattr(network, "homogeneity", None) or 1.0)
     return float(p)
