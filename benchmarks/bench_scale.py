@@ -52,13 +52,32 @@ WORKLOADS = {
 }
 
 
+TIMEOUT = 600.0  # seconds per row (--row-timeout)
+
+
+class RowTimeout(Exception):
+    pass
+
+
 def run(cmd: list[str], log: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of one child process (stderr to ``log``)."""
+    """(wall seconds, peak RSS MB, stdout) of one child process (stderr to ``log``);
+    :class:`RowTimeout` when it runs past :data:`TIMEOUT` (it is killed)."""
     t0 = time.perf_counter()
-    with open(log, "w") as err:
-        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=err, text=True)
-        out = proc.stdout.read()
-        _, status, usage = os.wait4(proc.pid, 0)
+    with open(log, "w") as err, tempfile.TemporaryFile("w+") as out_f:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out_f, stderr=err, text=True)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() - t0 > TIMEOUT:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                raise RowTimeout(f"over {TIMEOUT:g} s")
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out_f.seek(0)
+        out = out_f.read()
     wall = time.perf_counter() - t0
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
@@ -95,9 +114,10 @@ def phases(res: dict) -> dict:
     return {"integration": float(res.get("wall_time") or 0.0)}
 
 
-def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool) -> dict:
+def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool, s_steps: int,
+             governing_steps: int | None) -> dict:
     n, d, hidden, act, lr, delta, fixed = WORKLOADS[name]
-    steps = fixed or steps
+    steps = s_steps if name == "S" else steps
     data = make_data(tmp, name, n, d)
     widths = [d, *(int(k) for k in hidden.split(",")), 1]
     w0 = tmp / f"w0_{name}.npz"
@@ -120,17 +140,48 @@ def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool) -> di
                 "ncfkit gd": ["--method", "gd"]}
     if name == "S":
         variants["ncfkit flow"] = ["--method", "flow"]
+    elif governing_steps:
+        variants[f"ncfkit gd, no ref, --max-steps {governing_steps}"] = [
+            "--method", "gd", "--delta-ref", "none", "--max-steps", str(governing_steps)]
     for label, extra in variants.items():
         out_h5 = tmp / f"{name}_{len(rows)}.h5"
-        wall, rss, out = run([*NCFKIT, *common, "--out", out_h5, *extra], tmp / f"{name}_{len(rows)}.log")
+        try:
+            wall, rss, out = run([*NCFKIT, *common, "--out", out_h5, *extra], tmp / f"{name}_{len(rows)}.log")
+        except RowTimeout as e:
+            rows[label] = {"wall_s": float("nan"), "peak_mb": float("nan"), "timeout": str(e)}
+            print(f"  {name} {label}: killed, {e}", flush=True)
+            continue
         res = json.loads(out)
         r0 = res["runs"][0]
         rows[label] = {"wall_s": wall, "peak_mb": rss, "engine": res.get("engine"), "phases": phases(res),
                        "steps": r0.get("steps"), "final_loss": r0.get("final_loss")}
         print(f"  {name} {label}: {wall:.2f} s, {rss:.0f} MB, engine {res.get('engine')}, "
               f"phases {rows[label]['phases']}", flush=True)
+    stepping = stepping_only(data, w0, hidden, act, lr, delta, min(steps, 200)) if name != "S" else None
+    if stepping:
+        print(f"  {name} gd stepping alone, ms/step: {stepping}", flush=True)
     return {"n": n, "d": d, "hidden": hidden, "act": act, "lr": lr, "steps": steps, "data_mb": data_mb,
-            "rows": rows}
+            "rows": rows, "stepping_ms_per_step": stepping}
+
+
+def stepping_only(data: Path, w0: Path, hidden: str, act: str, lr: float, delta: float, steps: int) -> dict:
+    """ms per gd step of ``ncfkit.dynamics.simulate`` alone (in this process: no start-up,
+    no governing point, no Hessians), per host engine: what the engines cost per step."""
+    from ncfkit.dynamics import Objective, Settings, simulate
+    from ncfkit.losses import make_loss
+    from ncfkit.models import make_architecture
+
+    z = np.load(data)
+    X, y = np.asarray(z["X"], dtype=np.float64), np.asarray(z["y"], dtype=np.float64)
+    arch = make_architecture("mlp", X.shape[1], hidden, act)
+    w = np.concatenate([a.ravel() for a in np.load(w0).values()])
+    w = (delta * w / np.linalg.norm(w))[None]
+    obj = Objective(arch, X, y, make_loss("square", "mean"))
+    out = {}
+    for engine in ("auto", "compiled", "numpy"):
+        sim = simulate(obj, w, Settings(max_time=steps * lr, lr=lr, until="max-time", engine=engine))
+        out[engine if engine != "auto" else f"auto ({sim.engine})"] = 1e3 * sim.wall_time / steps
+    return out
 
 
 def engines_grid() -> list[dict]:
@@ -178,7 +229,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda (every row)")
     ap.add_argument("--engines", action="store_true", help="also check auto's cost model")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--s-steps", type=int, default=160_000, help="steps of S (160,000: t = 800)")
+    ap.add_argument("--governing-steps", type=int, default=None,
+                    help="M, L: also a row with the governing point's NCF flow capped (--max-steps)")
+    ap.add_argument("--row-timeout", type=float, default=600.0, help="seconds per row before it is killed")
     args = ap.parse_args()
+    global TIMEOUT
+    TIMEOUT = args.row_timeout
     machine = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
                "machine": platform.machine(), "python": platform.python_version(),
                "load_avg": os.getloadavg()}
@@ -188,7 +245,7 @@ def main() -> None:
         for name in args.only.split(","):
             print(f"{name}:", flush=True)
             results["workloads"][name] = workload(tmp, name.strip(), args.steps, args.device,
-                                                  plain64=name != "S")
+                                                  name != "S", args.s_steps, args.governing_steps)
     if args.engines:
         print("engines (one gradient, B = 1, float64):", flush=True)
         results["engines"] = engines_grid()
@@ -197,10 +254,14 @@ def main() -> None:
         base = w["rows"]["plain torch loop (float32)"]["wall_s"]
         print(f"\n{name}: n = {w['n']}, d = {w['d']}, hidden {w['hidden']} {w['act']}, η = {w['lr']}, "
               f"{w['steps']} steps, data {w['data_mb']:.1f} MB")
-        print(f"  {'':32s} {'wall s':>8s} {'vs plain32':>10s} {'peak MB':>8s}  phases")
+        print(f"  {'':40s} {'wall s':>8s} {'vs plain32':>10s} {'peak MB':>8s}  phases")
         for label, r in w["rows"].items():
             ph = ", ".join(f"{k} {v:.2f}" for k, v in r.get("phases", {}).items())
-            print(f"  {label:32s} {r['wall_s']:8.2f} {base / r['wall_s']:9.2f}x {r['peak_mb']:8.0f}  {ph}")
+            print(f"  {label:40s} {r['wall_s']:8.2f} {base / r['wall_s']:9.2f}x {r['peak_mb']:8.0f}  {ph}"
+                  + (f" ({r['timeout']})" if "timeout" in r else ""))
+        if w.get("stepping_ms_per_step"):
+            plain = {k: v["ms_per_step"] for k, v in w["rows"].items() if "ms_per_step" in v}
+            print(f"  ms per step: {plain} | ncfkit gd stepping alone: {w['stepping_ms_per_step']}")
     print(json.dumps(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
