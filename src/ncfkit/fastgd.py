@@ -300,17 +300,18 @@ def _numpy_stepper(objective, lr: float) -> Stepper:
 # --------------------------------------------------------------------------- cost model
 
 #: The cost model's constants, fitted to ``benchmarks/bench_scale.py --engines`` on this
-#: project's 2-core x86-64 machine (float64, one thread each; ``3·n·k`` multiply-adds per
-#: row and gradient): the compiled kernel's sample loops run at ~6 GMAC/s wherever the
-#: data stream from memory (more while they fit in cache) on one thread per row; the
-#: numpy engine pays ~20 µs of numpy calls per layer and pass, its BLAS runs at
-#: ~10 GMAC/s per thread on these skinny products, and each element of its
-#: (width × n) activations goes through ~12 element-wise passes.
-KERNEL_SEC_PER_MAC = 1.0 / 6e9
+#: project's 2-core x86-64 machine, idle (float64; ``3·n·k`` multiply-adds per row and
+#: gradient): the compiled kernel's sample loops run at ~10–21 GMAC/s on one thread per
+#: row (faster while the data fit in cache); the numpy engine pays a few µs per numpy
+#: call (~3 per layer), its BLAS runs at ~28 GMAC/s per thread (products of ≥ 2·10⁶
+#: multiply-adds use every thread), and each element of its (width × n) activations
+#: costs ~3 ns of element-wise passes. On this machine ``auto`` picked the fastest engine
+#: on 6 of 7 sizes from n·k = 10⁵ to 3·10⁸ and was within 1.4x on the seventh.
+KERNEL_SEC_PER_MAC = 1.0 / 16e9
 KERNEL_SEC_PER_CALL = 4e-6
-BLAS_SEC_PER_MAC = 1.0 / 10e9
-NUMPY_SEC_PER_ELEMENT = 12 * 0.4e-9
-NUMPY_SEC_PER_LAYER = 2e-5
+BLAS_SEC_PER_MAC = 3.5e-11
+NUMPY_SEC_PER_ELEMENT = 3e-9
+NUMPY_SEC_PER_LAYER = 4e-6
 
 
 def predicted_costs(arch: Architecture, n: int, batch: int = 1, threads: int | None = None) -> dict[str, float]:
