@@ -49,6 +49,8 @@ FIGURE_SUFFIXES = (".png", ".pdf")
 SCALES = ("layer", "panel", "log")
 CMAP = "viridis"
 WZ_COLOR = "#ff4fd8"  # outline of w_z: magenta, visible on every viridis colour
+PREV_ZERO_COLOR = "#ff8c00"  # outline of the previous plateau's zero set: orange, hatched the other way
+PLATEAU_COLOR = "#2ca02c"
 EVENT_COLORS = {"escape": "#d62728", "saddle": "#2ca02c"}
 MAX_KKT_POINTS = 6
 NCF = r"$\mathcal{N}$"  # mathtext, no LaTeX needed (DejaVu has no 𝒩 glyph)
@@ -117,14 +119,14 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
-def _outline(ax, mask: np.ndarray) -> None:
+def _outline(ax, mask: np.ndarray, color: str = WZ_COLOR, hatch: str = "//", gid: str | None = None) -> None:
     """Outline and hatch the entries of a boolean mask: whole rows and whole columns as
     bands, anything else cell by cell (hatched, so a band at the edge of the axes cannot
     be mistaken for the row next to it)."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return
-    style = dict(fill=False, edgecolor=WZ_COLOR, linewidth=0.6, hatch="//", alpha=0.45)
+    style = dict(fill=False, edgecolor=color, linewidth=0.6, hatch=hatch, alpha=0.45, gid=gid)
     rows, cols = mask.all(axis=1), mask.all(axis=0)
     for a, b in _runs(rows):
         ax.add_patch(Rectangle((-0.5, a - 0.5), mask.shape[1], b - a, **style))
@@ -150,13 +152,16 @@ def _norm(scale: str, values: list[np.ndarray]):
 
 
 def _heatmap(fig, ax, W: np.ndarray, norm, title: str, mask: np.ndarray | None = None,
-             labels: tuple[str, str] | None = None, colorbar: bool = True):
+             labels: tuple[str, str] | None = None, colorbar: bool = True,
+             prev_mask: np.ndarray | None = None):
     A = np.abs(W)
     if norm is not None and getattr(norm, "vmin", 0) and norm.vmin > 0:
         A = np.maximum(A, norm.vmin)  # log scale: exact zeros at the floor colour
     im = ax.imshow(A, cmap=CMAP, norm=norm, aspect="auto", interpolation="nearest")
     if mask is not None:
         _outline(ax, mask)
+    if prev_mask is not None:
+        _outline(ax, prev_mask, PREV_ZERO_COLOR, "\\\\", gid="prev_zero")
     ax.set_title(f"{title}  max {np.abs(W).max():.2g}", fontsize=8)
     ax.tick_params(labelsize=6, length=2)
     rows, cols = W.shape
@@ -287,6 +292,7 @@ class _Run:
     snapshots: dict[str, dict]  # name -> {"w": flat weights, "time": t}
     trajectory: tuple[np.ndarray, np.ndarray] | None  # (time (m,), w (m, k))
     predicted_escape_time: float | None
+    plateaus: tuple[dict, ...] = ()  # runs/<i>/plateaus of ``escape --until saddles:K|converged``
 
 
 def _opt_float(value) -> float | None:
@@ -307,7 +313,32 @@ def _read_run(node: dict) -> _Run:
     return _Run(float(node.get("delta", float("nan"))), np.asarray(rec["time"], dtype=float),
                 np.asarray(rec["loss"], dtype=float), _opt_float(node.get("escape_time")),
                 _opt_float(node.get("saddle_time")), snaps, trajectory,
-                _opt_float(node.get("predicted_escape_time")))
+                _opt_float(node.get("predicted_escape_time")), _read_plateaus(node.get("plateaus")))
+
+
+def _read_plateaus(raw) -> tuple[dict, ...]:
+    """The plateau records of a run (a JSON list), those with a finite time, in order;
+    () when the run has none or they cannot be read."""
+    if raw is None:
+        return ()
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    try:
+        items = json.loads(raw) if isinstance(raw, str) else list(raw)
+    except (ValueError, TypeError):
+        return ()
+    out = [p for p in items if isinstance(p, dict) and _opt_float(p.get("time")) is not None]
+    return tuple(sorted(out, key=lambda p: int(p.get("index", 0))))
+
+
+def _saddle_name(k: int) -> str:
+    """The snapshot of plateau k's saddle in run.h5: ``saddle``, ``saddle_2``, …"""
+    return "saddle" if k == 1 else f"saddle_{k}"
+
+
+def _multi(run: _Run) -> bool:
+    """Whether the run went through several plateaus (then each one is drawn)."""
+    return len(run.plateaus) >= 2
 
 
 def _escape_runs(tree: dict) -> list[_Run]:
@@ -374,6 +405,10 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
     L = len(arch.weight_shapes)
     shown = runs[chosen]
     names = [n for n in ("init", "escape", "saddle") if n in shown.snapshots]
+    if _multi(shown):  # every plateau's saddle (Appendix G, Figures 14-17)
+        names = [n for n in ("init", "escape") if n in shown.snapshots]
+        names += [_saddle_name(int(p["index"])) for p in shown.plateaus
+                  if _saddle_name(int(p["index"])) in shown.snapshots]
     if "saddle" not in names and "final" in shown.snapshots:
         names.append("final")
     many = len(runs) > 1
@@ -414,29 +449,59 @@ def _event_window(run: _Run) -> tuple[float, float] | None:
     return (lo, hi) if hi - lo < 0.1 * span else None
 
 
-def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool = True) -> None:
+def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool = True,
+                 shift: float = 0.0) -> None:
+    """Loss of every run against t − ``shift`` (0: the time itself), escape and saddle
+    events marked; a run with several plateaus gets each plateau's saddle marked and
+    numbered 1, 2, … (markers with gid ``plateau k``)."""
     import matplotlib as mpl
 
     colors = mpl.colormaps["plasma"](np.linspace(0.0, 0.8, max(len(runs), 2)))
     for i, r in enumerate(runs):
         bold = i == chosen
         sel = slice(None) if window is None else (r.time >= window[0]) & (r.time <= window[1])
-        ax.plot(r.time[sel], r.loss[sel], color=colors[i] if len(runs) > 1 else "black",
+        ax.plot(r.time[sel] - shift, r.loss[sel], color=colors[i] if len(runs) > 1 else "black",
                 lw=1.6 if bold else 0.9, alpha=1.0 if bold else 0.6,
                 label=f"δ = {r.delta:g}" if len(runs) > 1 else None, zorder=3 if bold else 2)
-        for name, t in (("escape", r.escape_time), ("saddle", r.saddle_time)):
+        events = [("escape", r.escape_time)]
+        if not (bold and _multi(r)):
+            events.append(("saddle", r.saddle_time))
+        for name, t in events:
             if t is None or (window is not None and not window[0] <= t <= window[1]):
                 continue
             loss_t = float(np.interp(t, r.time, r.loss))
-            ax.plot([t], [loss_t], "o", ms=5 if bold else 3, color=EVENT_COLORS[name], zorder=4)
+            ax.plot([t - shift], [loss_t], "o", ms=5 if bold else 3, color=EVENT_COLORS[name], zorder=4)
             if bold:
-                ax.axvline(t, color=EVENT_COLORS[name], ls="--", lw=0.9)
+                ax.axvline(t - shift, color=EVENT_COLORS[name], ls="--", lw=0.9)
             if bold and annotate:
-                ax.annotate(f"{name}\nt = {t:.4g}", (t, loss_t), textcoords="offset points",
+                ax.annotate(f"{name}\nt = {t:.4g}", (t - shift, loss_t), textcoords="offset points",
                             xytext=(5, -22 if name == "escape" else 6), fontsize=7,
                             color=EVENT_COLORS[name])
+        if bold and _multi(r):
+            _plot_plateaus(ax, r, window, annotate, shift)
     if window is not None:
-        ax.set_xlim(*window)
+        ax.set_xlim(window[0] - shift, window[1] - shift)
+
+
+def _plot_plateaus(ax, r: _Run, window, annotate: bool, shift: float) -> None:
+    """Each plateau's saddle on the loss curve: a numbered marker, a dashed line, and
+    (``annotate``) its time and loss."""
+    for p in r.plateaus:
+        k, t = int(p["index"]), float(p["time"])
+        if window is not None and not window[0] <= t <= window[1]:
+            continue
+        loss_t = _opt_float(p.get("loss"))
+        loss_t = float(np.interp(t, r.time, r.loss)) if loss_t is None else loss_t
+        ax.plot([t - shift], [loss_t], "o", ms=11, color="white", mec=PLATEAU_COLOR, mew=1.5,
+                zorder=5, gid=f"plateau {k}")
+        ax.annotate(str(k), (t - shift, loss_t), ha="center", va="center", fontsize=7,
+                    fontweight="bold", color=PLATEAU_COLOR, zorder=6)
+        ax.axvline(t - shift, color=PLATEAU_COLOR, ls="--", lw=0.8)
+        if annotate:
+            kind = p.get("kind") or "plateau"
+            ax.annotate(f"plateau {k}: {kind}\nt = {t:.6g}, loss {loss_t:.4g}", (t - shift, loss_t),
+                        textcoords="offset points", xytext=(7, 7 + 4 * (k % 2)), fontsize=7,
+                        color=PLATEAU_COLOR)
 
 
 def _loss_panel(ax, runs: list[_Run], chosen: int,
@@ -507,17 +572,49 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
     ax.legend(fontsize=7, frameon=False)
 
 
+def _previous_zero_masks(run: _Run, names: list[str], arch: Architecture) -> dict[str, list[np.ndarray]]:
+    """For the row of plateau k ≥ 2: per block, the mask of the neurons that were small at
+    plateau k − 1's saddle (:func:`ncfkit.phases.small_units`, the rule the plateau report
+    uses), so one sees which of them stayed zero until this saddle."""
+    if not _multi(run) or not arch.neuron_layers:
+        return {}
+    from .phases import small_units, units_mask
+
+    out = {}
+    for p in run.plateaus:
+        k = int(p["index"])
+        name, prev = _saddle_name(k), _saddle_name(k - 1)
+        if k < 2 or name not in names or prev not in run.snapshots:
+            continue
+        w_prev = np.asarray(run.snapshots[prev]["w"], dtype=float).ravel()
+        mask = units_mask(arch, small_units(arch, w_prev))
+        if mask.any():
+            out[name] = _layers({"w": mask}, arch)
+    return out
+
+
+def _row_label(run: _Run, name: str) -> str:
+    """``saddle`` as before for a run with one plateau; ``plateau k`` with several."""
+    if _multi(run) and name.startswith("saddle"):
+        k = 1 if name == "saddle" else int(name.split("_")[1])
+        p = next((p for p in run.plateaus if int(p["index"]) == k), {})
+        kind = {"strict saddle": "saddle", "minimum": "minimum"}.get(p.get("kind"), "plateau")
+        return f"plateau {k} ({kind})"
+    return name
+
+
 def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask, scale: str) -> None:
     shapes = arch.weight_shapes
     L = len(shapes)
     axes = np.atleast_2d(sub.subplots(len(names), L, width_ratios=_width_ratios(shapes)))
     layers = {n: _layers(run.snapshots[n], arch) for n in names}
     masks = _layers({"w": wz_mask}, arch) if wz_mask is not None else [None] * L
+    prev = _previous_zero_masks(run, names, arch)
     times = {"init": 0.0, "escape": run.escape_time, "saddle": run.saddle_time}
     labels = {}
     for n in names:
         t = run.snapshots[n].get("time", times.get(n))
-        labels[n] = n + ("" if t is None else f"\nt = {float(t):.5g}")
+        labels[n] = _row_label(run, n) + ("" if t is None else f"\nt = {float(t):.5g}")
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
             labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
@@ -527,7 +624,7 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
         for i, n in enumerate(names):
             ax = axes[i, l]
             im = _heatmap(sub, ax, layers[n][l], norm, _layer_names(L)[l], masks[l],
-                          colorbar=scale == "panel")
+                          colorbar=scale == "panel", prev_mask=prev[n][l] if n in prev else None)
             if i == bottom:
                 ax.set_xlabel(_axis_labels(l + 1, L)[0], fontsize=7, labelpad=1)
             if l == 0:
@@ -538,6 +635,16 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
     if wz_mask is not None:
         sub.suptitle("|W_l| (rows: neurons of layer l, columns: its inputs); hatched: the "
                      "zero-preserving subset w_z of the governing KKT point w*", fontsize=8)
+    if prev:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(fill=False, edgecolor=PREV_ZERO_COLOR, hatch="\\\\",
+                         label="neurons small at the previous plateau's saddle (< 10% of the layer's largest)")]
+        if wz_mask is not None:
+            handles.insert(0, Patch(fill=False, edgecolor=WZ_COLOR, hatch="//",
+                                    label="w_z of the governing KKT point w*"))
+        sub.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=7,
+                   frameon=False)
 
 
 def _plane_figure(tree: dict, arch: Architecture, runs: list[_Run]) -> Figure:
