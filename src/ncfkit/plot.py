@@ -483,6 +483,13 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
         ax.set_xlim(window[0] - shift, window[1] - shift)
 
 
+def _time_text(t: float, shift: float = 0.0) -> str:
+    """``t = …``, or ``t = t_esc + …`` on the from-escape axis (``shift`` = t_esc)."""
+    if shift and t >= shift:
+        return f"t = t_esc + {t - shift:.4g}"
+    return f"t = {t:.6g}"
+
+
 def _plot_plateaus(ax, r: _Run, window, annotate: bool, shift: float) -> None:
     """Each plateau's saddle on the loss curve: a numbered marker, a dashed line, and
     (``annotate``) its time and loss."""
@@ -499,9 +506,14 @@ def _plot_plateaus(ax, r: _Run, window, annotate: bool, shift: float) -> None:
         ax.axvline(t - shift, color=PLATEAU_COLOR, ls="--", lw=0.8)
         if annotate:
             kind = p.get("kind") or "plateau"
-            ax.annotate(f"plateau {k}: {kind}\nt = {t:.6g}, loss {loss_t:.4g}", (t - shift, loss_t),
-                        textcoords="offset points", xytext=(7, 7 + 4 * (k % 2)), fontsize=7,
-                        color=PLATEAU_COLOR)
+            span = float(r.time.max() - r.time.min()) if r.time.size else 0.0
+            right = span > 0 and (t - float(r.time.min())) / span > 0.7  # text to the left
+            # text in a band of heights above the curve (staggered: neighbours do not
+            # collide), with a thin arrow down to its marker
+            ax.annotate(f"plateau {k}: {kind}\n{_time_text(t, shift)}, loss {loss_t:.4g}", (t - shift, loss_t),
+                        xytext=(t - shift, 0.3 + 0.17 * ((k - 1) % 3)), textcoords=("data", "axes fraction"),
+                        ha="right" if right else "left", fontsize=7, color=PLATEAU_COLOR,
+                        arrowprops=dict(arrowstyle="-", color=PLATEAU_COLOR, lw=0.6, shrinkB=6))
 
 
 def _loss_panel(ax, runs: list[_Run], chosen: int,
@@ -509,22 +521,27 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
     """Loss against time, events of every run marked (labelled for ``chosen``), the
     predicted escape time of ``chosen`` (time, what predicts it) as a dotted line, and a
     zoom on the escape drop of ``chosen`` when it is a sliver of the time axis."""
-    _plot_losses(ax, runs, chosen)
+    squeeze = _from_escape_axis(runs[chosen])
+    shift = squeeze[0] if squeeze is not None else 0.0
+    _plot_losses(ax, runs, chosen, shift=shift)
     title = heading or f"loss; weights below: δ = {runs[chosen].delta:g}"
     if predicted is not None and math.isfinite(predicted[0]) and predicted[0] > 0:
         t, what = predicted
-        title += f"\ndotted: predicted escape ({what}), t = {t:.4g}"
+        title += f"\ndotted: predicted escape ({what}), {_time_text(t, shift) if shift else f't = {t:.4g}'}"
         if t <= runs[chosen].time.max():
-            ax.axvline(t, color="#9467bd", ls=":", lw=1.4)
+            ax.axvline(t - shift, color="#9467bd", ls=":", lw=1.4)
         else:
             title += ", after the run's end"
-    ax.set_xlabel("gradient-flow time t", fontsize=8)
+    if squeeze is None:
+        ax.set_xlabel("gradient-flow time t", fontsize=8)
+    else:
+        _set_from_escape_scale(ax, runs[chosen], *squeeze)
     ax.set_ylabel("training loss", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.set_title(title, fontsize=9)
     if len(runs) > 1:
         ax.legend(fontsize=7, frameon=False, loc="upper right")
-    window = _event_window(runs[chosen])
+    window = _event_window(runs[chosen]) if squeeze is None else None
     if window is not None:
         inset = ax.inset_axes([0.07, 0.1, 0.42, 0.5])
         _plot_losses(inset, [runs[chosen]], 0, window, annotate=False)
@@ -535,6 +552,86 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
 
         inset.xaxis.set_major_locator(MaxNLocator(4))
         ax.indicate_inset_zoom(inset, edgecolor="gray", alpha=0.6)
+
+
+#: The loss panel measures time from escape (log scale both sides) when the time before
+#: escape is over this many times the span from escape to the last event.
+SQUEEZE = 100.0
+#: Fraction of the width of the from-escape axis given to the time before escape.
+BEFORE_ESCAPE_WIDTH = 0.25
+
+
+def _last_event(run: _Run) -> float | None:
+    """The latest saddle or plateau exit of the run (None without any)."""
+    times = [run.saddle_time] + [_opt_float(p.get(k)) for p in run.plateaus for k in ("time", "exit_time")]
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _from_escape_axis(run: _Run) -> tuple[float, float] | None:
+    """(t_esc, c) when the events after escape would be squeezed into a sliver of a linear
+    time axis (the plateau before escape over :data:`SQUEEZE` × the span from escape to the
+    last saddle or plateau exit: Figure 4 escapes at t = 7.0e7 and drops in ~0.01), else
+    None. ``c`` is the time scale of the drop: half the time the loss takes after escape
+    to fall half-way to the first saddle's loss (the axis is linear for |t − t_esc| ≲ c,
+    logarithmic beyond)."""
+    t_esc, last = run.escape_time, _last_event(run)
+    if t_esc is None or last is None or not run.time.size:
+        return None
+    span, before = last - t_esc, t_esc - float(run.time.min())
+    if not (span > 0 and before > SQUEEZE * span):
+        return None
+    first = run.saddle_time if run.saddle_time is not None and run.saddle_time > t_esc else last
+    lo, hi = float(np.interp(t_esc, run.time, run.loss)), float(np.interp(first, run.time, run.loss))
+    after = (run.time > t_esc) & (run.time <= first) & (run.loss <= 0.5 * (lo + hi))
+    half = float(run.time[after][0]) - t_esc if after.any() else first - t_esc
+    return t_esc, max(0.5 * half, 1e-6 * span)
+
+
+def _set_from_escape_scale(ax, run: _Run, t_esc: float, c: float) -> None:
+    """x = t − t_esc on a scale that is linear within ±c and logarithmic beyond, the time
+    before escape compressed into :data:`BEFORE_ESCAPE_WIDTH` of the width; ticks at
+    ±powers of ten."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    right = max(float(run.time.max()) - t_esc, c)
+    left = max(t_esc - float(run.time.min()), c)
+    pos, neg = math.log1p(right / c), math.log1p(left / c)
+    a = BEFORE_ESCAPE_WIDTH / (1 - BEFORE_ESCAPE_WIDTH) * pos / neg  # squeeze of the left side
+
+    def forward(x):
+        x = np.asarray(x, dtype=float)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.where(x >= 0, np.log1p(np.abs(x) / c), -a * np.log1p(np.abs(x) / c))
+
+    def inverse(y):
+        y = np.asarray(y, dtype=float)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.where(y >= 0, c * np.expm1(np.abs(y)), -c * np.expm1(np.abs(y) / a))
+
+    ax.set_xscale("function", functions=(forward, inverse))
+    ax.set_xlim(-left, right)
+    ticks = [0.0] + [10.0 ** k for k in _decades(c, right, 6)] + [-(10.0 ** k) for k in _decades(c, left, 3)]
+    ax.xaxis.set_major_locator(FixedLocator(sorted(ticks)))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+    def label(x, _pos):
+        if x == 0:
+            return "0"
+        k = math.log10(abs(x))
+        return ("−" if x < 0 else "") + (f"{abs(x):g}" if -2 <= k <= 3 else f"$10^{{{round(k)}}}$")
+
+    ax.xaxis.set_major_formatter(FuncFormatter(label))
+    ax.axvspan(-left, 0, color="#e6e6e6", zorder=0, lw=0)
+    ax.set_xlabel(f"time from escape, t − t_esc (t_esc = {t_esc:.6g}); log scale both ways, "
+                  "before escape (shaded) compressed", fontsize=8)
+
+
+def _decades(lo: float, hi: float, most: int) -> list[int]:
+    """At most ``most`` integer k with lo ≤ 10^k ≤ hi, evenly thinned, the largest kept."""
+    ks = list(range(math.ceil(math.log10(lo)), math.floor(math.log10(hi)) + 1))
+    step = max(1, math.ceil(len(ks) / most))
+    return ks[::-1][::step][::-1]
 
 
 def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
@@ -611,10 +708,17 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
     masks = _layers({"w": wz_mask}, arch) if wz_mask is not None else [None] * L
     prev = _previous_zero_masks(run, names, arch)
     times = {"init": 0.0, "escape": run.escape_time, "saddle": run.saddle_time}
+    squeeze = _from_escape_axis(run)
     labels = {}
     for n in names:
         t = run.snapshots[n].get("time", times.get(n))
-        labels[n] = _row_label(run, n) + ("" if t is None else f"\nt = {float(t):.5g}")
+        if t is None:
+            text = ""
+        elif squeeze is not None and n != "init" and n != "escape":
+            text = "\n" + _time_text(float(t), squeeze[0])
+        else:
+            text = f"\nt = {float(t):.5g}"
+        labels[n] = _row_label(run, n) + text
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
             labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
@@ -685,6 +789,8 @@ def _plane_figure(tree: dict, arch: Architecture, runs: list[_Run]) -> Figure:
     for i, e in enumerate(ends):
         ax.plot(*e, "o", color="#d62728", ms=7, mec="black", zorder=5,
                 label=f"where the runs end ≈ ({e[0]:.3g}, {e[1]:.3g})" if i == 0 else None)
+    smallest = int(np.argmin([r.delta for r in runs]))
+    _plane_plateaus(ax, runs[smallest])
     ax.set_xlim(lo[0], hi[0])
     ax.set_ylim(lo[1], hi[1])
     ax.set_xlabel("w1", fontsize=8)
@@ -700,6 +806,23 @@ def _plane_figure(tree: dict, arch: Architecture, runs: list[_Run]) -> Figure:
     fig.suptitle(f"escape from small initialization — {arch.describe()}{_lh_text(tree)}",
                  fontsize=10)
     return fig
+
+
+def _plane_plateaus(ax, run: _Run) -> None:
+    """The saddle of each plateau of a run with several, as a numbered point of the plane
+    (markers with gid ``plateau k``, as on the loss curve)."""
+    if not _multi(run):
+        return
+    for i, p in enumerate(run.plateaus):
+        k = int(p["index"])
+        snap = run.snapshots.get(_saddle_name(k))
+        if snap is None:
+            continue
+        w = np.asarray(snap["w"], dtype=float).ravel()
+        ax.plot(*w, "o", ms=15, mfc="none", mec=PLATEAU_COLOR, mew=1.6, zorder=6, gid=f"plateau {k}",
+                label=f"plateau saddles of δ = {run.delta:g} (numbered)" if i == 0 else None)
+        ax.annotate(str(k), tuple(w), textcoords="offset points", xytext=(-9, 7), ha="right",
+                    fontsize=9, fontweight="bold", color=PLATEAU_COLOR, zorder=7)
 
 
 def _window(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
