@@ -484,3 +484,129 @@ def test_fig2_script_end_to_end(tmp_path):
     for r in run["runs"].values():
         assert np.allclose(r["snapshots"]["final"]["w"], [2.0, 1.0], atol=1e-3)
     assert np.allclose(run["reference"]["snapshots"]["saddle"]["w"], [2.0, 0.0], atol=1e-3)
+
+
+# --------------------------------------------------------------------------- plateaus (issue 15)
+
+
+def _plateau_markers(ax) -> list[str]:
+    return sorted(line.get_gid() for line in ax.get_lines() if (line.get_gid() or "").startswith("plateau"))
+
+
+def _loss_axes(fig: Figure):
+    return next(ax for ax in fig.get_axes() if ax.get_ylabel() == "training loss")
+
+
+@pytest.fixture(scope="module")
+def plateau_runs(tmp_path_factory) -> Path:
+    """Two real runs through two plateaus: Example 1 ``--until converged`` (the saddle
+    (2, 0), then the minimum (2, 1)) and a 2-3-1 square net on two orthogonal inputs with
+    targets 4 and 1 ``--until saddles:2`` (one neuron learns each target in turn)."""
+    folder = tmp_path_factory.mktemp("plateaus")
+    data = REPO / "examples" / "data"
+    res = run_cli("escape", data / "example1.npz", "--arch", "diag", "--init", data / "example1_w0.npz",
+                  "--delta", "0.01", "--lr", "0.001", "--max-time", "3", "--until", "converged",
+                  "--out", folder / "ex1.h5")
+    assert res.exit_code == 0, res.output
+    np.savez(folder / "two.npz", X=np.eye(2), y=np.array([4.0, 1.0]))
+    res = run_cli("escape", folder / "two.npz", "--hidden", "3", "--act", "square", "--delta", "0.01",
+                  "--lr", "0.01", "--max-time", "200", "--until", "saddles:2", "--delta-ref", "none",
+                  "--out", folder / "mlp.h5")
+    assert res.exit_code == 0, res.output
+    return folder
+
+
+def test_example1_until_converged_marks_both_plateaus(plateau_runs, tmp_path):
+    """The plane and the loss curve each mark the two plateau saddles, numbered 1 and 2;
+    the time axis stays linear (nothing is squeezed) and the PNG is written."""
+    tree = _tree(plateau_runs / "ex1.h5")
+    assert len(json.loads(tree["runs"]["0"]["plateaus"])) == 2
+    fig = plot.figure_for(tree)
+    plane, loss = fig.get_axes()[:2]
+    assert _plateau_markers(plane) == ["plateau 1", "plateau 2"]
+    assert _plateau_markers(loss) == ["plateau 1", "plateau 2"]
+    assert loss.get_xscale() == "linear"
+    res = run_cli("plot", plateau_runs / "ex1.h5", "-o", tmp_path / "ex1.png")
+    assert res.exit_code == 0, res.output
+    assert _png_size(tmp_path / "ex1.png")[0] > 400
+
+
+def test_mlp_two_plateaus_one_row_per_snapshot(plateau_runs, tmp_path):
+    """init, escape and one row per plateau saddle, one column per layer; the second
+    plateau's row outlines the zero set of the first (orange, with a legend), the others
+    do not; two numbered markers on the loss curve."""
+    tree = _tree(plateau_runs / "mlp.h5")
+    plateaus = json.loads(tree["runs"]["0"]["plateaus"])
+    assert len(plateaus) == 2 and {"saddle", "saddle_2"} <= set(tree["runs"]["0"]["snapshots"])
+    fig = plot.figure_for(tree)
+    maps = _heatmaps(fig)
+    assert len(maps) == 4 * 2
+    labels = [ax.get_ylabel().split("\n")[0] for ax in maps[0::2]]
+    assert labels[:2] == ["init", "escape"]
+    assert labels[2].startswith("plateau 1") and labels[3].startswith("plateau 2")
+    prev = [any(p.get_gid() == "prev_zero" for p in ax.patches) for ax in maps]
+    assert prev == [False] * 6 + [True] * 2
+    assert _plateau_markers(_loss_axes(fig)) == ["plateau 1", "plateau 2"]
+    assert any("previous plateau" in t.get_text() for sub in fig.subfigs for leg in sub.legends
+               for t in leg.get_texts())
+    res = run_cli("plot", plateau_runs / "mlp.h5", "-o", tmp_path / "mlp.png")
+    assert res.exit_code == 0, res.output
+
+
+def test_one_saddle_run_has_no_plateau_rows(files):
+    """A run with a single saddle draws as before: no numbered markers, no outline of a
+    previous zero set."""
+    fig = plot.figure_for(_tree(files / "run.h5"))
+    assert _plateau_markers(_loss_axes(fig)) == []
+    assert not any(p.get_gid() == "prev_zero" for ax in _heatmaps(fig) for p in ax.patches)
+
+
+def _stretched(tree: dict, T: float) -> dict:
+    """The run with every time after t = 0 moved later by T: a plateau before escape
+    T long, the events after it unchanged (Figure 4's shape)."""
+    run = tree["runs"]["0"]
+    rec = run["records"]
+    rec["time"] = np.where(np.asarray(rec["time"]) > 0, np.asarray(rec["time"]) + T, 0.0)
+    for key in ("escape_time", "saddle_time", "final_time"):
+        if run.get(key) is not None:
+            run[key] = float(run[key]) + T
+    for snap in run["snapshots"].values():
+        if snap.get("time") is not None and float(snap["time"]) > 0:
+            snap["time"] = float(snap["time"]) + T
+    plateaus = json.loads(run["plateaus"])
+    for p in plateaus:
+        for key in ("time", "enter_time", "exit_time"):
+            if p.get(key) is not None:
+                p[key] += T
+    run["plateaus"] = json.dumps(plateaus)
+    run.pop("trajectory", None)
+    return tree
+
+
+def test_long_plateau_before_escape_uses_the_from_escape_axis(plateau_runs, tmp_path):
+    """Escape at t = 1e7 + 16 with the two plateaus within 3 time units after it: the
+    loss panel measures time from escape (function scale, label says so), the markers
+    sit at t − t_esc > 0 and the drop is spread over a visible part of the width; the
+    same run unstretched keeps the linear axis."""
+    assert _loss_axes(plot.figure_for(_tree(plateau_runs / "mlp.h5"))).get_xscale() == "linear"
+    tree = _stretched(_tree(plateau_runs / "mlp.h5"), 1e7)
+    fig = plot.figure_for(tree)
+    ax = _loss_axes(fig)
+    assert ax.get_xscale() == "function"
+    assert "t − t_esc" in ax.get_xlabel()
+    run = tree["runs"]["0"]
+    t_esc = float(run["escape_time"])
+    xs = [float(line.get_xdata()[0]) for line in ax.get_lines() if (line.get_gid() or "").startswith("plateau")]
+    assert len(xs) == 2 and all(0 < x < 5 for x in xs)
+    # in axes coordinates, escape and the first saddle are far apart (a linear axis over
+    # 1e7 would put them within 1e-6 of the width)
+    to_axes = ax.transAxes.inverted().transform
+    pos = [to_axes(ax.transData.transform((x, 1.0)))[0] for x in (0.0, float(_plateau_time(run, 1)) - t_esc)]
+    assert pos[1] - pos[0] > 0.2
+    out = tmp_path / "stretched.png"
+    plot.save_figure(fig, out)
+    assert _png_size(out)[0] > 400
+
+
+def _plateau_time(run: dict, k: int) -> float:
+    return next(p["time"] for p in json.loads(run["plateaus"]) if p["index"] == k)
