@@ -443,6 +443,12 @@ def _event_window(run: _Run) -> tuple[float, float] | None:
     span = float(run.time.max() - run.time.min()) if run.time.size else 0.0
     if run.escape_time is None or not span > 0:
         return None
+    if _multi(run):  # escape → the last plateau's saddle, a little either side
+        end = max(float(p["time"]) for p in run.plateaus)
+        if end > run.escape_time:
+            W = 0.12 * (end - run.escape_time)
+            lo, hi = max(run.escape_time - W, float(run.time.min())), end + W  # room for the last marker
+            return (lo, hi) if hi - lo < 0.5 * span else None
     end = run.saddle_time if run.saddle_time is not None else run.escape_time
     W = end - run.escape_time if end > run.escape_time else 0.02 * span
     lo, hi = max(run.escape_time - W, float(run.time.min())), min(end + W, float(run.time.max()))
@@ -450,7 +456,7 @@ def _event_window(run: _Run) -> tuple[float, float] | None:
 
 
 def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool = True,
-                 shift: float = 0.0) -> None:
+                 shift: float = 0.0, plateau_text: bool | None = None) -> None:
     """Loss of every run against t − ``shift`` (0: the time itself), escape and saddle
     events marked; a run with several plateaus gets each plateau's saddle marked and
     numbered 1, 2, … (markers with gid ``plateau k``)."""
@@ -478,7 +484,7 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
                             xytext=(5, -22 if name == "escape" else 6), fontsize=7,
                             color=EVENT_COLORS[name])
         if bold and _multi(r):
-            _plot_plateaus(ax, r, window, annotate, shift)
+            _plot_plateaus(ax, r, window, annotate if plateau_text is None else plateau_text, shift)
     if window is not None:
         ax.set_xlim(window[0] - shift, window[1] - shift)
 
@@ -506,14 +512,14 @@ def _plot_plateaus(ax, r: _Run, window, annotate: bool, shift: float) -> None:
         ax.axvline(t - shift, color=PLATEAU_COLOR, ls="--", lw=0.8)
         if annotate:
             kind = p.get("kind") or "plateau"
-            span = float(r.time.max() - r.time.min()) if r.time.size else 0.0
-            right = span > 0 and (t - float(r.time.min())) / span > 0.7  # text to the left
-            # text in a band of heights above the curve (staggered: neighbours do not
-            # collide), with a thin arrow down to its marker
+            lo, hi = window if window is not None else (float(r.time.min()), float(r.time.max()))
+            right = hi > lo and (t - lo) / (hi - lo) > 0.6  # text to the left of the marker
+            shown = r.loss[(r.time >= lo) & (r.time <= hi)]
+            low, top = (float(shown.min()), float(shown.max())) if shown.size else (loss_t, loss_t)
+            up = top <= low or (loss_t - low) / (top - low) < 0.6  # text above the marker, else below
             ax.annotate(f"plateau {k}: {kind}\n{_time_text(t, shift)}, loss {loss_t:.4g}", (t - shift, loss_t),
-                        xytext=(t - shift, 0.3 + 0.17 * ((k - 1) % 3)), textcoords=("data", "axes fraction"),
-                        ha="right" if right else "left", fontsize=7, color=PLATEAU_COLOR,
-                        arrowprops=dict(arrowstyle="-", color=PLATEAU_COLOR, lw=0.6, shrinkB=6))
+                        textcoords="offset points", xytext=(-9 if right else 9, 10 + 10 * ((k - 1) % 2) if up else -28),
+                        ha="right" if right else "left", fontsize=7, color=PLATEAU_COLOR)
 
 
 def _loss_panel(ax, runs: list[_Run], chosen: int,
@@ -523,7 +529,10 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
     zoom on the escape drop of ``chosen`` when it is a sliver of the time axis."""
     squeeze = _from_escape_axis(runs[chosen])
     shift = squeeze[0] if squeeze is not None else 0.0
-    _plot_losses(ax, runs, chosen, shift=shift)
+    window = _event_window(runs[chosen]) if squeeze is None else None
+    # with several plateaus and a zoom, their text goes in the zoom (the main axis is crowded)
+    _plot_losses(ax, runs, chosen, shift=shift,
+                 plateau_text=None if window is None or not _multi(runs[chosen]) else False)
     title = heading or f"loss; weights below: δ = {runs[chosen].delta:g}"
     if predicted is not None and math.isfinite(predicted[0]) and predicted[0] > 0:
         t, what = predicted
@@ -541,11 +550,11 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
     ax.set_title(title, fontsize=9)
     if len(runs) > 1:
         ax.legend(fontsize=7, frameon=False, loc="upper right")
-    window = _event_window(runs[chosen]) if squeeze is None else None
     if window is not None:
-        inset = ax.inset_axes([0.07, 0.1, 0.42, 0.5])
-        _plot_losses(inset, [runs[chosen]], 0, window, annotate=False)
-        inset.set_title("zoom: escape → saddle", fontsize=7, pad=2)
+        multi = _multi(runs[chosen])
+        inset = ax.inset_axes([0.07, 0.1, 0.5 if multi else 0.42, 0.5])
+        _plot_losses(inset, [runs[chosen]], 0, window, annotate=False, plateau_text=multi)
+        inset.set_title("zoom: escape → last plateau" if multi else "zoom: escape → saddle", fontsize=7, pad=2)
         inset.tick_params(labelsize=6, length=2)
         inset.ticklabel_format(axis="x", useOffset=False, style="plain")
         from matplotlib.ticker import MaxNLocator
@@ -695,8 +704,8 @@ def _row_label(run: _Run, name: str) -> str:
     if _multi(run) and name.startswith("saddle"):
         k = 1 if name == "saddle" else int(name.split("_")[1])
         p = next((p for p in run.plateaus if int(p["index"]) == k), {})
-        kind = {"strict saddle": "saddle", "minimum": "minimum"}.get(p.get("kind"), "plateau")
-        return f"plateau {k} ({kind})"
+        kind = {"strict saddle": "saddle"}.get(p.get("kind"), p.get("kind"))
+        return f"plateau {k}" + (f" ({kind})" if kind else "")
     return name
 
 
