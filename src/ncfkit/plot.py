@@ -6,7 +6,12 @@
 - an ``escape`` run of a feed-forward net: the loss against time with the escape and
   first-saddle events marked (the paper's Figures 1, 4–8, panel b), and below it |W_l| of
   every layer at initialization, escape and the saddle, one colour scale per layer, the
-  zero-preserving subset w_z of w* hatched; with several δ also the escape times against
+  zero-preserving subset w_z of w* hatched; a run through several plateaus (``escape
+  --until saddles:K|converged``, Appendix G's Figures 14–17) gets each plateau's saddle
+  numbered on the loss curve and one row of |W_l| per plateau's saddle, the neurons that
+  were small at the previous plateau outlined in a second colour; when the plateau before
+  escape dwarfs what follows (Figure 4: escape at t = 7.0e7, a drop of ~0.01), time is
+  measured from escape on a log scale both ways; with several δ also the escape times against
   x(δ) = ln(1/δ) (L_h = 2) or δ^{2−L_h} (L_h > 2) beside the line of Theorems 4/10;
 - an ``escape`` run of a model whose weights are one vector of two entries (the diagonal
   model of Example 1 in 2-D): the trajectories ψ(t, δw0) for each δ and the reference path

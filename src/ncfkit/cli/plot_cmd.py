@@ -32,7 +32,11 @@ def command(result, out, dpi, run_index, scale, palette, force):
     with the escape and saddle events, and |W_l| at initialization, escape and the saddle
     with the zero-preserving subset outlined (the paper's Figures 1, 4-8); with several δ
     the escape times against the theory line; the 2-D diagonal model of Example 1: the
-    trajectories over the loss contour (the paper's Figure 2).
+    trajectories over the loss contour (the paper's Figure 2). A run made with
+    `--until saddles:K` or `--until converged` gets every plateau's saddle numbered on the
+    loss curve and one row of |W_l| per plateau, the zero set of the previous plateau
+    outlined (the paper's Figures 14-17). When the plateau before escape is over 100 times
+    longer than the events after it (Figure 4), time is measured from escape on a log scale.
     """
     from ..api import plot
 
