@@ -485,7 +485,8 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
             if bold:
                 ax.axvline(t - shift, color=EVENT_COLORS[name], ls="--", lw=0.9)
             if bold and annotate:
-                ax.annotate(f"{name}\nt = {t:.4g}", (t - shift, loss_t), textcoords="offset points",
+                when = f"t = {t:.4g}" if not shift else f"t = {t:.6g}" if name == "escape" else _time_text(t, shift)
+                ax.annotate(f"{name}\n{when}", (t - shift, loss_t), textcoords="offset points",
                             xytext=(5, -22 if name == "escape" else 6), fontsize=7,
                             color=EVENT_COLORS[name])
         if bold and _multi(r):
@@ -704,6 +705,14 @@ def _previous_zero_masks(run: _Run, names: list[str], arch: Architecture) -> dic
     return out
 
 
+def _plateau_of(run: _Run, name: str) -> dict:
+    """The plateau record whose saddle is snapshot ``name`` ({} if none)."""
+    if not name.startswith("saddle"):
+        return {}
+    k = 1 if name == "saddle" else int(name.split("_")[1])
+    return next((p for p in run.plateaus if int(p["index"]) == k), {})
+
+
 def _row_label(run: _Run, name: str) -> str:
     """``saddle`` as before for a run with one plateau; ``plateau k`` with several."""
     if _multi(run) and name.startswith("saddle"):
@@ -736,6 +745,9 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
             labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
+        stayed = _opt_float(_plateau_of(run, n).get("prev_zero_stayed_ratio")) if n in prev else None
+        if stayed is not None:  # Appendix G's claim: the rest of the previous zero set
+            labels[n] += f"\n‖ψ_Z'‖/‖ψ‖ = {stayed:.2g}"
     bottom = len(names) - 1
     for l in range(L):
         norm = _norm(scale, [layers[n][l] for n in names])
@@ -757,7 +769,8 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
         from matplotlib.patches import Patch
 
         handles = [Patch(fill=False, edgecolor=PREV_ZERO_COLOR, hatch="\\\\",
-                         label="neurons small at the previous plateau's saddle (< 10% of the layer's largest)")]
+                         label="neurons small at the previous plateau's saddle (< 10% of the layer's largest); "
+                               "Z': those of them still small here")]
         if wz_mask is not None:
             handles.insert(0, Patch(fill=False, edgecolor=WZ_COLOR, hatch="//",
                                     label="w_z of the governing KKT point w*"))
