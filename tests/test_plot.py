@@ -610,3 +610,14 @@ def test_long_plateau_before_escape_uses_the_from_escape_axis(plateau_runs, tmp_
 
 def _plateau_time(run: dict, k: int) -> float:
     return next(p["time"] for p in json.loads(run["plateaus"]) if p["index"] == k)
+
+
+@pytest.mark.parametrize("raw", ["not json", "[{\"time\": 1.0}]", "{}"])
+def test_unreadable_plateau_record_draws_the_one_saddle_figure(plateau_runs, raw):
+    """A plateau record that cannot be read (not JSON, no index, not a list) is ignored:
+    the figure is the one-saddle figure, no numbered marker, no error."""
+    tree = _tree(plateau_runs / "mlp.h5")
+    tree["runs"]["0"]["plateaus"] = raw
+    fig = plot.figure_for(tree)
+    assert _plateau_markers(_loss_axes(fig)) == []
+    assert [ax.get_ylabel().split("\n")[0] for ax in _heatmaps(fig)[0::2]] == ["init", "escape", "saddle"]

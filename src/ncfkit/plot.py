@@ -332,7 +332,8 @@ def _read_plateaus(raw) -> tuple[dict, ...]:
         items = json.loads(raw) if isinstance(raw, str) else list(raw)
     except (ValueError, TypeError):
         return ()
-    out = [p for p in items if isinstance(p, dict) and _opt_float(p.get("time")) is not None]
+    out = [p for p in items if isinstance(p, dict) and isinstance(p.get("index"), int)
+           and p["index"] >= 1 and _opt_float(p.get("time")) is not None]
     return tuple(sorted(out, key=lambda p: int(p.get("index", 0))))
 
 
