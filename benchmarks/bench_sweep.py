@@ -72,10 +72,13 @@ class TreeMemory:
         self._thread.join()
 
 
+ENV = dict(os.environ)
+
+
 def timed(argv: list[str], **kw) -> tuple[float, TreeMemory, subprocess.CompletedProcess]:
     """Run ``argv`` as one process tree; (wall s, memory, completed process)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **kw)
     mem = TreeMemory(proc.pid)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
@@ -144,7 +147,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--out", default=None, help="keep the run files here (default: a temporary folder)")
     ap.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="OMP/OPENBLAS/MKL_NUM_THREADS for every mode (Dask's workers use 1 by default)")
     a = ap.parse_args()
+    if a.blas_threads is not None:
+        for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            ENV[k] = str(a.blas_threads)
     deltas = [float(d) for d in a.deltas.split(",")]
     seeds = list(range(a.seeds))
     root = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="bench_sweep_"))
@@ -165,6 +173,7 @@ def main() -> None:
     ref = {k: numbers(p) for k, p in modes["shell loop (one process per run)"]["files"].items()}
     base = modes["shell loop (one process per run)"]["wall"]
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+              "blas_threads": a.blas_threads,
               "runs": len(ref), "modes": []}
     for name, m in modes.items():
         diffs = [compare(numbers(p), ref[k]) for k, p in m["files"].items()]
