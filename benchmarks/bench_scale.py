@@ -147,9 +147,9 @@ def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool, s_ste
         out_h5 = tmp / f"{name}_{len(rows)}.h5"
         try:
             wall, rss, out = run([*NCFKIT, *common, "--out", out_h5, *extra], tmp / f"{name}_{len(rows)}.log")
-        except RowTimeout as e:
-            rows[label] = {"wall_s": float("nan"), "peak_mb": float("nan"), "timeout": str(e)}
-            print(f"  {name} {label}: killed, {e}", flush=True)
+        except (RowTimeout, SystemExit) as e:  # past --row-timeout, or failed (e.g. out of memory)
+            rows[label] = {"wall_s": float("nan"), "peak_mb": float("nan"), "timeout": str(e).splitlines()[0]}
+            print(f"  {name} {label}: {e}", flush=True)
             continue
         res = json.loads(out)
         r0 = res["runs"][0]
