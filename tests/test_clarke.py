@@ -385,3 +385,25 @@ def test_off_every_kink_the_clarke_certificate_is_the_smooth_one(hidden, act):
     top = np.linalg.eigvalsh(Q.T @ ((H + H.T) / 2) @ Q)[-1]
     assert c.delta == pytest.approx(L_h * value - top, rel=1e-9, abs=1e-12)
     assert c.field == ("clarke" if len(hidden) == 1 else "conservative")
+
+
+
+def test_a_stratum_too_large_for_memory_is_refused_before_allocating(monkeypatch):
+    """Many vanishing pre-activations x many weights: one InputError naming the setting,
+    before the matrix is allocated, never an out-of-memory kill (issue 13, bad input)."""
+    import ncfkit._runtime as runtime
+    from ncfkit.clarke import clarke_certificate
+    from ncfkit.errors import InputError
+    from ncfkit.models import make_architecture
+
+    rng = np.random.default_rng(0)
+    X, yt = rng.standard_normal((30, 3)), rng.standard_normal(30)
+    arch = make_architecture("mlp", 3, "4", "relu")
+    W1, v = rng.standard_normal((4, 3)), rng.standard_normal((1, 4))
+    W1[0] = 0.0  # neuron 0: every sample sits at its kink (30 vanishing pre-activations)
+    w = np.concatenate([W1.ravel(), v.ravel()])
+    w /= np.linalg.norm(w)
+    clarke_certificate(arch, X, yt, w)  # fits: computed
+    monkeypatch.setattr(runtime, "available_memory", lambda: 1024)
+    with pytest.raises(InputError, match=r"30 vanishing pre-activations x 16 weights.*NCFKIT_MAX_MEMORY"):
+        clarke_certificate(arch, X, yt, w)

@@ -201,9 +201,24 @@ class _Net:
         return 0.5 * (H + H.T)
 
     def kink_gradients(self, Ds, kinks) -> np.ndarray:
-        """Rows ∇_u z_k (m, k) of every kink k = (l, j, i), in :func:`_kink_index` order."""
+        """Rows ∇_u z_k (m, k) of every kink k = (l, j, i), in :func:`_kink_index` order.
+
+        Raises:
+            InputError: before allocating, when the dense m × k matrix (and its working
+                copies) would not fit in the memory this process may use — e.g. many
+                samples at the kinks of exactly-zero neurons on MNIST-sized data.
+        """
+        from ._runtime import available_memory
+
         hs = self.forward(Ds)
         k = self.u.shape[0]
+        m_all = int(sum(int(K.sum()) for K in kinks))
+        need, have = 4 * 8 * m_all * k, available_memory()  # the matrix, its scaled copy, lstsq work
+        if need > have:
+            raise InputError(f"the Clarke certificate at this ReLU point has {m_all} vanishing pre-activations "
+                             f"x {k} weights: its dense stratum needs {need / 2**30:.1f} GiB, but only "
+                             f"{have / 2**30:.1f} GiB are available; use fewer samples or a narrower --hidden, "
+                             "or raise NCFKIT_MAX_MEMORY")
         rows = []
         for l, K in enumerate(kinks):  # hidden layer l + 1, weights Ws[l]
             js, is_ = np.nonzero(K)
