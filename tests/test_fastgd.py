@@ -22,11 +22,11 @@ from ncfkit.dynamics import Objective, Settings, simulate
 from ncfkit.losses import Loss, make_loss
 from ncfkit.models import MLP, Diagonal, make_architecture, random_direction
 from ncfkit.theory import EXAMPLE1
-from utils import as_numpy, assert_close, ref_mlp_forward, ref_sigma, run_cli, seeded
+from utils import KERNEL_OPTIONAL, as_numpy, assert_close, ref_mlp_forward, ref_sigma, run_cli, seeded
 
 F64, F32 = torch.float64, torch.float32
 
-needs_kernel = pytest.mark.skipif(not fastgd.compiled_available(),
+needs_kernel = pytest.mark.skipif(not fastgd.compiled_available() and KERNEL_OPTIONAL,
                                   reason="the compiled GD kernel was not built")
 pytestmark = needs_kernel  # (the no-kernel paths are tested by monkeypatching it away)
 

@@ -243,8 +243,6 @@ def long_data(tmp_path: Path) -> Path:
                                                 (signal.SIGTERM, 143, "terminated (SIGTERM)")],
                          ids=["sigint", "sigterm"])
 def test_escape_interrupted_mid_run_keeps_a_valid_file(long_data, tmp_path, signum, code, word):
-    if "escape" not in cli.commands:
-        pytest.skip("`ncfkit escape` is not registered yet")
     out = tmp_path / "run.h5"
     proc = Process(["escape", long_data, "--hidden", "10", "--act", "square", "--delta", "1e-6",
                     "--delta", "1e-5", "--lr", "1e-3", "--max-time", "1e9", "--until", "max-time",

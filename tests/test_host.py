@@ -26,8 +26,9 @@ from ncfkit.kkt import certify, normalized_ascent
 from ncfkit.losses import make_loss
 from ncfkit.models import Diagonal, make_architecture, random_direction
 from ncfkit.sparsity import balance_error, neuron_activity, zero_preserving_mask
+from utils import KERNEL_OPTIONAL
 
-pytestmark = pytest.mark.skipif(not fastgd.compiled_available(),
+pytestmark = pytest.mark.skipif(not fastgd.compiled_available() and KERNEL_OPTIONAL,
                                 reason="the compiled GD kernel was not built")
 
 F64 = torch.float64

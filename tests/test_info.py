@@ -79,8 +79,6 @@ def test_sparsity_file(files):
 
 
 def test_escape_file(files):
-    if "escape" not in cli.commands:
-        pytest.skip("`ncfkit escape` is not registered yet")
     info = _info(files / "escape.h5")
     assert info["kind"] == "escape" and info["status"] == "complete"
     assert [r["delta"] for r in info["runs"]] == [1e-3, 1e-2]

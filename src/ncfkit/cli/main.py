@@ -51,12 +51,7 @@ def _register() -> None:
 
     for name in ("data_cmd", "kkt_cmd", "sparsity_cmd", "escape_cmd", "collect_cmd",
                  "plot_cmd", "info_cmd", "sweep_cmd"):
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue  # not built yet
-            raise
+        module = importlib.import_module(f".{name}", __package__)
         cli.add_command(module.command)
 
 
