@@ -1250,7 +1250,9 @@ def _run_dask(cluster: _Cluster, tasks: dict, report: SweepReport, retries: int,
                     continue
             else:
                 exc = fut.exception() if fut.status == "error" else None
-                died = exc is not None and _worker_died(exc)
+                # "lost": the worker holding the finished result died before it was fetched;
+                # resubmitted, the point finds its complete file and reports it done
+                died = fut.status == "lost" or (exc is not None and _worker_died(exc))
                 if died:
                     if our_dead_lock(name):  # it was running there
                         attempts[name] += 1
