@@ -182,18 +182,23 @@ def _npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     return out
 
 
+def _readable_npz_headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """:func:`_npz_headers`, with a damaged file's zipfile/format errors as one InputError."""
+    try:
+        return _npz_headers(p)
+    except InputError:
+        raise
+    except Exception as e:  # zipfile/format errors of a damaged file
+        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+
+
 def _check_npz_sizes(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     """The member headers of an .npz (:func:`_npz_headers`), after refusing members of
     Python objects, members that declare more bytes than they hold, and a file whose
     arrays together would not fit in :data:`DATA_MEMORY_SHARE` of the memory available."""
     from ._runtime import available_memory, human_bytes
 
-    try:
-        headers = _npz_headers(p)
-    except InputError:
-        raise
-    except Exception as e:  # zipfile/format errors of a damaged file
-        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    headers = _readable_npz_headers(p)
     total = 0
     for k, (shape, dtype, stored) in headers.items():
         if dtype.hasobject:
@@ -212,12 +217,7 @@ def _check_npz_sizes(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int]
 
 
 def _load_npz(p: Path) -> tuple[Any, Any]:
-    try:
-        headers = _npz_headers(p)
-    except InputError:
-        raise
-    except Exception as e:  # zipfile/format errors of a damaged file
-        raise InputError(f"{p}: not a readable NPZ file ({type(e).__name__})") from None
+    headers = _readable_npz_headers(p)
     missing = [k for k in ("X", "y") if k not in headers]
     if missing:
         raise InputError(f"{p}: NPZ has no array {missing[0]!r} (found: {', '.join(headers) or 'none'})")
