@@ -312,14 +312,46 @@ def test_deep_run_without_saddle_shows_final_and_regressor(files):
 
 
 def test_non_homogeneous_run_has_no_theory_but_a_figure(files):
-    """A tanh run: homogeneity stored as NaN, no governing KKT point, two δ."""
+    """A tanh run: homogeneity stored as NaN, no governing KKT point, two δ. No w_z and no
+    theory line; instead (Figures 9-13) the neurons small at escape — every hidden neuron
+    but ACTIVE — are outlined at escape and at the saddle, with ‖ψ_Z'‖/‖ψ‖ at the saddle."""
     tree = _escape_tree(files / "data.npz", _mlp_arch(act="tanh"), [0.1, 0.01])
     tree.update(ncfkit_kind="escape", homogeneity=float("nan"))
     del tree["kkt"]
     fig = plot.figure_for(tree)
     assert "not homogeneous" in fig._suptitle.get_text()
+    assert "predicted" not in _loss_axes(fig).get_title()
     assert any("fit needs a homogeneous" in t.get_text() for ax in fig.get_axes() for t in ax.texts)
-    assert not any(p.get_hatch() for ax in _heatmaps(fig) for p in ax.patches)
+    maps = _heatmaps(fig)
+    assert all(p.get_gid() == "prev_zero" for ax in maps for p in ax.patches)  # no w_z hatch
+    rows = [ax.get_ylabel().split("\n")[0] for ax in maps[0::2]]
+    assert rows == ["init", "escape", "saddle"]
+    outlined = [any(p.get_gid() == "prev_zero" for p in ax.patches) for ax in maps]
+    assert outlined == [False, False, True, True, True, True]
+    # W1: the rows of the 4 small neurons (ACTIVE's row is not outlined)
+    bands = sorted((round(p.get_y() + 0.5), round(p.get_y() + 0.5 + p.get_height())) for p in maps[2].patches)
+    assert bands == [(0, ACTIVE), (ACTIVE + 1, HIDDEN[0])]
+    assert "‖ψ_Z'‖/‖ψ‖ = " in maps[4].get_ylabel()
+    assert any("small at escape" in t.get_text() for sub in fig.subfigs for leg in sub.legends
+               for t in leg.get_texts())
+
+
+def test_layers_selects_the_heat_map_columns(files, tmp_path):
+    """--layers 2 draws |W2| only (Figure 17 is layer 1 of the Figure-16 run): one column
+    of heat maps, the loss panel unchanged, the title names the layer; "1-2" and [1, 2]
+    are every layer."""
+    tree = _tree(files / "run.h5")
+    every = _heatmaps(plot.figure_for(tree))
+    fig = plot.figure_for(tree, layers="2")
+    maps = _heatmaps(fig)
+    assert len(maps) == len(every) // 2 == 3
+    assert all(ax.get_title().startswith("|W2|") for ax in maps)
+    assert fig._suptitle.get_text().endswith("weights of W2")
+    assert _loss_axes(fig) is not None
+    assert plot.parse_layers("1-2", 2) == plot.parse_layers([2, 1], 2) == plot.parse_layers(None, 2) == [0, 1]
+    res = run_cli("plot", files / "run.h5", "-o", tmp_path / "w1.png", "--layers", "1")
+    assert res.exit_code == 0, res.output
+    assert _png_size(tmp_path / "w1.png")[0] > 400
 
 
 def test_example1_figure_draws_paths_contour_and_points(files):
@@ -389,6 +421,12 @@ BAD = {
     "run out of range": (lambda f, t: [f / "sweep.h5", "-o", t / "x.png", "--run", 3],
                          "out of range"),
     "run on kkt": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--run", 0], "escape files only"),
+    "layers on kkt": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--layers", "1"], "escape files only"),
+    "layer 0": (lambda f, t: [f / "run.h5", "-o", t / "x.png", "--layers", "0"], "--layers"),
+    "layer past the last": (lambda f, t: [f / "run.h5", "-o", t / "x.png", "--layers", "1,3"], "--layers"),
+    "layers not numbers": (lambda f, t: [f / "run.h5", "-o", t / "x.png", "--layers", "1-x"], "--layers"),
+    "layers backwards": (lambda f, t: [f / "run.h5", "-o", t / "x.png", "--layers", "2-1"], "--layers"),
+    "layers of a 2-D model": (lambda f, t: [f / "example1.h5", "-o", t / "x.png", "--layers", "1"], "--layers"),
     "dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0], "--dpi"),
     "tiny dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 0.001], "--dpi"),
     "huge dpi": (lambda f, t: [f / "kkt.h5", "-o", t / "x.png", "--dpi", 1e6], "--dpi"),

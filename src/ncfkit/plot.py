@@ -43,7 +43,7 @@ from .errors import InputError
 from .models import Architecture
 
 __all__ = ["FIGURE_SUFFIXES", "SCALES", "figure_for", "kkt_figure", "escape_figure",
-           "save_figure"]
+           "parse_layers", "save_figure"]
 
 FIGURE_SUFFIXES = (".png", ".pdf")
 #: Colour scales of the |W_l| heat maps: ``layer`` — one scale per layer shared by the
@@ -394,10 +394,11 @@ def _predicted_from_w0(tree: dict, delta):
     return None
 
 
-def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -> Figure:
+def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer",
+                  layers=None) -> Figure:
     """The figure of an ``escape`` run: :func:`_plane_figure` for weights in one vector of
     two entries (the 2-D diagonal model), else loss curve, escape-time fit (several δ) and
-    |W_l| snapshots."""
+    |W_l| snapshots — of every layer, or of ``layers`` (1-based, :func:`parse_layers`)."""
     arch = _architecture(tree)
     runs = _escape_runs(tree)
     if run is not None and not 0 <= run < len(runs):
@@ -406,9 +407,13 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
         if arch.num_params != 2:
             raise _bad(tree, f"the figure of weights in one vector is a 2-D picture; this run ({arch.describe()}) "
                              f"has {arch.num_params} weights (d = {arch.d})")
+        if layers is not None:
+            raise InputError("--layers applies to the |W_l| heat maps of a network with weight matrices; "
+                             f"this run ({arch.describe()}) has weights in one vector")
         return _plane_figure(tree, arch, runs)
     chosen = run if run is not None else int(np.argmin([r.delta for r in runs]))
     L = len(arch.weight_shapes)
+    shown_layers = parse_layers(layers, L)
     shown = runs[chosen]
     names = [n for n in ("init", "escape", "saddle") if n in shown.snapshots]
     if _multi(shown):  # every plateau's saddle (Appendix G, Figures 14-17)
@@ -418,22 +423,53 @@ def escape_figure(tree: dict, *, run: int | None = None, scale: str = "layer") -
     if "saddle" not in names and "final" in shown.snapshots:
         names.append("final")
     many = len(runs) > 1
-    width = max(9.0, 3.0 * L + 1.0)
+    width = max(9.0, 3.0 * len(shown_layers) + 1.0)
     fig = Figure(figsize=(width, 2.9 + 2.4 * len(names)), layout="constrained")
-    fig.suptitle(f"escape from small initialization — {arch.describe()}{_lh_text(tree)}",
+    which = "" if len(shown_layers) == L else "; weights of " + ", ".join(f"W{l + 1}" for l in shown_layers)
+    fig.suptitle(f"escape from small initialization — {arch.describe()}{_lh_text(tree)}{which}",
                  fontsize=10)
     top, bottom = fig.subfigures(2, 1, height_ratios=[2.9, 2.4 * len(names)])
     axes = top.subplots(1, 2, width_ratios=[2.2, 1]) if many else [top.subplots(1, 1)]
     _loss_panel(axes[0], runs, chosen, _predicted_escape(tree, shown))
     if many:
         _escape_fit_panel(axes[1], tree, runs)
-    _snapshot_grid(bottom, shown, names, arch, _wz_mask(tree), scale)
+    _snapshot_grid(bottom, shown, names, arch, _wz_mask(tree), scale, shown_layers)
     return fig
+
+
+def parse_layers(layers, L: int) -> list[int]:
+    """0-based indices of the weight blocks to draw from ``layers``: None (all L), a text
+    of 1-based layers and ranges (``"1"``, ``"2-4"``, ``"1,3"``; W_L is the output
+    weights v), or a sequence of 1-based ints. Raises InputError naming ``--layers``."""
+    if layers is None:
+        return list(range(L))
+    items = []
+    try:
+        if isinstance(layers, str):
+            for part in layers.replace(" ", "").split(","):
+                a, sep, b = part.partition("-")
+                lo, hi = int(a), int(b) if sep else int(a)
+                if hi < lo:
+                    raise ValueError(part)
+                items += range(lo, hi + 1)
+        else:
+            items = [int(x) for x in layers]
+    except (TypeError, ValueError):
+        raise InputError(f"--layers {layers!r}: expected 1-based layers such as 1, 2-4 or 1,3 "
+                         f"(this network has W1 … W{L})") from None
+    bad = [x for x in items if not 1 <= x <= L]
+    if not items or bad:
+        raise InputError(f"--layers {layers!r}: layers run from 1 to {L} (W{L} is the output weights v)"
+                         + (f"; got {bad[0]}" if bad else ""))
+    return sorted(set(x - 1 for x in items))
 
 
 def _predicted_escape(tree: dict, run: _Run) -> tuple[float, str] | None:
     """The theory's escape time for ``run``: from the NCF flow started at w0 when the file
-    has it, else the leading-order time along w* (Theorems 4/10)."""
+    has it, else the leading-order time along w* (Theorems 4/10); None for a net that is
+    not homogeneous (tanh, GELU: the theory does not apply)."""
+    if _homogeneity(tree) is None:
+        return None
     t = _predicted_from_w0(tree, run.delta)
     if t is not None:
         return float(t), "NCF flow from w0"
@@ -685,15 +721,45 @@ def _escape_fit_panel(ax, tree: dict, runs: list[_Run]) -> None:
     ax.legend(fontsize=7, frameon=False)
 
 
-def _previous_zero_masks(run: _Run, names: list[str], arch: Architecture) -> dict[str, list[np.ndarray]]:
-    """For the row of plateau k ≥ 2: per block, the mask of the neurons that were small at
-    plateau k − 1's saddle (:func:`ncfkit.phases.small_units`, the rule the plateau report
-    uses), so one sees which of them stayed zero until this saddle."""
-    if not _multi(run) or not arch.neuron_layers:
-        return {}
+def _escape_small(run: _Run, names: list[str], arch: Architecture) -> tuple[str | None, np.ndarray | None]:
+    """Without a governing KKT point (a non-homogeneous net: tanh, GELU — Figures 9–13):
+    (the row after escape — the first plateau's saddle, else the end — and the flat mask
+    of the neurons small at escape, :func:`ncfkit.phases.small_units`), so the figure shows
+    which of the neurons that were small near the origin are still small at the next
+    saddle; (None, None) when the run has no such rows or no small neuron at escape."""
+    if "escape" not in names or not arch.neuron_layers:
+        return None, None
+    after = next((n for n in ("saddle", "final") if n in names), None)
+    if after is None:
+        return None, None
     from .phases import small_units, units_mask
 
+    mask = units_mask(arch, small_units(arch, np.asarray(run.snapshots["escape"]["w"], dtype=float).ravel()))
+    return (after, mask) if mask.any() else (None, None)
+
+
+def _stayed_ratio(arch: Architecture, mask: np.ndarray, w: np.ndarray) -> float | None:
+    """‖ψ_Z'‖/‖ψ‖ at ``w`` for Z' = the units of ``mask`` that are still small at ``w``."""
+    from .phases import norm_ratio, small_units, units_mask
+
+    return norm_ratio(mask & units_mask(arch, small_units(arch, w)), w)
+
+
+def _previous_zero_masks(run: _Run, names: list[str], arch: Architecture,
+                         escape_mask: np.ndarray | None = None) -> dict[str, list[np.ndarray]]:
+    """For the row of plateau k ≥ 2: per block, the mask of the neurons that were small at
+    plateau k − 1's saddle (:func:`ncfkit.phases.small_units`, the rule the plateau report
+    uses), so one sees which of them stayed zero until this saddle. With ``escape_mask``
+    (the neurons small at escape, :func:`_escape_small`) the escape row and the row after
+    it outline that set too."""
     out = {}
+    if escape_mask is not None:
+        after, _ = _escape_small(run, names, arch)
+        out["escape"] = out[after] = _layers({"w": escape_mask}, arch)
+    if not _multi(run) or not arch.neuron_layers:
+        return out
+    from .phases import small_units, units_mask
+
     for p in run.plateaus:
         k = int(p["index"])
         name, prev = _saddle_name(k), _saddle_name(k - 1)
@@ -724,13 +790,20 @@ def _row_label(run: _Run, name: str) -> str:
     return name
 
 
-def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask, scale: str) -> None:
+def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask, scale: str,
+                   shown: list[int] | None = None) -> None:
+    """|W_l| of the snapshots ``names`` (rows) for the layers ``shown`` (0-based columns; all
+    by default), w_z hatched, the zero set of the previous row's event outlined."""
     shapes = arch.weight_shapes
     L = len(shapes)
-    axes = np.atleast_2d(sub.subplots(len(names), L, width_ratios=_width_ratios(shapes)))
+    shown = list(range(L)) if shown is None else list(shown)
+    axes = np.atleast_2d(sub.subplots(len(names), len(shown), width_ratios=_width_ratios([shapes[l] for l in shown])))
+    if len(shown) == 1:
+        axes = axes.reshape(len(names), 1)
     layers = {n: _layers(run.snapshots[n], arch) for n in names}
     masks = _layers({"w": wz_mask}, arch) if wz_mask is not None else [None] * L
-    prev = _previous_zero_masks(run, names, arch)
+    after, escape_mask = _escape_small(run, names, arch) if wz_mask is None else (None, None)
+    prev = _previous_zero_masks(run, names, arch, escape_mask)
     times = {"init": 0.0, "escape": run.escape_time, "saddle": run.saddle_time}
     squeeze = _from_escape_axis(run)
     labels = {}
@@ -746,22 +819,25 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
             labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
-        stayed = _opt_float(_plateau_of(run, n).get("prev_zero_stayed_ratio")) if n in prev else None
+        if n == after:  # Figures 9-13: the neurons small at escape, measured here
+            stayed = _stayed_ratio(arch, escape_mask, w)
+        else:
+            stayed = _opt_float(_plateau_of(run, n).get("prev_zero_stayed_ratio")) if n in prev else None
         if stayed is not None:  # Appendix G's claim: the rest of the previous zero set
             labels[n] += f"\n‖ψ_Z'‖/‖ψ‖ = {stayed:.2g}"
     bottom = len(names) - 1
-    for l in range(L):
+    for col, l in enumerate(shown):
         norm = _norm(scale, [layers[n][l] for n in names])
         for i, n in enumerate(names):
-            ax = axes[i, l]
+            ax = axes[i, col]
             im = _heatmap(sub, ax, layers[n][l], norm, _layer_names(L)[l], masks[l],
                           colorbar=scale == "panel", prev_mask=prev[n][l] if n in prev else None)
             if i == bottom:
                 ax.set_xlabel(_axis_labels(l + 1, L)[0], fontsize=7, labelpad=1)
-            if l == 0:
+            if col == 0:
                 ax.set_ylabel(labels[n], fontsize=8, fontweight="bold", labelpad=3)
         if scale != "panel":  # one colour bar for the shared scale of the layer
-            cb = sub.colorbar(im, ax=list(axes[:, l]), fraction=0.08, pad=0.02)
+            cb = sub.colorbar(im, ax=list(axes[:, col]), fraction=0.08, pad=0.02)
             cb.ax.tick_params(labelsize=6)
     if wz_mask is not None:
         sub.suptitle("|W_l| (rows: neurons of layer l, columns: its inputs); hatched: the "
@@ -769,8 +845,14 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
     if prev:
         from matplotlib.patches import Patch
 
+        if escape_mask is not None and len(prev) > 2:
+            what = "at escape (rows escape and plateau 1) or at the previous plateau's saddle"
+        elif escape_mask is not None:
+            what = "at escape"
+        else:
+            what = "at the previous plateau's saddle"
         handles = [Patch(fill=False, edgecolor=PREV_ZERO_COLOR, hatch="\\\\",
-                         label="neurons small at the previous plateau's saddle (< 10% of the layer's largest); "
+                         label=f"neurons small {what} (< 10% of the layer's largest); "
                                "Z': those of them still small here")]
         if wz_mask is not None:
             handles.insert(0, Patch(fill=False, edgecolor=WZ_COLOR, hatch="//",
@@ -957,7 +1039,7 @@ def _run_data(tree: dict):
 FIGURES: dict[str, Callable[[dict], Figure]] = {"kkt": kkt_figure, "escape": escape_figure}
 
 
-def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer") -> Figure:
+def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer", layers=None) -> Figure:
     """The figure for a result tree, chosen by its ``ncfkit_kind``.
 
     Args:
@@ -966,6 +1048,8 @@ def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         run: escape files with several δ: the index of the run whose weights are shown
             (default: the smallest δ).
         scale: colour scale of the |W| heat maps, one of :data:`SCALES`.
+        layers: escape files: the layers whose |W_l| are drawn (1-based: ``"1"``,
+            ``"2-4"``, ``[1, 3]``; :func:`parse_layers`); None draws every layer.
 
     Raises:
         InputError: a kind without a figure, an option that does not apply, a result
@@ -979,7 +1063,11 @@ def figure_for(tree: dict, *, run: int | None = None, scale: str = "layer") -> F
         raise InputError(f"unknown colour scale {scale!r}; expected one of {', '.join(SCALES)}")
     if kind != "escape" and run is not None:
         raise InputError("--run applies to escape files only")
+    if kind != "escape" and layers is not None:
+        raise InputError("--layers applies to escape files only")
     try:
+        if layers is not None:
+            return FIGURES[kind](tree, run=run, scale=scale, layers=layers)
         return FIGURES[kind](tree, run=run, scale=scale)
     except (KeyError, IndexError, ValueError, TypeError) as e:
         if isinstance(e, InputError):

@@ -20,11 +20,15 @@ from .options import guarded
               show_default=True,
               help="Colour scale of the |W| heat maps: one linear scale per layer, one per "
                    "panel, or one logarithmic scale per layer.")
+@click.option("--layers", default=None, metavar="LAYERS",
+              help="escape files: draw |W_l| of these layers only, 1-based (W_L is the output "
+                   "weights v): 1, 2-4 or 1,3 [default: all]. The paper's Figure 17 is layer 1 "
+                   "of the Figure-16 run.")
 @click.option("--palette/--no-palette", default=True, show_default=True,
               help="PNG with 256 colours (2-3x smaller) or full colour.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @guarded
-def command(result, out, dpi, run_index, scale, palette, force):
+def command(result, out, dpi, run_index, scale, layers, palette, force):
     """Draw the figure of RESULT (a file written by `ncfkit kkt --out` or
     `ncfkit escape --out`) into OUT.
 
@@ -40,7 +44,8 @@ def command(result, out, dpi, run_index, scale, palette, force):
     """
     from ..api import plot
 
-    fig = plot(result, out, run=run_index, scale=scale, dpi=dpi, palette=palette, force=force)
+    fig = plot(result, out, run=run_index, scale=scale, dpi=dpi, palette=palette, force=force,
+               layers=layers)
     size = fig.get_size_inches() * dpi
     click.echo(f"wrote {out} ({fig.get_label()} figure, "
                f"{int(round(size[0]))}×{int(round(size[1]))} px at {dpi:g} dpi)", err=True)
