@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ncfkit._trust import trust_region_finish
+from ncfkit._trust import point_oracle, trust_region_finish
 from ncfkit.activations import parse_activation
 from ncfkit.kkt import find_kkt_points, normalized_ascent
 from ncfkit.models import MLP, random_direction
@@ -44,9 +44,35 @@ def test_finish_is_quadratic():
         return ncf_value_and_grad(arch, X, yt, u)
 
     g0 = float(np.linalg.norm(vg(u0[0])[1]))
-    fr = trust_region_finish(vg, lambda u, v: ncf_hvp(arch, X, yt, u, v), near, g0=g0, tol=1e-12)
-    assert fr.converged and fr.residual <= 1e-12 and fr.iterations <= 12
-    assert abs(np.linalg.norm(fr.u) - 1) < 1e-14
+    generic = point_oracle(_NoMLP(), X, yt, vg, lambda u, v: ncf_hvp(arch, X, yt, u, v))
+    for at in (point_oracle(arch, X, yt), generic):
+        fr = trust_region_finish(at, near, g0=g0, tol=1e-12)
+        assert fr.converged and fr.residual <= 1e-12 and fr.iterations <= 12
+        assert abs(np.linalg.norm(fr.u) - 1) < 1e-14
+
+
+class _NoMLP:
+    """Any architecture that is not an MLP: the oracle falls back to the functions given."""
+
+
+@pytest.mark.parametrize(("act", "hidden"), [("square", ()), ("square", (8,)), ("square", (4, 3)),
+                                             ("poly:3", (6,)), ("sqrelu", (5, 4, 3)), ("poly:3:0.2", (3, 3)),
+                                             ("linear", (4,))])
+def test_point_oracle_equals_the_closed_forms(act, hidden):
+    """The cached point (forward and backward passes once) gives 𝒩, ∇𝒩 and ∇²𝒩 v of the
+    architecture's closed forms, for one vector and a batch of them."""
+    arch, X, yt = _problem(act, hidden, seed=2)
+    rng = np.random.default_rng(7)
+    u = random_direction(arch.num_params, rng)
+    V = rng.standard_normal((3, arch.num_params))
+    pt = point_oracle(arch, X, yt)(u)
+    val, grad = ncf_value_and_grad(arch, X, yt, u)
+    hv = ncf_hvp(arch, X, yt, u, V)
+    scale = max(float(np.abs(hv).max()), 1e-300)
+    assert abs(pt.value - float(val)) <= 1e-13 * max(abs(float(val)), 1e-300)
+    np.testing.assert_allclose(pt.grad, grad, rtol=0, atol=1e-13 * float(np.abs(grad).max()))
+    np.testing.assert_allclose(pt.hvp(V), hv, rtol=0, atol=1e-13 * scale)
+    np.testing.assert_allclose(pt.hvp(V[1]), hv[1], rtol=0, atol=1e-13 * scale)
 
 
 def test_relu_keeps_the_clarke_path():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FinishResult", "trust_region_finish"]
+__all__ = ["FinishResult", "point_oracle", "trust_region_finish"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class FinishResult:
     converged: bool  # residual <= tol
     iterations: int  # outer (Newton) steps tried
     products: int  # Hessian-vector products
+    point: object = None  # the :func:`point_oracle` object at u (its products reuse the point's passes)
 
 
 def _steihaug(apply_A: Callable[[np.ndarray], np.ndarray], g: np.ndarray, radius: float, rtol: float,
@@ -72,16 +73,131 @@ def _to_boundary(x: np.ndarray, p: np.ndarray, radius: float) -> float:
     return (-b + np.sqrt(max(b * b - 4 * a * c, 0.0))) / (2 * a)
 
 
-def trust_region_finish(value_and_grad: Callable, hvp: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                        u: np.ndarray, *, g0: float, tol: float, eps: float = np.finfo(float).eps,
-                        max_iter: int = 50, cg_iter: int = 200, radius: float = 0.1) -> FinishResult:
+class _MLPPoint:
+    """𝒩(u), ∇𝒩(u) and v ↦ ∇²𝒩(u)v of a feed-forward net at one point u, numpy float64.
+
+    The forward and backward passes at u are kept, so a Hessian-vector product costs
+    only its own tangent and adjoint passes (two GEMMs with the data on a two-layer net,
+    where :meth:`MLP.hvp <ncfkit.models.mlp.MLP.hvp>` recomputes the point's passes with
+    every product): the R-operator of that method with the loss term dropped (𝒩 = ỹᵀH:
+    the output's adjoint ỹ does not depend on u)."""
+
+    def __init__(self, arch, X: np.ndarray, XT: np.ndarray, ytilde: np.ndarray, u: np.ndarray):
+        self.arch, self.X = arch, X
+        act = arch.act
+        Ws = arch.split(u)
+        hs, zs = [XT], []
+        for W in Ws[:-1]:
+            z = W @ hs[-1]
+            zs.append(z)
+            hs.append(act(z))
+        out = (Ws[-1] @ hs[-1])[0]
+        self.value = float(out @ ytilde)
+        s1 = [act.derivative(z) for z in zs]
+        depth = len(Ws)
+        bs, wtbs, grads = [None] * depth, [None] * depth, [None] * depth
+        b = ytilde[None, :]  # adjoint of layer l's output pre-activation, (k_l, n)
+        for l in range(depth - 1, 0, -1):
+            bs[l] = b
+            grads[l] = b @ hs[l].T
+            wtbs[l] = _t_matmul(Ws[l], b)
+            b = wtbs[l] * s1[l - 1]
+        bs[0] = b
+        grads[0] = b @ X
+        self.grad = np.concatenate([G.ravel() for G in grads])
+        self._Ws, self._hs, self._zs, self._s1, self._bs, self._wtbs = Ws, hs, zs, s1, bs, wtbs
+        self._curv = None  # (Wᵀb)·σ''(z) per layer, on the first product
+
+    def _prepare(self):
+        """What every product at this point shares: (Wᵀb)·σ''(z) per layer, and the output
+        layer's adjoint times σ' (a product's output-layer gradient is then one pass)."""
+        act, Ws, zs, wtbs = self.arch.act, self._Ws, self._zs, self._wtbs
+        self._curv = [None] + [wtbs[l] * act.second_derivative(zs[l - 1]) for l in range(1, len(Ws))]
+        self._top = self._bs[-1] * self._s1[-1]  # (k_{L-1}, n)
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        """∇²𝒩(u) v for v (k,) or (m, k)."""
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim == 2:
+            return np.stack([self.hvp(row) for row in v]) if len(v) else np.zeros_like(v)
+        Ws, hs, s1, bs = self._Ws, self._hs, self._s1, self._bs
+        depth = len(Ws)
+        if depth == 1:  # linear in u: no curvature
+            return np.zeros_like(v)
+        if self._curv is None:
+            self._prepare()
+        Vs = self.arch.split(v)
+        # tangents of the pre-activations z_l (and of h_l = σ(z_l) below the last hidden layer)
+        dzs, dhs = [], [None]
+        for l in range(depth - 1):
+            dz = Vs[l] @ hs[l]
+            if dhs[l] is not None:
+                dz += Ws[l] @ dhs[l]
+            dzs.append(dz)
+            dhs.append(s1[l] * dz if l < depth - 2 else None)
+        curv, top = self._curv, depth - 1
+        grads = [None] * depth
+        # output layer: b = ỹ is fixed, so its gradient is bᵀ(σ'·ż) and the adjoint's tangent
+        # (Vᵀb)·σ' + (Wᵀb)·σ''·ż
+        grads[top] = np.einsum("jn,jn->j", self._top, dzs[-1])[None, :]
+        db = curv[top] * dzs[-1]
+        db += Vs[top][0][:, None] * self._top
+        for l in range(top - 1, 0, -1):
+            grads[l] = db @ hs[l].T + bs[l] @ dhs[l].T
+            db = (Vs[l].T @ bs[l] + Ws[l].T @ db) * s1[l - 1] + curv[l] * dzs[l - 1]
+        grads[0] = db @ self.X
+        return np.concatenate([G.ravel() for G in grads])
+
+
+def _t_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Aᵀ B; a one-row A (the output layer) as an outer product, which BLAS's GEMM with
+    an inner dimension of 1 does several times slower."""
+    return np.multiply.outer(A[0], B[0]) if A.shape[0] == 1 else A.T @ B
+
+
+class _GenericPoint:
+    """The same interface from a ``value_and_grad`` function and ``hvp(u, v)``."""
+
+    def __init__(self, value_and_grad, hvp, u):
+        val, grad = value_and_grad(u)
+        self.value, self.grad = float(val), np.asarray(grad, dtype=np.float64)
+        self._u, self._hvp = u, hvp
+
+    def hvp(self, v):
+        return np.asarray(self._hvp(self._u, v), dtype=np.float64)
+
+
+def point_oracle(arch, X, ytilde, value_and_grad: Callable | None = None,
+                 hvp: Callable | None = None) -> Callable[[np.ndarray], object] | None:
+    """``at(u)`` → an object with ``value`` (𝒩(u)), ``grad`` (∇𝒩(u)) and ``hvp(v)``
+    (∇²𝒩(u)v) for numpy float64 u (k,). Feed-forward nets on host data get
+    :class:`_MLPPoint` (the point's passes computed once for all its products); other
+    architectures, or data on an accelerator, ``value_and_grad(u)`` and ``hvp(u, v)``
+    (None when they are not given)."""
+    from .arrays import is_numpy, to_numpy
+    from .models.mlp import MLP
+
+    host = is_numpy(X) or getattr(getattr(X, "device", None), "type", "cpu") == "cpu"
+    if isinstance(arch, MLP) and host:
+        Xn = np.ascontiguousarray(to_numpy(X), dtype=np.float64)
+        XT = np.ascontiguousarray(Xn.T)
+        yn = np.ascontiguousarray(to_numpy(ytilde), dtype=np.float64)
+        return lambda u: _MLPPoint(arch, Xn, XT, yn, np.asarray(u, dtype=np.float64))
+    if value_and_grad is None or hvp is None:
+        return None
+    return lambda u: _GenericPoint(value_and_grad, hvp, u)
+
+
+def trust_region_finish(at: Callable[[np.ndarray], object], u: np.ndarray, *, g0: float, tol: float,
+                        eps: float = np.finfo(float).eps, max_iter: int = 50, cg_iter: int = 200,
+                        radius: float = 0.1) -> FinishResult:
     """Trust-region Newton on the sphere from ``u`` (k,) until the ascent's residual is
-    ≤ ``tol`` (or ``max_iter`` steps). ``value_and_grad(u) -> (𝒩, ∇𝒩)`` and
-    ``hvp(u, v) -> ∇²𝒩(u) v`` take and return float64 numpy vectors."""
+    ≤ ``tol`` (or ``max_iter`` steps). ``at(u)`` is a :func:`point_oracle`: 𝒩, ∇𝒩 and the
+    Hessian-vector products at u, float64 numpy vectors."""
     u = np.asarray(u, dtype=np.float64)
     u = u / np.linalg.norm(u)
-    val, grad = (np.asarray(a, dtype=np.float64) for a in value_and_grad(u))
-    val = float(val)
+    pt = at(u)
+    val, grad = pt.value, pt.grad
     products = 0
 
     def state(u, grad):
@@ -96,19 +212,20 @@ def trust_region_finish(value_and_grad: Callable, hvp: Callable[[np.ndarray, np.
             it -= 1
             break
 
-        def apply_A(xi, u=u, radial=radial):
+        def apply_A(xi, u=u, radial=radial, pt=pt):
             xi = xi - (u @ xi) * u
-            hx = np.asarray(hvp(u, xi), dtype=np.float64)
-            out = radial * xi - hx
+            out = radial * xi - pt.hvp(xi)
             return out - (u @ out) * u
 
-        xi, Axi, used = _steihaug(apply_A, g, radius, min(0.1, np.sqrt(res)), cg_iter)
+        # forcing term √res (superlinear), but never solving for more than the residual
+        # needs: a model residual of tol/2 ends the finish in this step
+        xi, Axi, used = _steihaug(apply_A, g, radius, min(0.1, max(np.sqrt(res), 0.5 * tol / res)), cg_iter)
         products += used
         predicted = float(g @ xi) - 0.5 * float(xi @ Axi)  # model increase of 𝒩
         trial = u + xi
         trial /= np.linalg.norm(trial)
-        t_val, t_grad = (np.asarray(a, dtype=np.float64) for a in value_and_grad(trial))
-        t_val = float(t_val)
+        t_pt = at(trial)
+        t_val, t_grad = t_pt.value, t_pt.grad
         t_radial, t_g, t_res = state(trial, t_grad)
         noise = 64 * eps * (abs(val) + g0)
         actual = t_val - val
@@ -119,7 +236,7 @@ def trust_region_finish(value_and_grad: Callable, hvp: Callable[[np.ndarray, np.
         elif rho > 0.75 and step >= 0.99 * radius:
             radius = min(2 * radius, np.pi / 2)
         if actual > noise or (actual >= -noise and t_res < res):
-            u, val, grad, radial, g, res = trial, t_val, t_grad, t_radial, t_g, t_res
+            u, pt, val, grad, radial, g, res = trial, t_pt, t_val, t_grad, t_radial, t_g, t_res
         elif radius < 1e-16:
             break
-    return FinishResult(u, val, grad, res, res <= tol, it, products)
+    return FinishResult(u, val, grad, res, res <= tol, it, products, pt)
