@@ -659,3 +659,28 @@ def test_unreadable_plateau_record_draws_the_one_saddle_figure(plateau_runs, raw
     fig = plot.figure_for(tree)
     assert _plateau_markers(_loss_axes(fig)) == []
     assert [ax.get_ylabel().split("\n")[0] for ax in _heatmaps(fig)[0::2]] == ["init", "escape", "saddle"]
+
+
+def test_plateaus_decades_apart_get_a_log_time_axis_and_unconfirmed_is_said(plateau_runs):
+    """Plateau 2 moved 100× further from escape than plateau 1 (and the run extended to
+    it), and left unconfirmed (the run ended in it, as tanh runs do): the time axis is
+    linear up to escape and logarithmic after, and the plateau's row and marker text say
+    "unconfirmed"; the unmoved run keeps its linear axis."""
+    tree = _tree(plateau_runs / "mlp.h5")
+    assert _loss_axes(plot.figure_for(tree)).get_xscale() == "linear"
+    run = tree["runs"]["0"]
+    t_esc = float(run["escape_time"])
+    plateaus = json.loads(run["plateaus"])
+    far = t_esc + 100 * (plateaus[0]["time"] - t_esc)
+    plateaus[1].update(time=far, confirmed=False, exit_time=None)
+    run["plateaus"] = json.dumps(plateaus)
+    run["snapshots"]["saddle_2"]["time"] = far
+    rec = run["records"]
+    rec["time"] = np.append(np.asarray(rec["time"]), far)
+    rec["loss"] = np.append(np.asarray(rec["loss"]), np.asarray(rec["loss"])[-1])
+    fig = plot.figure_for(tree)
+    ax = _loss_axes(fig)
+    assert ax.get_xscale() == "symlog" and "logarithmic after" in ax.get_xlabel()
+    rows = [a.get_ylabel() for a in _heatmaps(fig) if a.get_ylabel()]
+    assert any(r.startswith("plateau 2") and "unconfirmed" in r for r in rows)
+    assert any("unconfirmed" in t.get_text() for t in ax.texts)

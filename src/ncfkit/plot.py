@@ -554,7 +554,7 @@ def _plot_plateaus(ax, r: _Run, window, annotate: bool, shift: float) -> None:
                     fontweight="bold", color=PLATEAU_COLOR, zorder=6)
         ax.axvline(t - shift, color=PLATEAU_COLOR, ls="--", lw=0.8)
         if annotate:
-            kind = p.get("kind") or "plateau"
+            kind = (p.get("kind") or "plateau") + ("" if p.get("confirmed", True) else ", unconfirmed (run ended)")
             lo, hi = window if window is not None else (float(r.time.min()), float(r.time.max()))
             right = hi > lo and (t - lo) / (hi - lo) > 0.6  # text to the left of the marker
             shown = r.loss[(r.time >= lo) & (r.time <= hi)]
@@ -584,7 +584,15 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
             ax.axvline(t - shift, color="#9467bd", ls=":", lw=1.4)
         else:
             title += ", after the run's end"
-    if squeeze is None:
+    log_after = _log_after_escape(runs[chosen]) if squeeze is None and window is None else None
+    if log_after is not None:  # plateaus decades apart after escape (tanh: Figures 9-11)
+        ax.set_xscale("symlog", linthresh=log_after, linscale=0.6)
+        ax.set_xlim(0.0, float(runs[chosen].time.max()))
+        ax.set_xlabel(f"gradient-flow time t (linear up to escape, t = {log_after:.4g}; logarithmic after)",
+                      fontsize=8)
+        if float(np.min(runs[chosen].loss)) > 0 and np.ptp(np.log10(runs[chosen].loss)) > 2:
+            ax.set_yscale("log")
+    elif squeeze is None:
         ax.set_xlabel("gradient-flow time t", fontsize=8)
     else:
         _set_from_escape_scale(ax, runs[chosen], *squeeze)
@@ -611,6 +619,23 @@ def _loss_panel(ax, runs: list[_Run], chosen: int,
 SQUEEZE = 100.0
 #: Fraction of the width of the from-escape axis given to the time before escape.
 BEFORE_ESCAPE_WIDTH = 0.25
+
+
+#: A run through several plateaus gets a time axis that is logarithmic after escape when
+#: its last plateau is over this many times further from escape than its first.
+LOG_SPREAD = 20.0
+
+
+def _log_after_escape(run: _Run) -> float | None:
+    """t_esc when the plateaus after escape lie decades apart (the last one over
+    :data:`LOG_SPREAD` times further from escape than the first: Figure 9's plateaus at
+    t_esc + 56 and t_esc + 10⁴), so a linear axis would squeeze the first into a sliver;
+    else None."""
+    if not _multi(run) or run.escape_time is None or not run.escape_time > 0:
+        return None
+    times = sorted(float(p["time"]) for p in run.plateaus)
+    first, last = times[0] - run.escape_time, times[-1] - run.escape_time
+    return run.escape_time if first > 0 and last > LOG_SPREAD * first else None
 
 
 def _last_event(run: _Run) -> float | None:
@@ -786,6 +811,8 @@ def _row_label(run: _Run, name: str) -> str:
         k = 1 if name == "saddle" else int(name.split("_")[1])
         p = next((p for p in run.plateaus if int(p["index"]) == k), {})
         kind = {"strict saddle": "saddle"}.get(p.get("kind"), p.get("kind"))
+        if p and not p.get("confirmed", True):
+            kind = f"{kind}, unconfirmed" if kind else "unconfirmed"
         return f"plateau {k}" + (f" ({kind})" if kind else "")
     return name
 
