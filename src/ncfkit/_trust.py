@@ -10,6 +10,15 @@ quadratically once the ascent is close; the trust region keeps each step safe wh
 is indefinite (negative curvature is followed to the boundary, which increases 𝒩), and
 a step is kept only when 𝒩 rises by more than round-off or, once changes of 𝒩 drown in
 round-off, the residual falls. The residual is the ascent's: ‖g‖ / max(‖∇𝒩‖, g0).
+
+Each inner solve stops at the forcing term min(0.1, √res) (superlinear convergence), but
+never below what the residual still needs (a model residual of tol/2). A point's
+𝒩, ∇𝒩 and Hessian-vector products come from :func:`point_oracle`: for feed-forward nets
+on host data the point's forward and backward passes are computed once and every
+product reuses them (two GEMMs with the data per product on a two-layer net), and the
+inner solves' products run in float32 while their forcing term is ≥ 1e-3 (relative
+error ~1e-7 ≪ the forcing term; every accepted point, its 𝒩, ∇𝒩 and residual stay
+float64, so the limit and its certificate are not affected).
 """
 
 from __future__ import annotations
@@ -82,8 +91,8 @@ class _MLPPoint:
     every product): the R-operator of that method with the loss term dropped (𝒩 = ỹᵀH:
     the output's adjoint ỹ does not depend on u)."""
 
-    def __init__(self, arch, X: np.ndarray, XT: np.ndarray, ytilde: np.ndarray, u: np.ndarray):
-        self.arch, self.X = arch, X
+    def __init__(self, arch, X: np.ndarray, XT: np.ndarray, ytilde: np.ndarray, u: np.ndarray, data32=None):
+        self.arch, self.X, self._data32 = arch, X, data32
         act = arch.act
         Ws = arch.split(u)
         hs, zs = [XT], []
@@ -106,27 +115,44 @@ class _MLPPoint:
         grads[0] = b @ X
         self.grad = np.concatenate([G.ravel() for G in grads])
         self._Ws, self._hs, self._zs, self._s1, self._bs, self._wtbs = Ws, hs, zs, s1, bs, wtbs
-        self._curv = None  # (Wᵀb)·σ''(z) per layer, on the first product
+        self._shared = {}  # dtype -> what every product reads (built on the first product)
 
-    def _prepare(self):
-        """What every product at this point shares: (Wᵀb)·σ''(z) per layer, and the output
-        layer's adjoint times σ' (a product's output-layer gradient is then one pass)."""
-        act, Ws, zs, wtbs = self.arch.act, self._Ws, self._zs, self._wtbs
-        self._curv = [None] + [wtbs[l] * act.second_derivative(zs[l - 1]) for l in range(1, len(Ws))]
-        self._top = self._bs[-1] * self._s1[-1]  # (k_{L-1}, n)
+    def _state(self, low: bool):
+        """What every product at this point reads: (W, h, σ'(z), b) per layer, (Wᵀb)·σ''(z)
+        per layer, the output layer's adjoint times σ' (a product's output-layer gradient
+        is then one pass) and X; ``low``: in float32 (only the arrays a product reads)."""
+        st = self._shared.get(low)
+        if st is not None:
+            return st
+        if not low:
+            act, Ws, zs, wtbs = self.arch.act, self._Ws, self._zs, self._wtbs
+            curv = [None] + [wtbs[l] * act.second_derivative(zs[l - 1]) for l in range(1, len(Ws))]
+            st = (Ws, self._hs, self._s1, self._bs, curv, self._bs[-1] * self._s1[-1], self.X)
+        else:
+            Ws, hs, s1, bs, curv, top, _ = self._state(False)
+            depth = len(Ws)
+            X32, XT32 = self._data32()
 
-    def hvp(self, v: np.ndarray) -> np.ndarray:
-        """∇²𝒩(u) v for v (k,) or (m, k)."""
+            def f32(arrays, a, b):
+                return [None] * a + [x.astype(np.float32) for x in arrays[a:b]] + [None] * (len(arrays) - b)
+
+            st = (f32(Ws, 0, depth), [XT32] + f32(hs, 1, depth - 1)[1:], f32(s1, 0, depth - 2),
+                  f32(bs, 1, depth - 1), f32(curv, 1, depth), top.astype(np.float32), X32)
+        self._shared[low] = st
+        return st
+
+    def hvp(self, v: np.ndarray, low: bool = False) -> np.ndarray:
+        """∇²𝒩(u) v for v (k,) or (m, k), float64; ``low``: the products in float32 (half
+        the memory traffic and twice BLAS's rate, relative error ~1e-6: for the inexact
+        Newton steps of :func:`trust_region_finish`, never for a certificate)."""
         v = np.asarray(v, dtype=np.float64)
         if v.ndim == 2:
-            return np.stack([self.hvp(row) for row in v]) if len(v) else np.zeros_like(v)
-        Ws, hs, s1, bs = self._Ws, self._hs, self._s1, self._bs
-        depth = len(Ws)
+            return np.stack([self.hvp(row, low) for row in v]) if len(v) else np.zeros_like(v)
+        depth = len(self._Ws)
         if depth == 1:  # linear in u: no curvature
             return np.zeros_like(v)
-        if self._curv is None:
-            self._prepare()
-        Vs = self.arch.split(v)
+        Ws, hs, s1, bs, curv, top_adj, X = self._state(low and self._data32 is not None)
+        Vs = self.arch.split(v.astype(X.dtype, copy=False))
         # tangents of the pre-activations z_l (and of h_l = σ(z_l) below the last hidden layer)
         dzs, dhs = [], [None]
         for l in range(depth - 1):
@@ -135,18 +161,18 @@ class _MLPPoint:
                 dz += Ws[l] @ dhs[l]
             dzs.append(dz)
             dhs.append(s1[l] * dz if l < depth - 2 else None)
-        curv, top = self._curv, depth - 1
+        top = depth - 1
         grads = [None] * depth
         # output layer: b = ỹ is fixed, so its gradient is bᵀ(σ'·ż) and the adjoint's tangent
         # (Vᵀb)·σ' + (Wᵀb)·σ''·ż
-        grads[top] = np.einsum("jn,jn->j", self._top, dzs[-1])[None, :]
+        grads[top] = np.einsum("jn,jn->j", top_adj, dzs[-1])[None, :]
         db = curv[top] * dzs[-1]
-        db += Vs[top][0][:, None] * self._top
+        db += Vs[top][0][:, None] * top_adj
         for l in range(top - 1, 0, -1):
             grads[l] = db @ hs[l].T + bs[l] @ dhs[l].T
             db = (Vs[l].T @ bs[l] + Ws[l].T @ db) * s1[l - 1] + curv[l] * dzs[l - 1]
-        grads[0] = db @ self.X
-        return np.concatenate([G.ravel() for G in grads])
+        grads[0] = db @ X
+        return np.concatenate([G.ravel() for G in grads]).astype(np.float64, copy=False)
 
 
 def _t_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -163,7 +189,7 @@ class _GenericPoint:
         self.value, self.grad = float(val), np.asarray(grad, dtype=np.float64)
         self._u, self._hvp = u, hvp
 
-    def hvp(self, v):
+    def hvp(self, v, low: bool = False):
         return np.asarray(self._hvp(self._u, v), dtype=np.float64)
 
 
@@ -182,7 +208,14 @@ def point_oracle(arch, X, ytilde, value_and_grad: Callable | None = None,
         Xn = np.ascontiguousarray(to_numpy(X), dtype=np.float64)
         XT = np.ascontiguousarray(Xn.T)
         yn = np.ascontiguousarray(to_numpy(ytilde), dtype=np.float64)
-        return lambda u: _MLPPoint(arch, Xn, XT, yn, np.asarray(u, dtype=np.float64))
+        low: list = []
+
+        def data32():  # X and Xᵀ in float32, made once for all points
+            if not low:
+                low.extend((Xn.astype(np.float32), XT.astype(np.float32)))
+            return low
+
+        return lambda u: _MLPPoint(arch, Xn, XT, yn, np.asarray(u, dtype=np.float64), data32)
     if value_and_grad is None or hvp is None:
         return None
     return lambda u: _GenericPoint(value_and_grad, hvp, u)
@@ -190,10 +223,12 @@ def point_oracle(arch, X, ytilde, value_and_grad: Callable | None = None,
 
 def trust_region_finish(at: Callable[[np.ndarray], object], u: np.ndarray, *, g0: float, tol: float,
                         eps: float = np.finfo(float).eps, max_iter: int = 50, cg_iter: int = 200,
-                        radius: float = 0.1) -> FinishResult:
+                        radius: float = 0.1, low_precision: bool = True) -> FinishResult:
     """Trust-region Newton on the sphere from ``u`` (k,) until the ascent's residual is
     ≤ ``tol`` (or ``max_iter`` steps). ``at(u)`` is a :func:`point_oracle`: 𝒩, ∇𝒩 and the
-    Hessian-vector products at u, float64 numpy vectors."""
+    Hessian-vector products at u, float64 numpy vectors. ``low_precision``: the inner
+    solves' products in float32 while their forcing term is ≥ 1e-3 (where the oracle
+    has such products)."""
     u = np.asarray(u, dtype=np.float64)
     u = u / np.linalg.norm(u)
     pt = at(u)
@@ -212,14 +247,17 @@ def trust_region_finish(at: Callable[[np.ndarray], object], u: np.ndarray, *, g0
             it -= 1
             break
 
-        def apply_A(xi, u=u, radial=radial, pt=pt):
-            xi = xi - (u @ xi) * u
-            out = radial * xi - pt.hvp(xi)
-            return out - (u @ out) * u
-
         # forcing term √res (superlinear), but never solving for more than the residual
         # needs: a model residual of tol/2 ends the finish in this step
-        xi, Axi, used = _steihaug(apply_A, g, radius, min(0.1, max(np.sqrt(res), 0.5 * tol / res)), cg_iter)
+        rtol = min(0.1, max(np.sqrt(res), 0.5 * tol / res))
+        low = low_precision and rtol >= 1e-3  # float32 products: errors ~1e-6 ≪ rtol
+
+        def apply_A(xi, u=u, radial=radial, pt=pt, low=low):
+            xi = xi - (u @ xi) * u
+            out = radial * xi - pt.hvp(xi, low)
+            return out - (u @ out) * u
+
+        xi, Axi, used = _steihaug(apply_A, g, radius, rtol, cg_iter)
         products += used
         predicted = float(g @ xi) - 0.5 * float(xi @ Axi)  # model increase of 𝒩
         trial = u + xi

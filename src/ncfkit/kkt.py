@@ -95,8 +95,10 @@ def normalized_ascent(
     finish continues the ascent.
 
     𝒩 and ∇𝒩 come from :func:`ncfkit.fastgd.ncf_value_and_grad_fn` (``engine``: the
-    compiled kernel or numpy/BLAS on the CPU, by cost, else torch); the iterates are
-    float64 on the host, and the result has the kind (numpy or torch), dtype and device of ``u0``.
+    compiled kernel or numpy/BLAS on the CPU, by cost, else torch; the numpy engine one
+    row at a time); the iterates are float64 on the host, and the result has the kind
+    (numpy or torch), dtype and device of ``u0``. :func:`find_kkt_points` finishes from
+    a residual of 0.1, :mod:`ncfkit.escape`'s governing point from the default 1e-2.
     """
     L_h = float(arch.homogeneity)
     # The iteration runs on the host in numpy (its ~20 vector operations per step cost
