@@ -97,3 +97,21 @@ def test_kkt_finish_keeps_every_start_in_its_basin():
     np.testing.assert_allclose(fast.ncf, plain.ncf, rtol=0, atol=1e-9 * scale)
     assert len(np.unique(np.round(plain.ncf / scale, 6))) == 2
     assert fast.steps.sum() < plain.steps.sum() / 2
+
+
+def test_find_kkt_points_starts_end_where_the_plain_ascent_does():
+    """find_kkt_points (float32 ascent to a residual of 0.1, then the float64 trust-region
+    finish) puts every start in the point the float64 ascent alone reaches from it, and
+    certifies those points to tol."""
+    import torch
+
+    arch, X, yt = _problem("square", (6,), seed=5, n=60, d=6)
+    res = find_kkt_points(arch, X, yt, restarts=24, seed=3, tol=1e-10)
+    u0 = random_direction(arch.num_params, torch.Generator().manual_seed(3), (24,), dtype=torch.float64).numpy()
+    plain = normalized_ascent(arch, X, yt, u0, tol=1e-10, finish=None)
+    scale = float(np.abs(plain.ncf).max())
+    assert len(res.points) >= 2 and res.converged == 24
+    for p in res.points:
+        assert p.cert.residual <= 1e-10
+        for r in p.restarts:
+            assert abs(float(plain.ncf[r]) - p.cert.ncf) <= 1e-9 * scale
