@@ -785,8 +785,10 @@ def test_kkt_ascent_reports_progress_in_a_log(monkeypatch, capsys):
         progress("ascent", (100, 64))
         progress("ascent", (200, 12))
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) >= 2 and all(line.startswith("ascent from 64 starts: step = ") for line in lines), lines
-    assert "step = 200, 12/64 starts still running" in lines[1]
+    assert lines[0] == "ascent from 64 starts…"  # the phase's name as it starts
+    steps = lines[1:]
+    assert len(steps) >= 2 and all(line.startswith("ascent from 64 starts: step = ") for line in steps), lines
+    assert "step = 200, 12/64 starts still running" in steps[1]
 
 
 # --------------------------------------------------------------------------- 7-9: dtype-aware checks

@@ -46,7 +46,7 @@ def _strict(o):
     if isinstance(o, float):
         return o if math.isfinite(o) else None
     if isinstance(o, dict):
-        return {k: _strict(v) for k, v in o.items() if k != "wall_time"}
+        return {k: _strict(v) for k, v in o.items() if k not in ("wall_time", "timing")}
     if isinstance(o, (list, tuple)):
         return [_strict(v) for v in o]
     return o

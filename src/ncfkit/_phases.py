@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["phase", "current_phase", "phases_entered", "reset"]
+__all__ = ["phase", "current_phase", "phases_entered", "reset", "phase_times", "reset_times", "timed"]
 
 class _State(threading.local):
     """Each thread's own phases (a library caller may run commands on several threads)."""
@@ -40,6 +40,7 @@ class _State(threading.local):
     def __init__(self) -> None:
         self.stack: list[str] = []
         self.left_by_exception: str | None = None
+        self.times: dict[str, float] = {}  # wall seconds per phase name (nested ones counted in each)
 
 
 _state = _State()
@@ -85,9 +86,12 @@ def _interrupt() -> None:
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[str]:
     """Run the block as phase ``name`` (see the module docstring); yields ``name``."""
+    import time
+
     _state.left_by_exception = None
     _state.stack.append(name)
     _entries[name] = _entries.get(name, 0) + 1
+    start = time.perf_counter()
     try:
         if _stop_requested(name):
             _interrupt()
@@ -103,6 +107,20 @@ def phase(name: str) -> Iterator[str]:
         raise
     finally:
         _state.stack.pop()
+        _state.times[name] = _state.times.get(name, 0.0) + time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def timed(name: str) -> Iterator[str]:
+    """Count the block's wall seconds in :func:`phase_times` under ``name`` (a part of a
+    phase, e.g. ``governing: flow``) without making it a phase."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        yield name
+    finally:
+        _state.times[name] = _state.times.get(name, 0.0) + time.perf_counter() - start
 
 
 def current_phase() -> str | None:
@@ -118,8 +136,21 @@ def phases_entered() -> dict[str, int]:
     return dict(_entries)
 
 
+def phase_times() -> dict[str, float]:
+    """This thread's wall seconds per phase name since :func:`reset` (the live dict: it
+    keeps counting; a phase inside another counts in both)."""
+    return _state.times
+
+
+def reset_times() -> dict[str, float]:
+    """Start this thread's :func:`phase_times` afresh; returns the new (live) dict."""
+    _state.times = {}
+    return _state.times
+
+
 def reset() -> None:
     """Forget every phase (for a library caller running several commands in one process)."""
     _state.stack.clear()
     _entries.clear()
     _state.left_by_exception = None
+    _state.times = {}

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import io
 from ._lazy import torch
-from ._phases import current_phase, phase
+from ._phases import current_phase, phase, reset_times
 from .errors import InputError
 
 __all__ = ["Problem", "find_kkt_points", "sparsity", "escape", "load", "plot", "Result", "KKTResult",
@@ -526,7 +526,7 @@ def _sparsity(src, loaded_data, *, tol, verify, data, loss, reduction, steps, lr
 def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", kkt: str | None = None,
            point: int = 0, lr: float = 1e-3, max_time: float | None = None, method: str = "gd",
            rtol: float | None = None, eps: float = 0.01, until: str = "saddle", delta_ref: float | str | None = "auto",
-           restarts: int = 32, max_steps: int = 20000, tol: float = 1e-9,
+           restarts: int = 32, max_steps: int = 20000, tol: float = 1e-9, governing_budget: float | None = 10.0,
            progress: ProgressFn | None = None) -> EscapeResult:
     """Train from δ·w0 for every δ in ``deltas`` (one batch), detect the escape from the
     origin and the first saddle, and set them beside the theory: escape time (Theorems 4,
@@ -545,6 +545,11 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
             plateau), ``"converged"`` or ``"max-time"`` (:func:`ncfkit.dynamics.parse_until`).
         delta_ref: δ of the reference run along w*: a number, ``"auto"`` or None/``"none"``.
         restarts, max_steps, tol: the KKT search and the NCF flow / ascent to w*.
+        governing_budget: the cost cap of each phase of the governing point (the NCF flow
+            from w0, the ascent, the certificate's eigenvalues), in seconds of gradients at
+            the cost model's one-thread rate, or 5% of the run's gradients if more
+            (:func:`ncfkit.escape.governing_budget`: a count, the same on every machine);
+            None or 0: no cap.
 
     A run that diverges is reported (``status`` ``"diverged"``), not raised.
 
@@ -553,6 +558,7 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
     """
     from .dynamics import Objective, Settings
     from .escape import default_max_time, find_governing_point, run_escape
+    from .escape import governing_budget as cost_cap
     from .events import EventSettings
     from .validate import check_step
 
@@ -574,11 +580,15 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
     arch = problem.arch
     known = dict(homogeneity=io._nan(arch.homogeneity), num_params=arch.num_params, method=method,
                  lr=lr, eps=eps, max_time=max_time, runs={})
+    if governing_budget is not None and not (math.isfinite(governing_budget) and governing_budget >= 0):
+        raise InputError(f"--governing-budget {governing_budget:g}: seconds, finite and >= 0 (0: no cap)")
+    run_gradients = len(deltas) * max_time / lr if method == "gd" and max_time is not None else 0.0
+    budget = cost_cap(arch, int(problem.X.shape[0]), governing_budget, run_gradients)
     try:
         with phase("governing"):
             w0, gp, how = find_governing_point(init, kkt, point, problem, seed=problem.settings["seed"],
                                                restarts=restarts, max_steps=max_steps, tol=tol,
-                                               notify=progress)
+                                               notify=progress, budget=budget)
     except KeyboardInterrupt as e:
         e.partial = EscapeResult(_interrupted(e, prov, **known), problem=problem)
         raise
@@ -594,7 +604,8 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
                         engine=engine)
     try:
         report = run_escape(objective, w0, deltas, settings, method=method, point=gp, delta_ref=ref,
-                            observer=None if progress is None else lambda p: progress("training", p))
+                            observer=None if progress is None else lambda p: progress("training", p),
+                            notify=progress, budget=None if budget is None else max(budget // 2, 50))
     except KeyboardInterrupt as e:
         if gp is not None:
             known["kkt"] = io.governing_point_record(gp)
@@ -667,7 +678,8 @@ COMMAND_PARAMS: dict[str, dict[str, Any]] = {
     "kkt": {**_MODEL, "restarts": 32, "max_steps": 20000, "tol": None, "active_tol": 1e-3},
     "escape": {**_MODEL, "deltas": (), "init": "random", "kkt_file": None, "point": 0, "lr": 1e-3,
                "max_time": None, "method": "gd", "rtol": None, "engine": "auto", "eps": 0.01,
-               "until": "saddle", "delta_ref": "auto", "restarts": 32, "max_steps": 20000, "tol": 1e-9},
+               "until": "saddle", "delta_ref": "auto", "restarts": 32, "max_steps": 20000, "tol": 1e-9,
+               "governing_budget": 10.0},
     "sparsity": {"weights": None, "point": 0, "tol": None, "act": None, "verify": False,
                  "training_data": None, "loss_name": None, "reduction": None, "steps": 3000, "lr": "auto",
                  "init_scale": 0.1, "seed": 0},
@@ -695,8 +707,10 @@ def run_command(command: str, data: str | os.PathLike | None, *, out: str | os.P
     p = _as_click_would_pass(command, {**defaults, **params})
     if out is not None:
         io.check_output_path(out, force, RESULT_SUFFIXES)
+    timing = reset_times()
     try:
         result = _RUNNERS[command](data, p, progress)
+        result.record["_timing"] = timing  # live: the write below counts too (not stored in the file)
     except KeyboardInterrupt as e:
         if out is not None:
             partial = getattr(e, "partial", None)
@@ -762,7 +776,7 @@ def _run_escape(data, p: dict, progress) -> EscapeResult:
     return escape(problem, p["deltas"], init=p["init"], kkt=p["kkt_file"], point=p["point"], lr=p["lr"],
                   max_time=p["max_time"], method=p["method"], rtol=p["rtol"], eps=p["eps"], until=p["until"],
                   delta_ref=p["delta_ref"], restarts=p["restarts"], max_steps=p["max_steps"], tol=p["tol"],
-                  progress=progress)
+                  governing_budget=p["governing_budget"], progress=progress)
 
 
 def _run_sparsity(data, p: dict, progress) -> SparsityResult:

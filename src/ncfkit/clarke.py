@@ -72,6 +72,11 @@ DENSE_MAX = 3000
 #: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host).
 NEWTON_MAX = 1500
 
+#: The most entries (kinks × weights) of a dense matrix of kink gradients (64 MiB): above
+#: it the first-order residual is the one-sided bound and the stratum's Δ is not computed
+#: (MNIST-sized data: thousands of samples at the kinks of a deep ReLU net).
+MAX_KINK_ENTRIES = 1 << 23
+
 
 def applies(arch) -> bool:
     """Whether ``arch`` is a feed-forward net with a piecewise-linear activation
@@ -266,11 +271,36 @@ def _project(u, g):
 
 def _best_multipliers(net: _Net, kinks, s0=None, sweeps: int = 6):
     """min_s ‖P_{u⊥} g(s)‖ over the box: (s*, g(s*), exact). g is affine in s unless a
-    sample has kinks in two layers; then the linearisation is re-solved until it settles."""
+    sample has kinks in two layers; then the linearisation is re-solved until it settles.
+
+    The kinks of a neuron whose outgoing weights are exactly zero never enter g (their
+    backward signal c is 0): they are left out of the solve (their multipliers stay at
+    the lower bound), so a zero neuron's n kinks cost nothing (MNIST-sized data)."""
+    if not kinks:
+        return _best_multipliers_on(net, kinks, s0, sweeps)
+    enter = [K & (np.abs(net.Ws[l + 1]).sum(axis=0) > 0)[:, None] for l, K in enumerate(kinks)]
+    if all(int(E.sum()) == int(K.sum()) for E, K in zip(enter, kinks, strict=True)):
+        return _best_multipliers_on(net, kinks, s0, sweeps)
+    lo, _ = _slope_bounds(net.alpha)
+    pick = np.concatenate([E[K] for E, K in zip(enter, kinks, strict=True)])
+    s_in, g, exact = _best_multipliers_on(net, enter, None if s0 is None else np.asarray(s0)[pick], sweeps)
+    full = np.full(pick.size, lo)
+    full[pick] = s_in
+    return full, g, exact
+
+
+def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
+    """:func:`_best_multipliers` on the given kinks, all of them in the solve. Above
+    :data:`MAX_KINK_ENTRIES` entries of the m × k field matrix no minimum is sought: the
+    multipliers stay at the lower bound (the one-sided gradient, an upper bound of the
+    residual) and ``exact`` is False."""
     from scipy.optimize import lsq_linear
 
     lo, hi = _slope_bounds(net.alpha)
     m = int(sum(int(K.sum()) for K in kinks))
+    if m * net.u.shape[0] > MAX_KINK_ENTRIES:
+        s = np.full(m, lo) if s0 is None else np.clip(s0, lo, hi)
+        return s, net.grad(net.slopes(kinks, s))[1], False
     per_sample = np.sum([K.any(axis=0) for K in kinks], axis=0) if kinks else np.zeros(0)
     exact = not bool(np.any(per_sample > 1))
     s = np.full(m, lo) if s0 is None else np.clip(s0, lo, hi)
@@ -327,6 +357,41 @@ class ClarkeCertificate:
     eig_error: float  # Lemma 20 for 𝒩_D: ‖∇²𝒩_D w − L_h(L_h−1)𝒩 w‖ / |L_h(L_h−1)𝒩|
     stratum_dim: int  # dim T = dim(w⊥ ∩ kink tangents)
     hessian_method: str
+    eig_residual: float = float("nan")  # achieved ‖Hv − λv‖/‖H‖ of the top pairs (ncfkit.spectra)
+
+
+def _normal_rows(net: _Net, Ds, kinks, cs) -> tuple[np.ndarray, int]:
+    """(rows spanning {∇z_k} over the kinks, how many multipliers enter g: c_k∇z_k ≠ 0).
+
+    The kinks of a neuron whose incoming row W_l[j,:] is exactly zero (every sample
+    vanishes there) have ∇z_{l,j,i} = h_{l−1,i} on that row's weights and 0 elsewhere (the
+    earlier layers reach z only through the zero row): their span is that row times
+    span{h_{l−1,i}}, given by an orthonormal basis of at most k_{l−1} rows instead of n
+    — MNIST-sized data at a sparse point need no n × k matrix."""
+    k = net.u.shape[0]
+    hs = net.forward(Ds)
+    others, extra, count = [], [], 0
+    for l, (K, W) in enumerate(zip(kinks, net.Ws[:-1], strict=True)):
+        zero_row = ~(np.abs(W).sum(axis=1) > 0)
+        Z = K & zero_row[:, None]
+        others.append(K & ~zero_row[:, None])
+        a = net.ranges[l][0]
+        for j in np.flatnonzero(Z.any(axis=1)):
+            H = hs[l][:, Z[j]]  # (k_{l-1}, m_j): the gradients of this neuron's kinks
+            count += int(np.count_nonzero((cs[l][j, Z[j]] != 0) & (np.abs(H).sum(axis=0) > 0)))
+            if not H.size:
+                continue
+            U, sv, _ = np.linalg.svd(H, full_matrices=False)
+            rank = int((sv > max(H.shape) * np.finfo(float).eps * sv[0]).sum()) if sv[0] > 0 else 0
+            rows = np.zeros((rank, k))
+            rows[:, a + j * W.shape[1]:a + (j + 1) * W.shape[1]] = U[:, :rank].T
+            extra.append(rows)
+    c = np.concatenate([C[K] for C, K in zip(cs, others, strict=True)]) if others else np.zeros(0)
+    if c.size * k > MAX_KINK_ENTRIES:  # too many to write out: no stratum (None), c_k ≠ 0 counted
+        return None, count + int(np.count_nonzero(c))
+    J = net.kink_gradients(Ds, others)
+    count += int(np.count_nonzero((c != 0) & np.any(J != 0, axis=1)))  # columns c_k ∇z_k ≠ 0
+    return (np.vstack([J, *extra]) if extra else J), count
 
 
 def _stratum_basis_complement(u, J) -> np.ndarray:
@@ -373,13 +438,16 @@ def _stratum_basis_complement(u, J) -> np.ndarray:
     return Q
 
 
-def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DENSE_MAX):
-    """Largest eigenvalues of ∇²𝒩_D restricted to T = (span{u, ∇z_k})⊥."""
+def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DENSE_MAX,
+                         max_products: int | None = None):
+    """(largest eigenvalues of ∇²𝒩_D restricted to T = (span{u, ∇z_k})⊥, dim T, method,
+    achieved residual): dense up to ``dense_max`` weights, else Lanczos on the products
+    (:func:`ncfkit.spectra.extreme_eigs`, at most about ``max_products`` of them)."""
     k = u.shape[0]
     Q = _stratum_basis_complement(u, J)
     dim_t = k - Q.shape[1]
     if dim_t <= 0:
-        return np.array([-np.inf]), dim_t, "dense"
+        return np.array([-np.inf]), dim_t, "dense", 0.0
 
     def proj(V):  # rows of V projected onto T
         return V - (V @ Q) @ Q.T
@@ -398,22 +466,20 @@ def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DEN
         P = np.eye(F.size) - QF @ QF.T
         Hp = P @ H @ P - c * (QF @ QF.T)
         eigs = np.linalg.eigvalsh(0.5 * (Hp + Hp.T))[::-1][:min(num, dim_t)]
-        return eigs, dim_t, "dense"
-    from scipy.sparse.linalg import LinearOperator, eigsh
+        return eigs, dim_t, "dense", float(np.finfo(float).eps)
+    from .spectra import extreme_eigs
 
     value = abs(net.grad(Ds)[0])
     shift = 10 * value + 1.0
 
-    def matvec(x):
-        x = np.asarray(x).ravel()[None, :]
-        px = proj(x)
-        hx = proj(net.hvp(Ds, px))
-        return (hx - shift * (x - px))[0]
+    def matmat(V):  # P H P − shift·(I − P): the normal space sinks below the spectrum
+        PV = proj(V)
+        return proj(net.hvp(Ds, PV)) - shift * (V - PV)
 
-    op = LinearOperator((k, k), matvec=matvec, dtype=np.float64)
-    vals, vecs = eigsh(op, k=min(num + 1, k - 1), which="LA", tol=1e-10, maxiter=20 * k)
-    normal = np.linalg.norm(Q.T @ vecs, axis=0) > 0.5
-    return np.sort(vals[~normal])[::-1][:num], dim_t, "lanczos"
+    spec = extreme_eigs(matmat, k, num=min(num + 1, k - 1), which="LA", dense=0, tol=1e-10, vectors=True,
+                        maxiter=20 * k, max_products=max_products)
+    normal = np.linalg.norm(Q.T @ spec.vectors, axis=0) > 0.5
+    return np.sort(spec.values[~normal])[::-1][:num], dim_t, spec.method, spec.residual
 
 
 def _as_host(arch, X, ytilde, w):
@@ -431,7 +497,7 @@ def default_kink_tol(*arrays) -> float:
 
 
 def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
-                       dense_max: int = DENSE_MAX) -> ClarkeCertificate:
+                       dense_max: int = DENSE_MAX, max_products: int | None = None) -> ClarkeCertificate:
     """The Clarke-KKT certificate of the unit point along ``w`` (see the module doc):
     residual min_s ‖P_{w⊥}g(s)‖/‖g(s)‖ over the multipliers of the pre-activations with
     |z| ≤ ``kink_tol``·‖W_l[j,:]‖‖h_{l−1,i}‖ (default :func:`default_kink_tol`), and
@@ -455,10 +521,12 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
     value, _, cs = net.grad(Ds)
     tiny = np.finfo(float).tiny
     residual = float(np.linalg.norm(_project(u, g))) / max(float(np.linalg.norm(g)), tiny)
-    c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)]) if kinks else np.zeros(0)
-    J = net.kink_gradients(Ds, kinks)
-    multipliers = int(np.count_nonzero((c != 0) & np.any(J != 0, axis=1)))  # columns c_k ∇z_k ≠ 0
-    top, dim_t, method = _top_eigs_on_stratum(net, Ds, u, J, dense_max=dense_max)
+    J, multipliers = _normal_rows(net, Ds, kinks, cs)
+    if J is None:  # more kinks than MAX_KINK_ENTRIES allows: Δ unknown
+        top, dim_t, method, eig_residual = np.array([np.nan]), -1, "none (too many kinks)", np.nan
+    else:
+        top, dim_t, method, eig_residual = _top_eigs_on_stratum(net, Ds, u, J, dense_max=dense_max,
+                                                                max_products=max_products)
     target = L_h * (L_h - 1) * value
     hw = net.hvp(Ds, u[None, :])[0]
     eig_error = float(np.linalg.norm(hw - target * u)) / max(abs(target), tiny)
@@ -466,7 +534,7 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
     n_live = int(sum(int(K.sum()) for K in _live_kinks(net, kink_tol)))
     return ClarkeCertificate(u, value, residual, field, exact, multipliers, n_live, s,
                              L_h * value - float(top[0]), tuple(float(t) for t in top), eig_error,
-                             int(dim_t), method)
+                             int(dim_t), method, eig_residual)
 
 
 @dataclass(frozen=True)
@@ -559,8 +627,14 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         alive = _alive(net)
         kinks = _live_kinks(net, detect_tol) if kinks is None else \
             [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
-        kinks = _effective(net, kinks)
         fidx = np.flatnonzero(free)
+        m = int(sum(int(K.sum()) for K in kinks))
+        if fidx.size + min(m, newton_max) > newton_max:  # before any m × k matrix is built
+            reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
+                      f"> {newton_max})")
+            too_large = True
+            break
+        kinks = _effective(net, kinks)
         m = int(sum(int(K.sum()) for K in kinks))
         if fidx.size + m > newton_max:
             reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
@@ -624,7 +698,9 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             u, cert = best[1], alt
     certified = cert.residual <= tol
     direction = None
-    if not certified:
+    if not certified and too_large:
+        reason += f"; Clarke residual {cert.residual:.1e} > tol {tol:g}"
+    elif not certified:
         net = _Net(arch, Xn, yn, u)
         ks = net.kinks(kink_tol)
         s, g, _ = _best_multipliers(net, ks)

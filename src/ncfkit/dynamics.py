@@ -610,13 +610,14 @@ class HessianExtremes:
 
 
 def min_hessian_eigenvalue(objective: Objective, w, dense_max: int | None = None,
-                           chunk: int | None = None) -> HessianExtremes:
+                           chunk: int | None = None, max_products: int | None = None) -> HessianExtremes:
     """Smallest (and largest) eigenvalue of ∇²𝓛(w) at one point (k,) (numpy array or
     tensor) by :func:`ncfkit.spectra.extreme_eigs`: dense for k ≤ ``dense_max`` (default
     :func:`ncfkit.spectra.dense_max`; :func:`ncfkit.ncf.loss_hessian`, ``chunk`` rows at a
     time, refused up front when it would not fit in memory), else Lanczos on closed-form
-    Hessian-vector products, both ends from one Krylov space, no k × k matrix;
-    ``residual`` is the accuracy achieved."""
+    Hessian-vector products, both ends from one Krylov space, no k × k matrix, at most
+    about ``max_products`` of them (None: until converged); ``residual`` is the accuracy
+    achieved."""
     from .spectra import extreme_eigs
 
     o = objective
@@ -625,7 +626,8 @@ def min_hessian_eigenvalue(objective: Objective, w, dense_max: int | None = None
         return to_numpy(loss_hvp(o.arch, o.X, o.y, o.loss, w, asarray_like(V, w))).astype(np.float64)
 
     spec = extreme_eigs(matmat, w.shape[-1], num=2, which="BE", dense=dense_max, tol=1e-8,
-                        dense_matrix=lambda: to_numpy(loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk)))
+                        dense_matrix=lambda: to_numpy(loss_hessian(o.arch, o.X, o.y, o.loss, w, chunk=chunk)),
+                        max_products=max_products)
     return HessianExtremes(float(spec.values.min()), float(spec.values.max()), spec.method,
                            residual=spec.residual)
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from . import clarke, theory
 from ._lazy import torch
-from ._phases import phase
+from ._phases import phase, timed
 from .arrays import asarray_like, norm, to_numpy, xp
 from .dynamics import (
     Objective,
@@ -59,7 +59,8 @@ from .kkt import Certificate, certify, clarke_ascent, normalized_ascent
 __all__ = ["GoverningPoint", "zero_preserving_subset", "governing_point", "certified_point",
            "default_delta_ref", "default_max_time", "RunSummary", "Reference", "Fits",
            "EscapeReport", "run_escape", "path_distance", "check_settings", "kkt_point_from_file",
-           "initial_direction", "find_governing_point", "report_json", "RUN_KEYS", "RUN_H5_LAYOUT"]
+           "initial_direction", "find_governing_point", "report_json", "RUN_KEYS", "RUN_H5_LAYOUT",
+           "GOVERNING_SECONDS", "governing_budget"]
 
 
 @dataclass(frozen=True)
@@ -88,34 +89,79 @@ def zero_preserving_subset(arch, w_star: torch.Tensor, tol: float = 1e-3):
     return arch.zero_preserving_subset(w_star, tol)
 
 
+#: The governing point's cost cap in seconds of gradients at the cost model's one-thread
+#: rates (:func:`governing_budget`): ``--governing-budget``'s default.
+GOVERNING_SECONDS = 10.0
+
+
+def governing_budget(arch, n: int, seconds: float | None = GOVERNING_SECONDS,
+                     run_gradients: float = 0.0) -> int | None:
+    """The most gradients of 𝒩 each phase of the governing point may compute (the NCF
+    flow from w0, the ascent, the certificate's Lanczos products): ``seconds`` worth at
+    the one-thread rate of the cheapest host engine by :func:`ncfkit.fastgd.predicted_costs`,
+    or 5% of the run's ``run_gradients`` if more; None (no cap) for ``seconds`` None or
+    ≤ 0. A count, not a clock: the governing point is the same on every machine, and costs
+    about ``seconds`` on one like this project's (less with several BLAS threads)."""
+    if seconds is None or not seconds > 0:
+        return None
+    from .fastgd import predicted_costs
+
+    per_gradient = min(predicted_costs(arch, n, threads=1).values())
+    return max(int(math.ceil(seconds / max(per_gradient, 1e-12))), int(0.05 * run_gradients), 50)
+
+
 def certified_point(arch, X, ytilde, w, source: str, *, active_tol: float = 1e-3,
                     converged: bool = True, steps: int = 0,
                     flow: theory.NcfFlowEscape | None = None,
-                    max_steps: int = 200_000) -> GoverningPoint:
+                    max_steps: int = 200_000, budget: int | None = None, notify=None) -> GoverningPoint:
     """Certify w as the governing point; ``flow`` defaults to the NCF flow from w itself
-    (a start along w*), integrated for at most ``max_steps`` steps (it need not settle
-    where w is no exact KKT point, e.g. at a kink of ReLU)."""
-    cert = certify(arch, X, ytilde, w, active_tol=active_tol)
+    (a start along w*), integrated for at most ``max_steps`` steps and ``budget``
+    gradients (it need not settle where w is no exact KKT point, e.g. at a kink of ReLU).
+    ``notify(event, value)`` hears ``status`` and ``flow`` progress."""
+    _say(notify, "status", "certifying the governing point (residual, Δ)…")
+    with timed("governing: certificate"):
+        cert = certify(arch, X, ytilde, w, active_tol=active_tol, max_products=budget)
     mask, zero = zero_preserving_subset(arch, cert.w, active_tol)
     if flow is None:
-        flow = theory.ncf_flow_escape(arch, X, ytilde, cert.w, max_steps=max_steps)
+        _say(notify, "status", "NCF flow from w*…")
+        with timed("governing: flow"):
+            flow = theory.ncf_flow_escape(arch, X, ytilde, cert.w, max_steps=max_steps, max_evals=budget,
+                                          progress=_flow_progress(notify))
     return GoverningPoint(cert, source, converged, steps, mask, zero, flow)
 
 
+def _flow_progress(notify):
+    if notify is None:
+        return None
+    return lambda evals, cap, residual: notify("flow", (evals, cap, residual))
+
+
 def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000,
-                    tol: float = 1e-9, active_tol: float = 1e-3) -> GoverningPoint:
+                    tol: float = 1e-9, active_tol: float = 1e-3, budget: int | None = None,
+                    notify=None) -> GoverningPoint:
     """Definition 2: the limit direction of the NCF flow from w0 (k,), integrated by
     :func:`ncfkit.theory.ncf_flow_escape` (which also predicts the escape time from w0),
     then polished to ``tol`` by the normalized ascent and certified. If the flow does not
-    settle (converge, or settle at a kink) within ``max_steps`` the ascent starts from w0."""
-    flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps)
-    start = asarray_like(flow.direction, w0) if flow.settled else w0 / norm(w0)  # settled: also at a kink
+    settle (converge, or settle at a kink) within ``max_steps`` steps or ``budget``
+    gradients the ascent starts from where it stopped; the ascent and the certificate's
+    eigenvalues have the same ``budget`` (:func:`governing_budget`; None: no cap), and the
+    point is then marked not converged."""
+    _say(notify, "status", "NCF flow from w0 (Definition 2)…")
+    with timed("governing: flow"):
+        flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps, max_evals=budget,
+                                      progress=_flow_progress(notify))
+    # settled: also at a kink; out of budget: from where the flow got (nearer than w0)
+    start = asarray_like(flow.direction, w0) if flow.settled or flow.reason == "budget" else w0 / norm(w0)
     # relu / leaky: the ascent that converges at kinks (stratum Newton + Clarke certificate)
     ascend = clarke_ascent if clarke.applies(arch) else normalized_ascent
-    asc = ascend(arch, X, ytilde, start.reshape(1, -1), max_steps=max_steps, tol=tol)
+    steps = max_steps if budget is None else max(1, min(max_steps, budget))
+    _say(notify, "status", "NCF ascent to the governing point…")
+    with timed("governing: ascent"):
+        asc = ascend(arch, X, ytilde, start.reshape(1, -1), max_steps=steps, tol=tol,
+                     progress=None if notify is None else lambda step, running: notify("ascent", (step, running)))
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.settled,  # settled: also at a kink
-                           steps=flow.steps + int(asc.steps[0]), flow=flow)
+                           steps=flow.steps + int(asc.steps[0]), flow=flow, budget=budget, notify=notify)
 
 
 def default_delta_ref(deltas, L_h: float) -> float:
@@ -281,17 +327,18 @@ def path_distance(run: RunResult, ref: RunResult) -> float | None:
     return float(d.max()) if d.size else None
 
 
-def _saddle_info(objective: Objective, run: RunResult, like):
+def _saddle_info(objective: Objective, run: RunResult, like, budget: int | None = None):
     if run.saddle is None:
         return None, None
     w = asarray_like(run.snapshots["saddle"].w, like)
-    h = min_hessian_eigenvalue(objective, w)
+    h = min_hessian_eigenvalue(objective, w, max_products=budget)
     return h.min, h.kind
 
 
 def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Settings, *,
                method: str = "gd", point: GoverningPoint | None = None,
-               delta_ref: float | None | str = "auto", observer=None) -> EscapeReport:
+               delta_ref: float | None | str = "auto", observer=None, notify=None,
+               budget: int | None = None) -> EscapeReport:
     """Train from δ·w0 for every δ in ``deltas`` (and the reference run), then analyse.
 
     Args:
@@ -304,6 +351,9 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         delta_ref: δ of the reference run, ``"auto"`` (:func:`default_delta_ref`) or None
             for no reference run.
         observer: progress callback (rows: the δ in order, then the reference).
+        notify: ``notify(event, text)`` hears a ``status`` as each saddle's Hessian starts.
+        budget: the most Hessian-vector products of each saddle's λ_min (Lanczos above
+            :func:`ncfkit.spectra.dense_max` weights; None: until converged).
     """
     arch = objective.arch
     L_h = arch.homogeneity
@@ -336,7 +386,9 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
                     continue
                 if i < n and r.status == "interrupted" and r.saddle is None:
                     continue
-                hessians[i] = _saddle_info(objective, r, w0)
+                _say(notify, "status", "smallest Hessian eigenvalue at the "
+                     + ("reference run's saddle…" if i == n else f"saddle of δ = {deltas[i]:g}…"))
+                hessians[i] = _saddle_info(objective, r, w0, budget)
     except KeyboardInterrupt as e:
         interrupted, stopped_in = e, "hessians"
 
@@ -521,12 +573,13 @@ def _say(notify, event: str, text: str) -> None:
 
 
 def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int, restarts: int,
-                         max_steps: int, tol: float, notify=None):
+                         max_steps: int, tol: float, notify=None, budget: int | None = None):
     """(w0, GoverningPoint or None, how w0 was chosen) for the three ``init`` modes:
     ``"kkt"`` (w* of ``kkt_file``'s point, or of a fresh KKT search), ``"random"`` or a
     weight FILE (then the NCF flow from w0 finds the governing point, Definition 2).
-    ``notify(event, text)`` hears ``status`` (a phase starts), ``info``, ``note`` and
-    ``warning``."""
+    ``notify(event, text)`` hears ``status`` (a phase starts), ``info``, ``note``,
+    ``warning``, and the progress of the NCF flow (``flow``) and ascent (``ascent``).
+    ``budget``: :func:`governing_budget`'s gradient cap per phase (None: none)."""
     from .kkt import find_kkt_points
 
     arch = problem.arch
@@ -538,7 +591,8 @@ def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int,
                              "there is no NCF and no KKT point to start along")
         if from_file is not None:
             gp = certified_point(arch, problem.X, problem.ytilde, from_file[0],
-                                 f"kkt file {kkt_file} point {point}", max_steps=max_steps)
+                                 f"kkt file {kkt_file} point {point}", max_steps=max_steps, budget=budget,
+                                 notify=notify)
         else:
             _say(notify, "status", f"finding KKT points ({restarts} restarts)…")
             res = find_kkt_points(arch, problem.X, problem.ytilde, restarts, seed, max_steps, tol)
@@ -548,16 +602,21 @@ def find_governing_point(init: str, kkt_file, point: int, problem, *, seed: int,
                 raise InputError(f"--point {point} out of range: found points 0..{len(res.points) - 1}")
             gp = certified_point(arch, problem.X, problem.ytilde, res.points[point].cert.w,
                                  f"find_kkt_points (seed {seed}, {restarts} restarts) point {point}",
-                                 max_steps=max_steps)
+                                 max_steps=max_steps, budget=budget, notify=notify)
         return gp.w_star, gp, "along w*"
     w0, how = initial_direction(init, problem, seed)
     if not homogeneous:
         _say(notify, "note", f"{arch.activation.name} is not homogeneous: no NCF, no KKT point, "
                              "no predictions (training and events only)")
         return w0, None, how
-    _say(notify, "status", "NCF flow from w0 (Definition 2)…")
-    gp = governing_point(arch, problem.X, problem.ytilde, w0, max_steps=max_steps, tol=tol)
-    if not gp.converged:
+    gp = governing_point(arch, problem.X, problem.ytilde, w0, max_steps=max_steps, tol=tol, budget=budget,
+                         notify=notify)
+    if gp.flow is not None and gp.flow.reason == "budget":
+        _say(notify, "warning", f"the NCF flow from w0 reached its cost cap ({gp.flow.evaluations} gradients, "
+                                f"--governing-budget) before its direction settled (residual "
+                                f"{gp.flow.residual:.2g}); the governing point and the predictions from w0 are "
+                                "approximate")
+    elif not gp.converged:
         _say(notify, "warning", f"the NCF flow / ascent from w0 did not settle within "
                                 f"{max_steps} steps (--tol {tol:g}); the governing point is approximate")
     if from_file is not None:  # say whether the file's point is the one that governs

@@ -1070,7 +1070,8 @@ def governing_point_record(point) -> dict[str, Any]:
     if point.flow is not None:
         rec.update(ncf_flow_blowup_time=point.flow.blowup_time, ncf_flow_log_amplitude=point.flow.log_amplitude,
                    ncf_flow_converged=bool(point.flow.converged), ncf_flow_steps=int(point.flow.steps),
-                   ncf_flow_stop=str(getattr(point.flow, "reason", "")))
+                   ncf_flow_stop=str(getattr(point.flow, "reason", "")),
+                   ncf_flow_evaluations=int(getattr(point.flow, "evaluations", 0)))
     if point.zero_neurons is not None:
         rec["zero_neurons"] = json.dumps([[int(j) for j in z] for z in point.zero_neurons])
     return rec
@@ -1145,7 +1146,8 @@ def _escape_kkt_summary(kkt: Any) -> dict[str, Any] | None:
     out = {k: _plain(kkt.get(k)) for k in ESCAPE_KKT_KEYS}
     if any(f"ncf_flow_{k}" in kkt for k in ("converged", "steps", "blowup_time", "log_amplitude")):
         out["ncf_flow"] = {k: _plain(kkt.get(f"ncf_flow_{k}"))
-                           for k in ("blowup_time", "log_amplitude", "converged", "steps")}
+                           for k in ("blowup_time", "log_amplitude", "converged", "steps", "stop", "evaluations")
+                           if k in ("blowup_time", "log_amplitude", "converged", "steps") or f"ncf_flow_{k}" in kkt}
     if "active_per_layer" in kkt:
         out["active_per_layer"] = _plain(kkt["active_per_layer"])
         out["active_neurons"] = _json_field(kkt, "active_neurons")
@@ -1169,6 +1171,8 @@ def escape_summary(record: dict[str, Any]) -> dict[str, Any]:
         "engine": engine or None, "lr": _plain(record.get("lr")), "eps": _plain(record.get("eps")),
         "max_time": _plain(record.get("max_time")), "wall_time": _plain(record.get("_wall_time")),
     }
+    if isinstance(record.get("_timing"), dict):  # seconds per phase (ncfkit._phases), this process only
+        out["timing"] = {k: round(float(v), 3) for k, v in record["_timing"].items()}
     for key, keys in (("fit", FIT_KEYS), ("path_exponent", EXPONENT_KEYS), ("sparsity_exponent", EXPONENT_KEYS)):
         if isinstance(record.get(key), dict):
             out[key] = {k: _plain(record[key][k]) for k in keys if k in record[key]}
@@ -1417,7 +1421,8 @@ RUN_H5_LAYOUT = """run.h5 (root attribute ncfkit_kind = "escape")
                    ascent_converged, ascent_steps, zero_preserving_size,
                    ncf_flow_blowup_time (L_h > 2) / ncf_flow_log_amplitude (L_h = 2),
                    ncf_flow_converged, ncf_flow_steps, ncf_flow_stop (converged |
-                   settled: the direction stopped moving, e.g. at a ReLU kink | max steps),
+                   settled: the direction stopped moving, e.g. at a ReLU kink | max steps |
+                   budget: --governing-budget's gradient cap), ncf_flow_evaluations,
                    active_neurons / zero_neurons (JSON, mlp); datasets: w_star (k,) unit
                    norm, wz_mask (k,) uint8 (1 = weight in w_z), active_per_layer (mlp)
 /predictions       attrs: escape_slope, regressor, path_distance_exponent, sparsity_exponent

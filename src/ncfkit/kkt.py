@@ -295,7 +295,7 @@ class Certificate:
     eig_residual: float | None = None  # achieved ‖Hv − λv‖/‖H‖ of the top eigenpairs (ncfkit.spectra)
 
 
-def _restricted_spectrum(arch, X, ytilde, w, num: int = 3):
+def _restricted_spectrum(arch, X, ytilde, w, num: int = 3, max_products: int | None = None):
     """Largest eigenvalues of ∇²𝒩(w) restricted to w⊥ (:func:`ncfkit.spectra.extreme_eigs`
     with w deflated): dense for k ≤ :data:`DENSE_MAX`, else Lanczos on closed-form HVPs
     (no k × k matrix); its ``residual`` is the accuracy achieved."""
@@ -313,7 +313,7 @@ def _restricted_spectrum(arch, X, ytilde, w, num: int = 3):
             return to_numpy(ncf_hvp(arch, X, ytilde, wt, asarray_like(V, wt))).astype(np.float64)
 
     return extreme_eigs(matmat, w.shape[-1], num=num, which="LA", dense=DENSE_MAX, tol=1e-10, deflate=wn,
-                        dense_matrix=lambda: to_numpy(ncf_hessian(arch, X, ytilde, wt)))
+                        dense_matrix=lambda: to_numpy(ncf_hessian(arch, X, ytilde, wt)), max_products=max_products)
 
 
 def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tuple[np.ndarray, str]:
@@ -325,7 +325,7 @@ def _restricted_top_eigs(arch, X, ytilde, w: torch.Tensor, num: int = 3) -> tupl
 
 def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.Tensor,
             *, zero_tol: float = 1e-8, active_tol: float = 1e-3, second_order_tol: float = 1e-6,
-            kink_tol: float | None = None) -> Certificate:
+            kink_tol: float | None = None, max_products: int | None = None) -> Certificate:
     """Certify one point w (normalised to unit norm first); ``X``, ``ytilde`` and ``w``
     are numpy arrays or tensors (:mod:`ncfkit.arrays`), and ``Certificate.w`` is of w's kind.
 
@@ -347,17 +347,18 @@ def certify(arch: Architecture, X: torch.Tensor, ytilde: torch.Tensor, w: torch.
     tiny = float(finfo(w).tiny)
     extra = {}
     if clarke.applies(arch):
-        cc = clarke.clarke_certificate(arch, X, ytilde, w, kink_tol=kink_tol, dense_max=DENSE_MAX)
+        cc = clarke.clarke_certificate(arch, X, ytilde, w, kink_tol=kink_tol, dense_max=DENSE_MAX,
+                                       max_products=max_products)
         val, residual, delta, top, method, eig_error = (cc.ncf, cc.residual, cc.delta, cc.top_eigs,
                                                         cc.hessian_method, cc.eig_error)
         extra = {"field": cc.field, "multipliers": cc.multipliers, "kinks": cc.kinks, "exact": cc.exact,
-                 "stratum_dim": cc.stratum_dim}
+                 "stratum_dim": cc.stratum_dim, "eig_residual": cc.eig_residual}
     else:
         val_t, grad = ncf_value_and_grad(arch, X, ytilde, w)
         val = float(val_t)
         gscale = max(float(norm(grad)), tiny)
         residual = float(norm(grad - L_h * val * w)) / gscale
-        spec = _restricted_spectrum(arch, X, ytilde, w)
+        spec = _restricted_spectrum(arch, X, ytilde, w, max_products=max_products)
         top, method, extra["eig_residual"] = spec.values, spec.method, spec.residual
         delta = L_h * val - float(top[0])
         hw = ncf_hvp(arch, X, ytilde, w, w)

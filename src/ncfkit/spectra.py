@@ -90,7 +90,7 @@ def _dense(matmat: MatMat, k: int, chunk: int, ranges=None) -> np.ndarray:
 def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", dense: int | None = None,
                  tol: float = 1e-10, chunk: int = 256, ranges=None, vectors: bool = False,
                  deflate: np.ndarray | None = None, dense_matrix: Callable[[], np.ndarray] | None = None,
-                 maxiter: int | None = None) -> Spectrum:
+                 maxiter: int | None = None, max_products: int | None = None) -> Spectrum:
     """The ``num`` largest (``which="LA"``), smallest (``"SA"``) or both-end (``"BE"``:
     ⌈num/2⌉ largest and ⌊num/2⌋ smallest, from one Krylov space) eigenvalues of the
     symmetric operator A of size ``k`` given by ``matmat``.
@@ -98,7 +98,10 @@ def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", den
     Dense when k ≤ ``dense`` (default :func:`dense_max`): the matrix from ``dense_matrix()``
     when given, else from products with chunks of ``chunk`` rows of the identity (never
     straddling one of ``ranges``). Else Lanczos to relative tolerance ``tol``, with at
-    most ``maxiter`` restarts (default max(1000, 20·num)).
+    most ``maxiter`` restarts (default max(1000, 20·num)) and about ``max_products``
+    products (None: no cap); a Lanczos run stopped by that cap is finished by LOBPCG
+    (scipy ``lobpcg``) on what is left of it, and the result's ``residual`` says how far
+    from converged its pairs are (``method`` "lanczos, capped").
 
     ``deflate`` (k,) unit vector q: the operator is taken on q⊥, i.e. (I − qqᵀ)A(I − qqᵀ)
     with q's own eigenvalue (0 there) removed from the result; dense: exactly (the k − 1
@@ -146,7 +149,7 @@ def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", den
         vals, vecs = _pick(w, V, num, which)
         res = float(np.linalg.norm(A @ vecs - vecs * vals, axis=0).max()) / scale
         return Spectrum(vals, vecs if vectors else None, "dense", res, k)
-    from scipy.sparse.linalg import LinearOperator, eigsh
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     count = [0]
 
@@ -163,8 +166,17 @@ def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", den
     nev = min(num + (q is not None), k - 1)
     v0 = project(np.random.default_rng(0).standard_normal((1, k)))[0]  # seeded: reproducible
     maxiter = maxiter or max(1000, 20 * nev)
-    w, V = eigsh(A, k=nev, which=which, tol=tol, v0=v0, maxiter=maxiter,
-                 ncv=min(k, max(2 * nev + 1, 24)))
+    ncv = min(k, max(2 * nev + 1, 24))
+    method = "lanczos"
+    if max_products is not None:
+        maxiter = max(1, min(maxiter, int(max_products) // ncv))
+    try:
+        w, V = eigsh(A, k=nev, which=which, tol=tol, v0=v0, maxiter=maxiter, ncv=ncv)
+    except ArpackNoConvergence:
+        if max_products is None:
+            raise
+        w, V = _lobpcg(A, k, nev, which, max(1, (int(max_products) - count[0]) // max(nev, 1)), v0)
+        method = "lanczos, capped"
     if q is not None:  # q's own eigenvalue 0 (it is in the range only by round-off)
         keep = np.abs(q @ V) <= 0.5
         w, V = w[keep], V[:, keep]
@@ -173,7 +185,32 @@ def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", den
     res_each = np.linalg.norm(AV - V * w, axis=0) / scale
     vals, vecs = _pick(w, V, num, which)
     order = [int(np.nonzero(w == v)[0][0]) for v in vals]
-    return Spectrum(vals, vecs if vectors else None, "lanczos", float(res_each[order].max()), count[0])
+    return Spectrum(vals, vecs if vectors else None, method, float(res_each[order].max()), count[0])
+
+
+def _lobpcg(A, k: int, nev: int, which: str, iters: int, v0: np.ndarray):
+    """``nev`` eigenpairs (``which`` LA or SA; BE: both ends) of A by ``iters`` LOBPCG
+    iterations from a seeded block (converged or not)."""
+    import warnings
+
+    from scipy.sparse.linalg import lobpcg
+
+    rng = np.random.default_rng(1)
+    out_w, out_V = [], []
+    ends = [("LA", nev)] if which == "LA" else [("SA", nev)] if which == "SA" else \
+        [("LA", (nev + 1) // 2), ("SA", nev // 2)]
+    for end, m in ends:
+        if m <= 0:
+            continue
+        X0 = np.column_stack([v0, rng.standard_normal((k, m))])[:, :max(m, 1)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            w, V = lobpcg(A, X0, largest=end == "LA", maxiter=iters, tol=1e-12)
+        out_w.append(np.atleast_1d(w))
+        out_V.append(V)
+    w, V = np.concatenate(out_w), np.concatenate(out_V, axis=1)
+    order = np.argsort(w)
+    return w[order], V[:, order]
 
 
 def _pick(w: np.ndarray, V: np.ndarray, num: int, which: str):

@@ -245,9 +245,10 @@ class NcfFlowEscape:
 
     ``reason`` says why the integration stopped: ``converged`` (the KKT residual
     ‖θ'‖ ≤ tol·L_h|𝒩|; then ``converged`` is True), ``settled`` (the direction stopped
-    moving although the residual cannot reach tol, as at a kink of ReLU), ``max steps``
-    or ``step underflow``. ``residual`` is ‖θ'‖/(L_h|𝒩|) at ``direction``, ``steps`` the
-    accepted steps and ``evaluations`` the gradients of 𝒩 computed.
+    moving although the residual cannot reach tol, as at a kink of ReLU), ``max steps``,
+    ``budget`` (the gradient cap ``max_evals``) or ``step underflow``. ``residual`` is
+    ‖θ'‖/(L_h|𝒩|) at ``direction``, ``steps`` the accepted steps and ``evaluations`` the
+    gradients of 𝒩 computed.
     """
 
     L_h: float
@@ -276,7 +277,8 @@ class NcfFlowEscape:
 
 def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
                     rtol: float | None = None, settle_tol: float = 1e-4, window: float = 1.0,
-                    method: str = "dopri5", engine: str = "auto") -> NcfFlowEscape:
+                    method: str = "dopri5", engine: str = "auto", max_evals: int | None = None,
+                    progress=None) -> NcfFlowEscape:
     """:func:`ncf_flow` for the NCF 𝒩(u) = ỹᵀH(X; u) of a network: integrate the NCF flow
     from the direction ``w0`` until θ stops moving, then add the analytic tail along θ(∞).
 
@@ -289,7 +291,7 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
             tolerance.
         engine: ∇𝒩's engine (:func:`ncfkit.fastgd.ncf_value_and_grad_fn`), on the host in
             numpy (the state is one vector; torch's per-operation overhead would dominate).
-        tol, max_steps, settle_tol, window, method: as in :func:`ncf_flow`.
+        tol, max_steps, settle_tol, window, method, max_evals, progress: as in :func:`ncf_flow`.
 
     Returns:
         :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
@@ -301,12 +303,12 @@ def ncf_flow_escape(arch, X, ytilde, w0, *, tol: float = 1e-7, max_steps: int = 
         rtol = 1e-5 if _has_kink(arch) else 1e-8
     value_and_grad = ncf_value_and_grad_fn(arch, X, ytilde, engine, host=True)
     return ncf_flow(value_and_grad, arch.homogeneity, to_numpy(w0), tol=tol, max_steps=max_steps, rtol=rtol,
-                    settle_tol=settle_tol, window=window, method=method)
+                    settle_tol=settle_tol, window=window, method=method, max_evals=max_evals, progress=progress)
 
 
 def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: int = 200_000,
              rtol: float = 1e-8, settle_tol: float = 1e-4, window: float = 1.0,
-             method: str = "dopri5") -> NcfFlowEscape:
+             method: str = "dopri5", max_evals: int | None = None, progress=None) -> NcfFlowEscape:
     """Integrate the NCF flow u̇ = ∇𝒩(u) of a 𝒩 homogeneous of order ``L_h`` (given by
     ``value_and_grad(u) -> (𝒩(u), ∇𝒩(u))``) from the direction ``w0`` until its direction
     θ stops moving, then add the analytic tail along θ(∞) (:class:`NcfFlowEscape`).
@@ -330,7 +332,9 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
       ``tol`` away (estimated from the last two windows' displacements m₁, m₂ as
       m₂q/(1 − q), q = m₂/m₁ < 1);
     - **max steps** accepted steps or 4·``max_steps`` gradients (what ``max_steps``
-      classical RK4 steps cost), or a **step underflow** of the integrator.
+      classical RK4 steps cost), or a **step underflow** of the integrator;
+    - **budget**: ``max_evals`` gradients computed (a cost cap that does not depend on the
+      machine's speed, so the result is the same everywhere: :func:`ncfkit.escape.governing_budget`).
 
     Args:
         value_and_grad: 𝒩 and its gradient at a unit vector (numpy in, numpy out).
@@ -341,6 +345,8 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
         rtol: the integrator's tolerance.
         settle_tol, window: the settling rule (above).
         method: the Runge–Kutta tableau.
+        max_evals: the most gradients (None: no cap beyond ``max_steps``).
+        progress: called as ``progress(evaluations, cap, residual)`` after each accepted step.
 
     Returns:
         :class:`NcfFlowEscape`; its ``direction`` is a float64 numpy array.
@@ -374,7 +380,8 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
     theta, ncf, n_extra = y0[:k], float(stepper.aux), 0
     res = float(np.linalg.norm(stepper.f[:k])) / max(L_h * abs(ncf), 1e-300)
     reason = "converged" if res <= tol else "max steps"
-    while reason == "max steps" and stepper.n_accepted < max_steps and stepper.n_evals < 4 * max_steps:
+    cap = 4 * max_steps if max_evals is None else min(4 * max_steps, max(int(max_evals), 1))
+    while reason == "max steps" and stepper.n_accepted < max_steps and stepper.n_evals < cap:
         try:
             stepper.step()
         except StepSizeUnderflow:
@@ -384,6 +391,8 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
         theta, ncf = stepper.y[:k], float(stepper.aux)
         speed = float(np.linalg.norm(stepper.f[:k]))
         res = speed / max(L_h * abs(ncf), 1e-300)
+        if progress is not None:
+            progress(stepper.n_evals + n_extra, cap, res)
         if res <= tol:
             reason = "converged"
             break
@@ -395,6 +404,8 @@ def ncf_flow(value_and_grad, L_h: float, w0, *, tol: float = 1e-7, max_steps: in
             n_extra += 1
             if res_m <= tol or watch.settled(mid, res_m):
                 theta, ncf, res, reason = mid, ncf_m, res_m, "converged" if res_m <= tol else "settled"
+    if reason == "max steps" and max_evals is not None and cap < 4 * max_steps and stepper.n_evals >= cap:
+        reason = "budget"
     rho, t = float(stepper.y[k]), float(stepper.y[k + 1])
     steps, evals = stepper.n_accepted, stepper.n_evals + n_extra
     theta, converged = np.array(theta), reason == "converged"

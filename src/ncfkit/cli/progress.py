@@ -13,7 +13,7 @@ class ConsoleProgress:
 
     def __init__(self, console, *, restarts: int | None = None, n_deltas: int = 1):
         self.console, self.restarts, self.n_deltas = console, restarts, n_deltas
-        self._status = self._bar = self._lines = None
+        self._status = self._bar = self._lines = self._timer = None
 
     def __call__(self, event: str, value: Any) -> None:
         if event == "status":
@@ -21,21 +21,43 @@ class ConsoleProgress:
             if self.console.is_terminal:
                 self._status = self.console.status(value)
                 self._status.start()
-            else:  # a log: a line every few seconds (issue 17)
-                from .._progress import LineProgress
+            else:  # a log: the phase's name once it has run 2 s, then a line every few seconds
+                from .._progress import LineProgress, progress_interval
 
+                self._announce(value, min(2.0, progress_interval()))
                 self._lines = LineProgress(value.rstrip("…. "), unit="step")
         elif event in ("info", "note", "warning"):
             prefix = "" if event == "info" else f"[yellow]{event}:[/] "
             self.console.print(prefix + value)
-        elif event == "ascent" and self._status is not None:
+        elif event == "ascent":
             step, running = value
-            self._status.update(f"ascent: step {step}, {running}/{self.restarts} starts still running")
-        elif event == "ascent" and self._lines is not None:
-            step, running = value
-            self._lines.update(step, f"{running}/{self.restarts} starts still running")
+            text = f"{running}/{self.restarts} starts still running" if self.restarts else "running"
+            self._update(step, text, f"ascent: step {step}, {text}")
+        elif event == "flow":  # the NCF flow from w0: (gradients, their cap, KKT residual)
+            evals, cap, residual = value
+            text = f"of at most {cap}, residual {residual:.2g}"
+            self._update(evals, text, f"NCF flow from w0: {evals} gradients {text}")
         elif event == "training":
             self._training(value)
+
+    def _announce(self, text: str, delay: float) -> None:
+        """Print ``text`` after ``delay`` seconds unless the phase has ended by then (a
+        short phase, e.g. one that fails on bad input, leaves the log to its one error
+        line); at once for ``delay`` 0."""
+        import threading
+
+        if delay <= 0:
+            self.console.print(text)
+            return
+        self._timer = threading.Timer(delay, self.console.print, args=(text,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _update(self, count, line_text: str, status_text: str) -> None:
+        if self._status is not None:
+            self._status.update(status_text)
+        elif self._lines is not None:
+            self._lines.update(count, line_text)
 
     def _training(self, p) -> None:
         from .._progress import make_progress
@@ -54,6 +76,9 @@ class ConsoleProgress:
         self._bar.update(min(p.time, p.max_time), text)
 
     def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._lines is not None:
             self._lines.close()
             self._lines = None
