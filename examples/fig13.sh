@@ -15,7 +15,7 @@ run() { echo "+ $*" >&2; "$@"; }
 echo "Figure 13: 3-layer GELU net, hidden 20, 30, GD from δ = 0.1" >&2
 run ncfkit data teacher -o "$OUT/fig13_data.npz" --hidden 2,2 --act gelu --seed 1 --force
 run ncfkit escape "$OUT/fig13_data.npz" --hidden 20,30 --act gelu --reduction mean \
-    --delta 0.1 --lr 0.5 --max-time 8000 --until saddles:2 \
+    --delta 0.1 --lr 0.2 --max-time 8000 --until saddles:2 \
     --json --out "$OUT/fig13.h5" --force > "$OUT/fig13.json"
 echo "measurements: $OUT/fig13.json" >&2
 run ncfkit plot "$OUT/fig13.h5" -o "$OUT/fig13.png" --force

@@ -684,3 +684,20 @@ def test_plateaus_decades_apart_get_a_log_time_axis_and_unconfirmed_is_said(plat
     rows = [a.get_ylabel() for a in _heatmaps(fig) if a.get_ylabel()]
     assert any(r.startswith("plateau 2") and "unconfirmed" in r for r in rows)
     assert any("unconfirmed" in t.get_text() for t in ax.texts)
+
+
+def test_run_ending_in_an_unconfirmed_plateau_says_so_and_counts_small_neurons(plateau_runs):
+    """A run whose only plateau is unconfirmed (it ended in a slow stretch: GELU, Figures
+    12-13): the row is "end (unconfirmed plateau)", the marker text says the run ended;
+    every row after init counts the small neurons per hidden layer (the snapshot rule)."""
+    tree = _tree(plateau_runs / "mlp.h5")
+    run = tree["runs"]["0"]
+    plateaus = json.loads(run["plateaus"])[:1]
+    plateaus[0].update(confirmed=False, exit_time=None)
+    run["plateaus"] = json.dumps(plateaus)
+    del run["snapshots"]["saddle_2"]
+    fig = plot.figure_for(tree)
+    rows = [a.get_ylabel() for a in _heatmaps(fig)[0::2]]
+    assert [r.split("\n")[0] for r in rows] == ["init", "escape", "end (unconfirmed plateau)"]
+    assert all("\nsmall: " in r for r in rows[1:]) and "small" not in rows[0]
+    assert any("unconfirmed plateau" in t.get_text() for t in _loss_axes(fig).texts)

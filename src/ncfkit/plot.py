@@ -523,9 +523,11 @@ def _plot_losses(ax, runs: list[_Run], chosen: int, window=None, annotate: bool 
                 ax.axvline(t - shift, color=EVENT_COLORS[name], ls="--", lw=0.9)
             if bold and annotate:
                 when = f"t = {t:.4g}" if not shift else f"t = {t:.6g}" if name == "escape" else _time_text(t, shift)
-                ax.annotate(f"{name}\n{when}", (t - shift, loss_t), textcoords="offset points",
-                            xytext=(5, -22 if name == "escape" else 6), fontsize=7,
-                            color=EVENT_COLORS[name])
+                text = "unconfirmed plateau\n(run ended)" if name == "saddle" and _open_end(r) else name
+                right = name == "saddle" and _open_end(r)  # at (near) the run's end: text to the left
+                ax.annotate(f"{text}\n{when}", (t - shift, loss_t), textcoords="offset points",
+                            ha="right" if right else "left", fontsize=7, color=EVENT_COLORS[name],
+                            xytext=(-5 if right else 5, 6 if name != "escape" else -22))
         if bold and _multi(r):
             _plot_plateaus(ax, r, window, annotate if plateau_text is None else plateau_text, shift)
     if window is not None:
@@ -629,13 +631,24 @@ LOG_SPREAD = 20.0
 def _log_after_escape(run: _Run) -> float | None:
     """t_esc when the plateaus after escape lie decades apart (the last one over
     :data:`LOG_SPREAD` times further from escape than the first: Figure 9's plateaus at
-    t_esc + 56 and t_esc + 10⁴), so a linear axis would squeeze the first into a sliver;
-    else None."""
-    if not _multi(run) or run.escape_time is None or not run.escape_time > 0:
+    t_esc + 56 and t_esc + 10⁴), or a run without several plateaus creeps on long after its
+    drop, so a linear axis would squeeze the drop into a sliver; else None."""
+    t_esc = run.escape_time
+    if t_esc is None or not t_esc > 0 or not run.time.size:
         return None
-    times = sorted(float(p["time"]) for p in run.plateaus)
-    first, last = times[0] - run.escape_time, times[-1] - run.escape_time
-    return run.escape_time if first > 0 and last > LOG_SPREAD * first else None
+    if _multi(run):
+        times = sorted(float(p["time"]) for p in run.plateaus)
+        first, last = times[0] - t_esc, times[-1] - t_esc
+        return t_esc if first > 0 and last > LOG_SPREAD * first else None
+    # one plateau or none: a loss that falls over two decades after escape and creeps on
+    # long after its fall (GELU, Figures 12-13) — the end over LOG_SPREAD times further from
+    # escape than the time the loss took to fall half-way (geometrically)
+    start, low = float(np.interp(t_esc, run.time, run.loss)), float(run.loss.min())
+    if not (low > 0 and start > 100 * low):
+        return None
+    fallen = (run.time > t_esc) & (run.loss <= math.sqrt(start * low))
+    half = float(run.time[fallen][0]) - t_esc if fallen.any() else 0.0
+    return t_esc if half > 0 and float(run.time.max()) - t_esc > LOG_SPREAD * half else None
 
 
 def _last_event(run: _Run) -> float | None:
@@ -805,8 +818,16 @@ def _plateau_of(run: _Run, name: str) -> dict:
     return next((p for p in run.plateaus if int(p["index"]) == k), {})
 
 
+def _open_end(run: _Run) -> bool:
+    """A run with one plateau, unconfirmed: it ended inside a slow stretch that may or may
+    not be a plateau (its "saddle" is where the run stopped)."""
+    return len(run.plateaus) == 1 and not run.plateaus[0].get("confirmed", True)
+
+
 def _row_label(run: _Run, name: str) -> str:
     """``saddle`` as before for a run with one plateau; ``plateau k`` with several."""
+    if name == "saddle" and _open_end(run):
+        return "end (unconfirmed plateau)"
     if _multi(run) and name.startswith("saddle"):
         k = 1 if name == "saddle" else int(name.split("_")[1])
         p = next((p for p in run.plateaus if int(p["index"]) == k), {})
@@ -844,6 +865,10 @@ def _snapshot_grid(sub, run: _Run, names: list[str], arch: Architecture, wz_mask
             text = f"\nt = {float(t):.5g}"
         labels[n] = _row_label(run, n) + text
         w = np.asarray(run.snapshots[n]["w"], dtype=float).ravel()
+        if n != "init" and arch.neuron_layers and np.linalg.norm(w) > 0:  # the snapshot rule's count
+            from .phases import small_units
+
+            labels[n] += "\nsmall: " + "|".join(str(len(z)) for z in small_units(arch, w))
         if wz_mask is not None and wz_mask.size == w.size and np.linalg.norm(w) > 0:
             labels[n] += f"\n‖ψ_wz‖/‖ψ‖ = {np.linalg.norm(w[wz_mask]) / np.linalg.norm(w):.2g}"
         if n == after:  # Figures 9-13: the neurons small at escape, measured here
