@@ -72,10 +72,10 @@ DENSE_MAX = 3000
 #: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host).
 NEWTON_MAX = 1500
 
-#: The most entries (kinks × weights) of a dense matrix of kink gradients (64 MiB): above
+#: The most entries (kinks × weights) of a dense matrix of kink gradients (16 MiB): above
 #: it the first-order residual is the one-sided bound and the stratum's Δ is not computed
 #: (MNIST-sized data: thousands of samples at the kinks of a deep ReLU net).
-MAX_KINK_ENTRIES = 1 << 23
+MAX_KINK_ENTRIES = 1 << 21
 
 
 def applies(arch) -> bool:
@@ -180,15 +180,15 @@ class _Net:
         hs = self.forward(Ds)
         L = len(self.Ws)
         Vs = [V[:, a:b].reshape(-1, *W.shape) for (a, b), W in zip(self.ranges, self.Ws, strict=True)]
-        dhs = [np.zeros((V.shape[0], *hs[0].shape))]
+        dhs = [None]  # the inputs do not move (no (m, d, n) block of zeros)
         for l in range(L - 1):
-            dz = Vs[l] @ hs[l] + self.Ws[l] @ dhs[l]
+            dz = Vs[l] @ hs[l] if dhs[l] is None else Vs[l] @ hs[l] + self.Ws[l] @ dhs[l]
             dhs.append(Ds[l] * dz)
         b = self.yt[None, :]
         db = np.zeros((V.shape[0], 1, self.yt.shape[0]))
         out = []
         for l in range(L - 1, -1, -1):
-            out.append(db @ hs[l].T + b @ dhs[l].swapaxes(-1, -2))
+            out.append(db @ hs[l].T if dhs[l] is None else db @ hs[l].T + b @ dhs[l].swapaxes(-1, -2))
             if l:
                 db = (Vs[l].swapaxes(-1, -2) @ b + self.Ws[l].T @ db) * Ds[l - 1]
                 b = (self.Ws[l].T @ b) * Ds[l - 1]
@@ -224,13 +224,15 @@ class _Net:
                              f"x {k} weights: its dense stratum needs {need / 2**30:.1f} GiB, but only "
                              f"{have / 2**30:.1f} GiB are available; use fewer samples or a narrower --hidden, "
                              "or raise NCFKIT_MAX_MEMORY")
-        rows = []
+        out = np.zeros((m_all, k))  # filled in place, layer by layer (no concatenated copy)
+        pos = 0
         for l, K in enumerate(kinks):  # hidden layer l + 1, weights Ws[l]
             js, is_ = np.nonzero(K)
             m = js.size
             if not m:
                 continue
-            R = np.zeros((m, k))
+            R = out[pos:pos + m]
+            pos += m
             B = np.zeros((m, K.shape[0]))
             B[np.arange(m), js] = 1.0
             for q in range(l, -1, -1):
@@ -238,13 +240,14 @@ class _Net:
                 R[:, a:b] = (B[:, :, None] * hs[q][:, is_].T[:, None, :]).reshape(m, -1)
                 if q:
                     B = (B @ self.Ws[q]) * Ds[q - 1][:, is_].T
-            rows.append(R)
-        return np.concatenate(rows) if rows else np.zeros((0, k))
+        return out
 
     def columns(self, Ds, kinks, cs) -> np.ndarray:
         """∂g/∂s_k = c_k ∇z_k as columns (k, m)."""
         c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)]) if kinks else np.zeros(0)
-        return (self.kink_gradients(Ds, kinks) * c[:, None]).T
+        J = self.kink_gradients(Ds, kinks)
+        J *= c[:, None]  # in place: one m × k matrix
+        return J.T
 
 
 def _ranges(sizes):
@@ -314,16 +317,20 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
             best = (s.copy(), g, float(np.linalg.norm(r)))
         if m == 0:
             break
-        A = net.columns(Ds, kinks, cs)
-        PA = A - np.outer(u, u @ A)
+        PA = net.columns(Ds, kinks, cs)
+        PA -= np.outer(u, u @ PA)  # in place: P_{u⊥} of every column
         live = np.linalg.norm(PA, axis=0) > 0
         if not live.any():
             break
-        rhs = -(r - PA[:, live] @ s[live])
+        if not live.all():
+            PA = PA[:, live]
+        rhs = -(r - PA @ s[live])
         # ‖PA s − rhs‖² = ‖R s − Qᵀrhs‖² + const (PA = QR, k × m with m ≪ k): the bounded
-        # problem is solved on the m × m triangle
-        Q, R = np.linalg.qr(PA[:, live])
-        rhs = Q.T @ rhs
+        # problem is solved on the m × m triangle, from the R factor of [PA | rhs] (no Q)
+        Ra = np.linalg.qr(np.column_stack([PA, rhs]), mode="r")
+        del PA
+        mm = int(live.sum())
+        R, rhs = Ra[:mm, :mm], Ra[:mm, mm]
         x = _lstsq(R, rhs)
         if x.min() < lo or x.max() > hi:  # the unconstrained minimiser leaves the box
             x = lsq_linear(R, rhs, bounds=(lo, hi), method="bvls", tol=1e-14).x
@@ -483,8 +490,8 @@ def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DEN
 
 
 def _as_host(arch, X, ytilde, w):
-    Xn = to_numpy(X).astype(np.float64)
-    yn = to_numpy(ytilde).astype(np.float64)
+    Xn = np.asarray(to_numpy(X), dtype=np.float64)  # no copy of float64 data
+    yn = np.asarray(to_numpy(ytilde), dtype=np.float64)
     u = to_numpy(w).astype(np.float64).ravel()
     return Xn, yn, u / np.linalg.norm(u)
 

@@ -224,7 +224,7 @@ def clarke_ascent(
     done = np.zeros(R, dtype=bool)
     reason: list[str | None] = [None] * R
     pending = np.arange(R)
-    Xn, yn = to_numpy(X).astype(np.float64), to_numpy(ytilde).astype(np.float64)
+    Xn, yn = np.asarray(to_numpy(X), dtype=np.float64), np.asarray(to_numpy(ytilde), dtype=np.float64)
     for rnd in range(rounds):
         budget = max_steps - int(used[pending].max())
         if budget <= 0:
