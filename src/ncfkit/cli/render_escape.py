@@ -17,14 +17,16 @@ def escape_table(report, arch, how: str):
             "‖ψ_wz‖/‖ψ‖ esc", "saddle", "‖ψ−p‖", "status"]
     for col in cols:
         t.add_column(col, justify="right")
+    # a net that is not homogeneous (tanh, GELU) has no NCF theory: its theory columns say n/a
+    theory = fmt if report.homogeneity is not None else (lambda v, spec=None: "n/a")
     for r in report.runs:
         ratio = (r.escape_time / r.predicted_escape_time
                  if r.escape_time is not None and r.predicted_escape_time else None)
-        t.add_row(fmt(r.delta, ".3g"), fmt(r.escape_time, ".6g"), fmt(r.predicted_escape_time, ".6g"),
-                  fmt(ratio, ".4f"), fmt(r.predicted_escape_time_w0, ".6g"), fmt(r.saddle_time, ".6g"),
+        t.add_row(fmt(r.delta, ".3g"), fmt(r.escape_time, ".6g"), theory(r.predicted_escape_time, ".6g"),
+                  theory(ratio, ".4f"), theory(r.predicted_escape_time_w0, ".6g"), fmt(r.saddle_time, ".6g"),
                   fmt(r.saddle_loss, ".6g"), fmt(r.saddle_grad_norm, ".2e"), fmt(r.saddle_min_hessian_eig, ".4g"),
-                  fmt(r.sparsity_ratio_escape, ".2e"), fmt(r.sparsity_ratio_saddle, ".2e"),
-                  fmt(r.path_distance, ".2e"), r.status)
+                  theory(r.sparsity_ratio_escape, ".2e"), theory(r.sparsity_ratio_saddle, ".2e"),
+                  theory(r.path_distance, ".2e"), r.status)
     return t
 
 
@@ -60,6 +62,16 @@ def escape_lines(report, arch) -> list[str]:
             lines.append(f"[yellow]warning:[/] the reference run {ref.result.status}: {ref.result.message} "
                          "(the requested runs stand; no path distances)")
     for r in report.runs:
+        for q in r.plateaus if len(r.plateaus) >= 2 else ():  # --until saddles:K / converged
+            small = (f"; of plateau {q['index'] - 1}'s small neurons, those still small: ‖ψ_Z'‖/‖ψ‖ = "
+                     f"{fmt(q.get('prev_zero_stayed_ratio'), '.2g')} (at most "
+                     f"{fmt(q.get('prev_zero_stayed_max_ratio'), '.2g')} in between)"
+                     if q.get("prev_zero_stayed_ratio") is not None else "")
+            ended = "" if q.get("confirmed", True) else " (unconfirmed: the run ended in it)"
+            lines.append(f"δ = {r.delta:.3g}: plateau {q['index']} at t = {fmt(q.get('time'), '.6g')}, "
+                         f"loss {fmt(q.get('loss'), '.6g')}, ‖∇𝓛‖ {fmt(q.get('grad_norm'), '.2e')}, "
+                         f"{q.get('kind') or 'kind n/a'}{ended}, "
+                         f"active per layer {q.get('active_per_layer')}{small}")
         if r.saddle_kind is not None:
             what = {"strict saddle": "a strict saddle (λ_min < 0)", "minimum": "a minimum (λ_min > 0)",
                     "degenerate": "degenerate to second order (λ_min ≈ 0)"}[r.saddle_kind]
