@@ -147,7 +147,8 @@ def main(argv=None) -> int:
         wstar = np.asarray(c.w.cpu() if hasattr(c.w, "cpu") else c.w, dtype=float)
         out["w_star"] = {"source": f"Clarke ascent from θ(ρ = {rho[j]:.1f})", "tries": tries,
                          "ncf": c.ncf, "residual": c.residual,
-                         "delta": c.delta, "certified": bool(c.residual <= 1e-9), "reason": asc.reason[0],
+                         "delta": c.delta, "certified": bool(c.residual <= 1e-9),
+                         "reason": None if c.residual <= 1e-9 else asc.reason[0],
                          "field": c.field, "active_per_layer": list(c.active_per_layer or ()),
                          "cos_theta_end": float(th[-1] @ wstar / np.linalg.norm(wstar)),
                          "seconds": round(time.time() - t0, 1)}
