@@ -745,7 +745,7 @@ def test_line_progress_writes_a_line_every_interval():
             now[0] = 1.5 * i
             bar.update(0.8 * i, "near origin")
     lines = out.getvalue().splitlines()
-    assert lines[0] == "escape: t = 3.2 / 10 (32%), near origin, 6 s"
+    assert lines[0] == "escape: t = 3.2 / 10 (32%), near origin, 6 s (0.533 t/s)"  # with the rate
     assert len(lines) == 4 and lines[-1].startswith("escape: t = 9.6 / 10 (96%)")  # + the last state
     quiet = io.StringIO()
     with LineProgress("escape", interval=5, stream=quiet, clock=lambda: 0.0) as bar:

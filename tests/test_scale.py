@@ -155,18 +155,20 @@ def test_too_many_kinks_give_the_one_sided_bound(monkeypatch):
 
 def test_every_escape_phase_shows_a_line_in_a_log(tmp_path, monkeypatch):
     """Off a terminal (CliRunner), each phase prints its name as it starts and its progress
-    (NCFKIT_PROGRESS_SECONDS=0: every update): the NCF flow, the ascent, the certificate,
-    training, the Hessian at the saddle."""
+    (NCFKIT_PROGRESS_SECONDS=0: every update): loading, the NCF flow, the ascent, the
+    certificate, training (with its rate), the Hessian at the saddle, writing."""
     monkeypatch.setenv("NCFKIT_PROGRESS_SECONDS", "0")
     X = np.random.default_rng(0).standard_normal((40, 5))
     y = np.maximum(X @ np.array([1.0, -0.5, 0.3, 0.0, 0.2]), 0) + 0.1
     np.savez(tmp_path / "d.npz", X=X, y=y)
     res = run_cli("escape", tmp_path / "d.npz", "--hidden", "8", "--act", "square", "--delta", "0.01",
-                  "--lr", "0.01", "--delta-ref", "none")
+                  "--lr", "0.01", "--delta-ref", "none", "--out", tmp_path / "r.h5")
     assert res.exit_code == 0, res.output
     err = res.stderr
-    for pattern in (r"^NCF flow from w0 \(Definition 2\)…$", r"^NCF flow from w0 \(Definition 2\): step = \d+",
+    for pattern in (r"^loading .*d\.npz…$", r"^writing .*r\.h5…$", r"^NCF flow from w0 \(Definition 2\)…$",
+                    r"^NCF flow from w0 \(Definition 2\): step = \d+",
                     r"^NCF ascent to the governing point…$", r"^certifying the governing point",
-                    r"^escape: t = ", r"^smallest Hessian eigenvalue at the saddle of δ = 0.01…$"):
+                    r"^escape: t = .* s \([0-9.e+-]+ t/s\)$",
+                    r"^smallest Hessian eigenvalue at the saddle of δ = 0.01…$"):
         assert re.search(pattern, err, re.MULTILINE), (pattern, err[:3000])
     assert "\x1b[" not in err

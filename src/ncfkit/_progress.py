@@ -57,7 +57,8 @@ class LineProgress:
         if self.total:
             done += f" ({100 * min(completed / self.total, 1):.0f}%)"
         elapsed = self._clock() - self._start
-        return f"{self.label}: {done}{', ' + text if text else ''}, {elapsed:.0f} s"
+        rate = f" ({completed / elapsed:.3g} {self.unit or 'units'}/s)" if elapsed > 0 and completed > 0 else ""
+        return f"{self.label}: {done}{', ' + text if text else ''}, {elapsed:.0f} s{rate}"
 
     def update(self, completed: float, text: str = "") -> None:
         self._state = (completed, text)

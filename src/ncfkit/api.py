@@ -708,6 +708,8 @@ def run_command(command: str, data: str | os.PathLike | None, *, out: str | os.P
     if out is not None:
         io.check_output_path(out, force, RESULT_SUFFIXES)
     timing = reset_times()
+    if data is not None:
+        _tell(progress, "status", f"loading {data}…")
     try:
         result = _RUNNERS[command](data, p, progress)
         result.record["_timing"] = timing  # live: the write below counts too (not stored in the file)
@@ -719,6 +721,7 @@ def run_command(command: str, data: str | os.PathLike | None, *, out: str | os.P
             _rescue_write(out, command, record, force)
         raise
     if out is not None:
+        _tell(progress, "status", f"writing {out}…")
         _write(out, result, force)
     return result
 
