@@ -54,9 +54,10 @@ def zero_mask(arch, w, tol=1e-3):
     return np.asarray(arch.join(Ms)) > 0
 
 
-def integrate(arch, X, ytilde, w0, rho_max: float, rtol: float):
+def integrate(arch, X, ytilde, w0, rho_max: float, rtol: float, rho_at: float | None = None):
     """(ρ, t, θ) of the NCF flow from w0 at every 0.05 of ρ, up to ρ_max (clock s of
-    ``ncfkit.theory.ncf_flow``: θ' = P∇𝒩(θ), ρ' = L_h𝒩(θ), t' = e^{(2−L_h)ρ})."""
+    ``ncfkit.theory.ncf_flow``: θ' = P∇𝒩(θ), ρ' = L_h𝒩(θ), t' = e^{(2−L_h)ρ}), the
+    accepted steps, and (θ, t) at exactly ρ = ``rho_at`` (the integrator's dense output)."""
     from ncfkit.fastgd import ncf_value_and_grad_fn
     from ncfkit.rk import RungeKutta
 
@@ -80,14 +81,22 @@ def integrate(arch, X, ytilde, w0, rho_max: float, rtol: float):
     y0 = np.concatenate([w0 / np.linalg.norm(w0), [0.0, 0.0]])
     st = RungeKutta(rhs, y0, rtol=rtol, atol=rtol, tableau="dopri5", norm=err_norm, hold_after_reject=True)
     rho, t, th = [0.0], [0.0], [y0[:k].copy()]
+    exact = None
     while st.y[k] < rho_max and st.n_accepted < 1_000_000:
         st.step()
+        if rho_at is not None and exact is None and st.y_prev[k] < rho_at <= st.y[k]:
+            lo, hi = 0.0, 1.0
+            for _ in range(60):  # ρ increases along the step (𝒩 > 0 near a maximum)
+                mid = 0.5 * (lo + hi)
+                lo, hi = (mid, hi) if st.dense(mid)[k] < rho_at else (lo, mid)
+            y = st.dense(hi)
+            exact = (y[:k] / np.linalg.norm(y[:k]), float(y[k + 1]))
         st.y[:k] /= np.linalg.norm(st.y[:k])
         if st.y[k] >= rho[-1] + 0.05 or st.y[k] >= rho_max:
             rho.append(float(st.y[k]))
             t.append(float(st.y[k + 1]))
             th.append(st.y[:k].copy())
-    return np.array(rho), np.array(t), np.array(th), st.n_accepted
+    return np.array(rho), np.array(t), np.array(th), st.n_accepted, exact
 
 
 def at(rho_grid, value):
@@ -125,8 +134,10 @@ def main(argv=None) -> int:
     if a.start:
         if not (a.radius and a.for_delta and a.radius > a.for_delta):
             ap.error("--start needs --radius R > --for-delta D > 0")
-        rho_max = max(rho_max, math.log(a.radius / a.for_delta))
-    rho, t, th, steps = integrate(arch, np.asarray(p.X), np.asarray(p.ytilde), w0, rho_max, a.rtol)
+        rho_max = max(rho_max, math.log(a.radius / a.for_delta) + 0.1)
+    rho_at = math.log(a.radius / a.for_delta) if a.start else None
+    rho, t, th, steps, exact = integrate(arch, np.asarray(p.X), np.asarray(p.ytilde), w0, rho_max, a.rtol,
+                                         rho_at)
     from ncfkit.fastgd import ncf_value_and_grad_fn
     vg = ncf_value_and_grad_fn(arch, np.asarray(p.X), np.asarray(p.ytilde), "auto", host=True)
     out = {"data": a.data, "hidden": a.hidden, "seed": a.seed, "L_h": L_h, "flow_steps": steps,
@@ -202,13 +213,12 @@ def main(argv=None) -> int:
     out["runs"] = runs
 
     if a.start:
-        r_target = math.log(a.radius / a.for_delta)
-        i = at(rho, r_target)
-        np.savez(a.start, **{f"W{j + 1}": W for j, W in enumerate(arch.split(th[i] * a.radius))})
-        offset = a.for_delta ** (2.0 - L_h) * float(t[i]) if L_h != 2 else float(t[i])
-        out["start"] = {"file": a.start, "radius": a.radius, "for_delta": a.for_delta, "rho": float(rho[i]),
+        theta, t_at = exact
+        np.savez(a.start, **{f"W{j + 1}": W for j, W in enumerate(arch.split(theta * a.radius))})
+        offset = a.for_delta ** (2.0 - L_h) * t_at if L_h != 2 else t_at
+        out["start"] = {"file": a.start, "radius": a.radius, "for_delta": a.for_delta, "rho": rho_at,
                         "time_offset": offset}
-        print(f"relu_flow: wrote {a.start}: θ(ρ = {rho[i]:.3f}) × {a.radius:g}, the run from "
+        print(f"relu_flow: wrote {a.start}: θ(ρ = {rho_at:.4f}) × {a.radius:g}, the run from "
               f"{a.for_delta:g}·w0 at radius {a.radius:g} (gradient-flow time {offset:.6g} after its start)",
               file=sys.stderr)
     json.dump(out, sys.stdout, indent=1)
