@@ -9,7 +9,12 @@ Workloads (the same start and the same number of steps for every row):
   η = 0.005) to t = 800 (160,000 steps);
 - M: the Figure-8 shape (MNIST 0/1 at 14×14: n = 12,665, d = 196; random data of that
   shape), ReLU 20-20-20, MSE, η = 0.05, ``--steps`` steps;
-- L: wide, n = 2,000, d = 784, ReLU 200, MSE, η = 0.05, ``--steps`` steps.
+- L: wide, n = 2,000, d = 784, ReLU 200, MSE, η = 0.05, ``--steps`` steps;
+- MF, MR (``--only MF,MR``): ``escape --method flow`` to the escape and the first saddle,
+  on an x² teacher data set of M's shape (student x², 20 hidden, δ = 1e-3) and on M itself
+  (ReLU 20-20-20, δ = 0.1, ``--rtol 1e-4``: at ReLU's kinks the local error is first
+  order in the step), against the usual loop's measured ms per step × the steps it would
+  need at the stable η = 1/λ_max(∇²𝓛) at the saddle found.
 
 Rows: the usual loop (``benchmarks/plain_loop.py``: nn.Module, torch.optim.SGD,
 ``loss.item()`` every step, every iterate kept; float32, and float64 for M and L), and
@@ -168,9 +173,10 @@ def workload(tmp: Path, name: str, steps: int, device: str, plain64: bool, s_ste
 #: The flow workloads (issue 13 item 6): MNIST-shaped data, the run to its escape and
 #: first saddle by ``--method flow`` against the usual loop's per-step time × the steps it
 #: would need at a stable η (1/λ_max(∇²𝓛) at the saddle, measured).
-#: name: (n, d, teacher hidden, teacher act, student hidden, act, delta, reduction)
+#: name: (n, d, teacher hidden and act, or None: M's data, student hidden, act, delta, --rtol)
 FLOW_WORKLOADS = {
-    "MF": (12_665, 196, "3", "square", "20", "square", 1e-3),
+    "MF": (12_665, 196, ("3", "square"), "20", "square", 1e-3, None),  # x² teacher of M's shape
+    "MR": (12_665, 196, None, "20,20,20", "relu", 0.1, 1e-4),  # M itself (ReLU: kinks need a loose rtol)
 }
 
 
@@ -182,17 +188,21 @@ def flow_workload(tmp: Path, name: str, device: str) -> dict:
     from ncfkit.losses import make_loss
     from ncfkit.models import make_architecture
 
-    n, d, t_hidden, t_act, hidden, act, delta = FLOW_WORKLOADS[name]
-    data = tmp / f"{name}.npz"
-    subprocess.run([*NCFKIT, "data", "teacher", "-o", data, "--n", str(n), "--d", str(d), "--hidden", t_hidden,
-                    "--act", t_act, "--force"], check=True, capture_output=True)
+    n, d, teacher, hidden, act, delta, rtol = FLOW_WORKLOADS[name]
+    if teacher is None:
+        data = make_data(tmp, name, n, d)
+    else:
+        data = tmp / f"{name}.npz"
+        subprocess.run([*NCFKIT, "data", "teacher", "-o", data, "--n", str(n), "--d", str(d), "--hidden",
+                        teacher[0], "--act", teacher[1], "--force"], check=True, capture_output=True)
     widths = [d, *(int(k) for k in hidden.split(",")), 1]
     w0 = tmp / f"w0_{name}.npz"
     write_w0(w0, widths)
     out_h5 = tmp / f"{name}.h5"
     wall, rss, out = run([*NCFKIT, "escape", data, "--hidden", hidden, "--act", act, "--reduction", "mean",
                           "--delta", delta, "--init", w0, "--method", "flow", "--delta-ref", "none", "--json",
-                          "--device", device, "--force", "--out", out_h5], tmp / f"{name}_flow.log")
+                          "--device", device, "--force", "--out", out_h5, *(["--rtol", rtol] if rtol else [])],
+                         tmp / f"{name}_flow.log")
     res = json.loads(out)
     r0 = res["runs"][0]
     z = np.load(data)
@@ -217,7 +227,7 @@ def flow_workload(tmp: Path, name: str, device: str) -> dict:
         print(f"  {name} plain {dtype}: {ms:.2f} ms/step x {steps_needed} steps (η = 1/λ_max = {lr:.4g}) = "
               f"{ms * steps_needed / 1e3:.0f} s, {wall / (ms * steps_needed / 1e3):.4f} of it for ncfkit "
               f"({ms * steps_needed / 1e3 / wall:.1f}x)", flush=True)
-    return {"n": n, "d": d, "hidden": hidden, "act": act, "lr": lr, "steps": steps_needed, "delta": delta,
+    return {"n": n, "d": d, "hidden": hidden, "act": act, "lr": lr, "steps": steps_needed, "delta": delta, "rtol": rtol,
             "lambda_max_saddle": lam_max, "data_mb": os.path.getsize(data) / 2**20, "rows": rows,
             "baseline": "plain torch loop (float32), extrapolated"}
 
