@@ -636,7 +636,8 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
         fidx = np.flatnonzero(free)
         m = int(sum(int(K.sum()) for K in kinks))
-        if fidx.size + min(m, newton_max) > newton_max:  # before any m × k matrix is built
+        # before any m × k matrix is built: only what no dropping of vacuous kinks can save
+        if fidx.size > newton_max or m * u.shape[0] > MAX_KINK_ENTRIES:
             reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
                       f"> {newton_max})")
             too_large = True

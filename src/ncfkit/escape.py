@@ -151,7 +151,8 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
         flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps, max_evals=budget,
                                       progress=_flow_progress(notify))
     # settled: also at a kink; out of budget: from where the flow got (nearer than w0)
-    start = asarray_like(flow.direction, w0) if flow.settled or flow.reason == "budget" else w0 / norm(w0)
+    usable = flow.direction is not None and flow.reason != "step underflow"
+    start = asarray_like(flow.direction, w0) if usable else w0 / norm(w0)
     # relu / leaky: the ascent that converges at kinks (stratum Newton + Clarke certificate)
     ascend = clarke_ascent if clarke.applies(arch) else normalized_ascent
     steps = max_steps if budget is None else max(1, min(max_steps, budget))
