@@ -125,7 +125,9 @@ def test_normal_space_of_a_zero_neuron_is_its_row_times_the_data_span():
     Ds = net.slopes(kinks, None)
     cs = net.grad(Ds)[2]
     J_full = net.kink_gradients(Ds, kinks)
-    J_compact, count = clarke._normal_rows(net, Ds, kinks, cs)
+    J_compact, fixed, count = clarke._normal_rows(net, Ds, kinks, cs)
+    assert fixed.sum() == 4  # the zero row's 4 incoming weights (40 samples span R^4): fixed at 0
+    J_compact = np.vstack([J_compact, np.eye(u.size)[fixed]])
     assert J_compact.shape[0] < J_full.shape[0]
     P_full = clarke._stratum_basis_complement(u, J_full)
     P_compact = clarke._stratum_basis_complement(u, J_compact)
@@ -133,6 +135,14 @@ def test_normal_space_of_a_zero_neuron_is_its_row_times_the_data_span():
     assert np.linalg.norm(P_full @ (P_full.T @ P_compact) - P_compact) < 1e-10  # the same space
     c = np.concatenate([C[K] for C, K in zip(cs, kinks, strict=True)])
     assert count == int(np.count_nonzero((c != 0) & np.any(J_full != 0, axis=1)))
+    # Δ's eigenvalues on T: the same with the n rows written out, and with the fixed
+    # coordinates left out of the operator (dense and Lanczos)
+    J_rows, fixed, _ = clarke._normal_rows(net, Ds, kinks, cs)
+    full = clarke._top_eigs_on_stratum(net, Ds, u, J_full, num=2)
+    for dense_max in (10_000, 0):
+        left_out = clarke._top_eigs_on_stratum(net, Ds, u, J_rows, num=2, fixed=fixed, dense_max=dense_max)
+        assert left_out[1] == full[1]  # dim T
+        assert np.allclose(left_out[0], full[0], rtol=1e-8, atol=1e-10)
 
 
 def test_too_many_kinks_give_the_one_sided_bound(monkeypatch):

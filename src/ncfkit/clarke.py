@@ -367,22 +367,26 @@ class ClarkeCertificate:
     eig_residual: float = float("nan")  # achieved ‖Hv − λv‖/‖H‖ of the top pairs (ncfkit.spectra)
 
 
-def _normal_rows(net: _Net, Ds, kinks, cs) -> tuple[np.ndarray, int]:
-    """(rows spanning {∇z_k} over the kinks, how many multipliers enter g: c_k∇z_k ≠ 0).
+def _normal_rows(net: _Net, Ds, kinks, cs) -> tuple[np.ndarray | None, np.ndarray, int]:
+    """(rows spanning {∇z_k} over the kinks but those of ``fixed``, the coordinates ``fixed``
+    at 0 (bool, k), how many multipliers enter g: c_k∇z_k ≠ 0). Rows None: too many kinks
+    to write out (:data:`MAX_KINK_ENTRIES`).
 
     The kinks of a neuron whose incoming row W_l[j,:] is exactly zero (every sample
     vanishes there) have ∇z_{l,j,i} = h_{l−1,i} on that row's weights and 0 elsewhere (the
     earlier layers reach z only through the zero row): their span is that row times
-    span{h_{l−1,i}}, given by an orthonormal basis of at most k_{l−1} rows instead of n
-    — MNIST-sized data at a sparse point need no n × k matrix."""
+    span{h_{l−1,i}}. When the h_{l−1,i} span all of R^{k_{l−1}} (n ≥ the fan-in, generic
+    data) the row's weights are simply fixed at 0; else an orthonormal basis of at most
+    k_{l−1} rows stands for the n. MNIST-sized data at a sparse point need no n × k matrix."""
     k = net.u.shape[0]
     hs = net.forward(Ds)
     others, extra, count = [], [], 0
+    fixed = np.zeros(k, dtype=bool)
     for l, (K, W) in enumerate(zip(kinks, net.Ws[:-1], strict=True)):
         zero_row = ~(np.abs(W).sum(axis=1) > 0)
         Z = K & zero_row[:, None]
         others.append(K & ~zero_row[:, None])
-        a = net.ranges[l][0]
+        a, fan_in = net.ranges[l][0], W.shape[1]
         for j in np.flatnonzero(Z.any(axis=1)):
             H = hs[l][:, Z[j]]  # (k_{l-1}, m_j): the gradients of this neuron's kinks
             count += int(np.count_nonzero((cs[l][j, Z[j]] != 0) & (np.abs(H).sum(axis=0) > 0)))
@@ -390,15 +394,19 @@ def _normal_rows(net: _Net, Ds, kinks, cs) -> tuple[np.ndarray, int]:
                 continue
             U, sv, _ = np.linalg.svd(H, full_matrices=False)
             rank = int((sv > max(H.shape) * np.finfo(float).eps * sv[0]).sum()) if sv[0] > 0 else 0
+            cols = slice(a + j * fan_in, a + (j + 1) * fan_in)
+            if rank == fan_in:
+                fixed[cols] = True
+                continue
             rows = np.zeros((rank, k))
-            rows[:, a + j * W.shape[1]:a + (j + 1) * W.shape[1]] = U[:, :rank].T
+            rows[:, cols] = U[:, :rank].T
             extra.append(rows)
     c = np.concatenate([C[K] for C, K in zip(cs, others, strict=True)]) if others else np.zeros(0)
     if c.size * k > MAX_KINK_ENTRIES:  # too many to write out: no stratum (None), c_k ≠ 0 counted
-        return None, count + int(np.count_nonzero(c))
+        return None, fixed, count + int(np.count_nonzero(c))
     J = net.kink_gradients(Ds, others)
     count += int(np.count_nonzero((c != 0) & np.any(J != 0, axis=1)))  # columns c_k ∇z_k ≠ 0
-    return (np.vstack([J, *extra]) if extra else J), count
+    return (np.vstack([J, *extra]) if extra else J), fixed, count
 
 
 def _stratum_basis_complement(u, J) -> np.ndarray:
@@ -446,28 +454,32 @@ def _stratum_basis_complement(u, J) -> np.ndarray:
 
 
 def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DENSE_MAX,
-                         max_products: int | None = None):
-    """(largest eigenvalues of ∇²𝒩_D restricted to T = (span{u, ∇z_k})⊥, dim T, method,
-    achieved residual): dense up to ``dense_max`` weights, else Lanczos on the products
-    (:func:`ncfkit.spectra.extreme_eigs`, at most about ``max_products`` of them)."""
+                         max_products: int | None = None, fixed: np.ndarray | None = None):
+    """(largest eigenvalues of ∇²𝒩_D restricted to T = (span{u, ∇z_k})⊥ ∩ {v : v_fixed = 0},
+    dim T, method, achieved residual): dense up to ``dense_max`` free weights, else Lanczos
+    on the products (:func:`ncfkit.spectra.extreme_eigs`, at most about ``max_products``).
+    The coordinates ``fixed`` (bool, k: the incoming weights of zero-row neurons) are left
+    out of the operator altogether."""
     k = u.shape[0]
-    Q = _stratum_basis_complement(u, J)
-    dim_t = k - Q.shape[1]
+    Fi = np.arange(k) if fixed is None else np.flatnonzero(~fixed)
+    f = Fi.size
+    Q = _stratum_basis_complement(u[Fi], J[:, Fi] if J.shape[0] else np.zeros((0, f)))
+    dim_t = f - Q.shape[1]
     if dim_t <= 0:
         return np.array([-np.inf]), dim_t, "dense", 0.0
 
-    def proj(V):  # rows of V projected onto T
+    def proj(V):  # rows of V projected onto T (in the free coordinates)
         return V - (V @ Q) @ Q.T
 
-    if k <= dense_max:
+    if f <= dense_max:
         # Coordinates whose unit vector lies in the normal space (the incoming weights of a
         # zero neuron: all its pre-activations vanish) carry no direction of T: drop them.
         F = np.flatnonzero(np.einsum("ij,ij->i", Q, Q) < 1 - 1e-9)
         QF, sv, _ = np.linalg.svd(Q[F], full_matrices=False)
         QF = QF[:, :int((sv > 1e-9).sum())]
-        if F.size - QF.shape[1] != dim_t:  # not an exact split: keep every coordinate
-            F, QF = np.arange(k), Q
-        H = net.hessian(Ds, F)
+        if F.size - QF.shape[1] != dim_t:  # not an exact split: keep every free coordinate
+            F, QF = np.arange(f), Q
+        H = net.hessian(Ds, Fi[F])
         # P H P − c·QQᵀ: the normal space sinks below the spectrum (no basis of T is built)
         c = 1.0 + 2.0 * float(np.abs(H).sum(axis=1).max())
         P = np.eye(F.size) - QF @ QF.T
@@ -479,12 +491,17 @@ def _top_eigs_on_stratum(net: _Net, Ds, u, J, num: int = 3, dense_max: int = DEN
     value = abs(net.grad(Ds)[0])
     shift = 10 * value + 1.0
 
+    def hvp_free(V):  # ∇²𝒩_D on the free coordinates
+        full = np.zeros((V.shape[0], k))
+        full[:, Fi] = V
+        return net.hvp(Ds, full)[:, Fi]
+
     def matmat(V):  # P H P − shift·(I − P): the normal space sinks below the spectrum
         PV = proj(V)
-        return proj(net.hvp(Ds, PV)) - shift * (V - PV)
+        return proj(hvp_free(PV)) - shift * (V - PV)
 
-    spec = extreme_eigs(matmat, k, num=min(num + 1, k - 1), which="LA", dense=0, tol=1e-10, vectors=True,
-                        maxiter=20 * k, max_products=max_products)
+    spec = extreme_eigs(matmat, f, num=min(num + 1, f - 1), which="LA", dense=0, tol=1e-10, vectors=True,
+                        maxiter=20 * f, max_products=max_products)
     normal = np.linalg.norm(Q.T @ spec.vectors, axis=0) > 0.5
     return np.sort(spec.values[~normal])[::-1][:num], dim_t, spec.method, spec.residual
 
@@ -528,12 +545,12 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
     value, _, cs = net.grad(Ds)
     tiny = np.finfo(float).tiny
     residual = float(np.linalg.norm(_project(u, g))) / max(float(np.linalg.norm(g)), tiny)
-    J, multipliers = _normal_rows(net, Ds, kinks, cs)
+    J, fixed, multipliers = _normal_rows(net, Ds, kinks, cs)
     if J is None:  # more kinks than MAX_KINK_ENTRIES allows: Δ unknown
         top, dim_t, method, eig_residual = np.array([np.nan]), -1, "none (too many kinks)", np.nan
     else:
         top, dim_t, method, eig_residual = _top_eigs_on_stratum(net, Ds, u, J, dense_max=dense_max,
-                                                                max_products=max_products)
+                                                                max_products=max_products, fixed=fixed)
     target = L_h * (L_h - 1) * value
     hw = net.hvp(Ds, u[None, :])[0]
     eig_error = float(np.linalg.norm(hw - target * u)) / max(abs(target), tiny)
