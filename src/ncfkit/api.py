@@ -545,8 +545,8 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
             plateau), ``"converged"`` or ``"max-time"`` (:func:`ncfkit.dynamics.parse_until`).
         delta_ref: δ of the reference run along w*: a number, ``"auto"`` or None/``"none"``.
         restarts, max_steps, tol: the KKT search and the NCF flow / ascent to w*.
-        governing_budget: the cost cap of each phase of the governing point (the NCF flow
-            from w0, the ascent, the certificate's eigenvalues), in seconds of gradients at
+        governing_budget: the cost cap of the governing point (the NCF flow from w0, the
+            ascent and the certificate's eigenvalues together), in seconds of gradients at
             the cost model's one-thread rate, or 5% of the run's gradients if more
             (:func:`ncfkit.escape.governing_budget`: a count, the same on every machine);
             None or 0: no cap.

@@ -96,8 +96,8 @@ GOVERNING_SECONDS = 10.0
 
 def governing_budget(arch, n: int, seconds: float | None = GOVERNING_SECONDS,
                      run_gradients: float = 0.0) -> int | None:
-    """The most gradients of 𝒩 each phase of the governing point may compute (the NCF
-    flow from w0, the ascent, the certificate's Lanczos products): ``seconds`` worth at
+    """The most gradients of 𝒩 the governing point may compute (shared by the NCF flow
+    from w0, the ascent and the certificate's Lanczos: :func:`governing_point`): ``seconds`` worth at
     the one-thread rate of the cheapest host engine by :func:`ncfkit.fastgd.predicted_costs`,
     or 5% of the run's ``run_gradients`` if more; None (no cap) for ``seconds`` None or
     ≤ 0. A count, not a clock: the governing point is the same on every machine, and costs
@@ -141,28 +141,33 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
                     notify=None) -> GoverningPoint:
     """Definition 2: the limit direction of the NCF flow from w0 (k,), integrated by
     :func:`ncfkit.theory.ncf_flow_escape` (which also predicts the escape time from w0),
-    then polished to ``tol`` by the normalized ascent and certified. If the flow does not
-    settle (converge, or settle at a kink) within ``max_steps`` steps or ``budget``
-    gradients the ascent starts from where it stopped; the ascent and the certificate's
-    eigenvalues have the same ``budget`` (:func:`governing_budget`; None: no cap), and the
-    point is then marked not converged."""
+    then polished to ``tol`` by the normalized ascent and certified; the ascent starts
+    from where the flow stopped (𝒩 only grows along it).
+
+    ``budget`` (:func:`governing_budget`; None: no cap) bounds the whole: the flow may
+    compute 60% of it in gradients, the ascent what is left of 80% (at least 20%), the
+    certificate's Lanczos a tenth in Hessian-vector products. A point that did not settle
+    within it is marked not converged."""
     _say(notify, "status", "NCF flow from w0 (Definition 2)…")
     with timed("governing: flow"):
-        flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps, max_evals=budget,
+        flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps,
+                                      max_evals=None if budget is None else max(1, int(0.6 * budget)),
                                       progress=_flow_progress(notify))
     # settled: also at a kink; out of budget: from where the flow got (nearer than w0)
     usable = flow.direction is not None and flow.reason != "step underflow"
     start = asarray_like(flow.direction, w0) if usable else w0 / norm(w0)
     # relu / leaky: the ascent that converges at kinks (stratum Newton + Clarke certificate)
     ascend = clarke_ascent if clarke.applies(arch) else normalized_ascent
-    steps = max_steps if budget is None else max(1, min(max_steps, budget))
+    steps = max_steps if budget is None else \
+        max(1, min(max_steps, max(int(0.2 * budget), int(0.8 * budget) - flow.evaluations)))
     _say(notify, "status", "NCF ascent to the governing point…")
     with timed("governing: ascent"):
         asc = ascend(arch, X, ytilde, start.reshape(1, -1), max_steps=steps, tol=tol,
                      progress=None if notify is None else lambda step, running: notify("ascent", (step, running)))
     return certified_point(arch, X, ytilde, asc.u[0], "NCF flow from w0", active_tol=active_tol,
                            converged=bool(asc.converged[0]) and flow.settled,  # settled: also at a kink
-                           steps=flow.steps + int(asc.steps[0]), flow=flow, budget=budget, notify=notify)
+                           steps=flow.steps + int(asc.steps[0]), flow=flow,
+                           budget=None if budget is None else max(60, budget // 10), notify=notify)
 
 
 def default_delta_ref(deltas, L_h: float) -> float:
