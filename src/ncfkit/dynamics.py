@@ -135,7 +135,7 @@ class Settings:
     until: str = "saddle"
     capacity: int = 2048
     state_capacity: int = 256
-    state_memory: int = 32 << 20
+    state_memory: int = 16 << 20  # per run: 51 samples at k = 157,000 (the wide L), 256 up to k = 4,096
     events: EventSettings = field(default_factory=EventSettings)
     engine: str = "auto"
 
