@@ -243,6 +243,9 @@ def flow_workload(tmp: Path, name: str, device: str) -> dict:
         print(f"  {name} plain {dtype}: {ms:.2f} ms/step x {steps_needed} steps (η = 1/λ_max = {lr:.4g}) = "
               f"{ms * steps_needed / 1e3:.0f} s, {wall / (ms * steps_needed / 1e3):.4f} of it for ncfkit "
               f"({ms * steps_needed / 1e3 / wall:.1f}x)", flush=True)
+        at_m = ms * r0["saddle_time"] / WORKLOADS["M"][4] / 1e3  # at M's η = 0.05, the setting
+        rows[f"plain torch loop ({dtype}), extrapolated"]["wall_s_at_eta_0.05"] = at_m
+        print(f"  {name} plain {dtype} at M's η = {WORKLOADS['M'][4]}: {at_m:.0f} s ({at_m / wall:.1f}x)", flush=True)
     return {"n": n, "d": d, "hidden": hidden, "act": act, "lr": lr, "steps": steps_needed, "delta": delta, "rtol": rtol,
             "lambda_max_saddle": lam_max, "data_mb": os.path.getsize(data) / 2**20, "rows": rows,
             "baseline": "plain torch loop (float32), extrapolated"}
