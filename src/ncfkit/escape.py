@@ -142,7 +142,7 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
     """Definition 2: the limit direction of the NCF flow from w0 (k,), integrated by
     :func:`ncfkit.theory.ncf_flow_escape` (which also predicts the escape time from w0),
     then polished to ``tol`` by the normalized ascent and certified; the ascent starts
-    from where the flow stopped (𝒩 only grows along it).
+    from where the flow stopped when it settled or ran out of ``budget``, else from w0.
 
     ``budget`` (:func:`governing_budget`; None: no cap) bounds the whole: the flow may
     compute 60% of it in gradients, the ascent what is left of 80% (at least 20%), the
@@ -153,8 +153,10 @@ def governing_point(arch, X, ytilde, w0: torch.Tensor, *, max_steps: int = 20000
         flow = theory.ncf_flow_escape(arch, X, ytilde, w0, max_steps=max_steps,
                                       max_evals=None if budget is None else max(1, int(0.6 * budget)),
                                       progress=_flow_progress(notify))
-    # settled: also at a kink; out of budget: from where the flow got (nearer than w0)
-    usable = flow.direction is not None and flow.reason != "step underflow"
+    # settled: also at a kink; out of budget: from where the flow got. A flow stopped by
+    # --max-steps starts the ascent from w0 (on a continuum of maxima, e.g. ReLU's parallel
+    # neurons, the ascent from an unsettled flow's end can land on another point of it)
+    usable = flow.direction is not None and (flow.settled or flow.reason == "budget")
     start = asarray_like(flow.direction, w0) if usable else w0 / norm(w0)
     # relu / leaky: the ascent that converges at kinks (stratum Newton + Clarke certificate)
     ascend = clarke_ascent if clarke.applies(arch) else normalized_ascent
