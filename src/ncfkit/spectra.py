@@ -166,7 +166,7 @@ def extreme_eigs(matmat: MatMat, k: int, *, num: int = 1, which: str = "LA", den
     nev = min(num + (q is not None), k - 1)
     v0 = project(np.random.default_rng(0).standard_normal((1, k)))[0]  # seeded: reproducible
     maxiter = maxiter or max(1000, 20 * nev)
-    ncv = min(k, max(2 * nev + 1, 24))
+    ncv = min(k, max(2 * nev + 1, 24 if k <= 20_000 else 12))  # a wide net: fewer k-vectors in memory
     method = "lanczos"
     if max_products is not None:
         maxiter = max(1, min(maxiter, int(max_products) // ncv))
