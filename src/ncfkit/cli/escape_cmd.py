@@ -49,7 +49,7 @@ INIT_HELP = ("random: a unit direction drawn from --seed; kkt: along the KKT poi
 @click.option("--tol", type=float, default=_D["tol"], show_default=True, help="NCF ascent tolerance.")
 @click.option("--governing-budget", type=float, default=_D["governing_budget"], show_default=True,
               help="Cost cap of the governing point (NCF flow from w0, ascent, certificate together), "
-                   "in seconds of gradients at the cost model's one-thread rate, or 5%% of the run if more: a "
+                   "in seconds of gradients at the cost model's one-thread rate, or 5% of the run if more: a "
                    "count of gradients, so the result is the same on every machine. 0: no cap.")
 @output_options
 @guarded
