@@ -359,8 +359,11 @@ def _ctrl_c_and_resume(tmp_path, square5):
     # their first saddle (~0.05 s each on a fast host) could finish before the signal lands
     args = ["sweep", "escape", *square5, "--until", "max-time", "--max-time", "10000",
             "--grid", "delta=0.1,0.07,0.05,0.03", "--grid", "seed=0,1", "--workers", "2", "--outdir", out]
+    # a test runner started in the background by a non-interactive shell ignores SIGINT, and
+    # its children inherit that: the sweep must get the default (Python then installs its own)
     proc = subprocess.Popen([sys.executable, "-m", "ncfkit", *map(str, args)], env=_env(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while len(list(out.glob("*.h5"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
