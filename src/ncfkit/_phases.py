@@ -32,7 +32,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-__all__ = ["phase", "current_phase", "phases_entered", "reset", "phase_times", "reset_times", "timed"]
+__all__ = ["phase", "current_phase", "phases_entered", "reset", "reset_times", "timed"]
 
 class _State(threading.local):
     """Each thread's own phases (a library caller may run commands on several threads)."""
@@ -86,16 +86,14 @@ def _interrupt() -> None:
 @contextlib.contextmanager
 def phase(name: str) -> Iterator[str]:
     """Run the block as phase ``name`` (see the module docstring); yields ``name``."""
-    import time
-
     _state.left_by_exception = None
     _state.stack.append(name)
     _entries[name] = _entries.get(name, 0) + 1
-    start = time.perf_counter()
     try:
-        if _stop_requested(name):
-            _interrupt()
-        yield name
+        with timed(name):
+            if _stop_requested(name):
+                _interrupt()
+            yield name
     except BaseException as e:
         if getattr(e, "ncfkit_phase", None) is None:
             try:
@@ -107,13 +105,13 @@ def phase(name: str) -> Iterator[str]:
         raise
     finally:
         _state.stack.pop()
-        _state.times[name] = _state.times.get(name, 0.0) + time.perf_counter() - start
 
 
 @contextlib.contextmanager
 def timed(name: str) -> Iterator[str]:
-    """Count the block's wall seconds in :func:`phase_times` under ``name`` (a part of a
-    phase, e.g. ``governing: flow``) without making it a phase."""
+    """Count the block's wall seconds under ``name`` in this thread's timings (the dict
+    :func:`reset_times` returns; every phase is timed so, and a part of one, e.g.
+    ``governing: flow``, can be too without becoming a phase)."""
     import time
 
     start = time.perf_counter()
@@ -136,14 +134,9 @@ def phases_entered() -> dict[str, int]:
     return dict(_entries)
 
 
-def phase_times() -> dict[str, float]:
-    """This thread's wall seconds per phase name since :func:`reset` (the live dict: it
-    keeps counting; a phase inside another counts in both)."""
-    return _state.times
-
-
 def reset_times() -> dict[str, float]:
-    """Start this thread's :func:`phase_times` afresh; returns the new (live) dict."""
+    """Start this thread's timings afresh: returns the new dict of wall seconds per name,
+    which keeps counting (a phase inside another counts in both)."""
     _state.times = {}
     return _state.times
 
@@ -153,4 +146,4 @@ def reset() -> None:
     _state.stack.clear()
     _entries.clear()
     _state.left_by_exception = None
-    _state.times = {}
+    reset_times()

@@ -122,6 +122,7 @@ class _Net:
 
     def __init__(self, arch, X: np.ndarray, ytilde: np.ndarray, u: np.ndarray):
         self.arch, self.X, self.yt, self.u = arch, X, ytilde, u
+        self._forward = None  # (masks, hs) of the last forward pass
         self.Ws = arch.split(u)
         self.alpha = float(arch.act.alpha)
         self.ranges = [(a, b) for a, b in arch.layer_ranges] if hasattr(arch, "layer_ranges") else \
@@ -155,7 +156,7 @@ class _Net:
         return Ds
 
     def forward(self, Ds):
-        cached = getattr(self, "_forward", None)
+        cached = self._forward
         if cached is not None and cached[0] is Ds:  # the same masks (a Lanczos run's products)
             return cached[1]
         hs = self._forward_pass(Ds)
