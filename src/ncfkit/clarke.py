@@ -62,7 +62,7 @@ from .arrays import to_numpy
 from .errors import InputError
 
 __all__ = ["applies", "check_certificate_defined", "ClarkeCertificate", "clarke_certificate", "default_kink_tol",
-           "PolishResult", "polish", "KINK_TOL", "DENSE_MAX", "NEWTON_MAX"]
+           "PolishResult", "polish", "KINK_TOL", "DENSE_MAX", "NEWTON_MAX", "MATRIX_FREE_MAX"]
 
 #: Relative tolerance τ below which a pre-activation counts as vanishing (certificate).
 KINK_TOL = 1e-9
@@ -72,10 +72,25 @@ DENSE_MAX = 3000
 #: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host).
 NEWTON_MAX = 1500
 
+#: Above :data:`NEWTON_MAX` unknowns :func:`polish` solves each Newton step matrix-free
+#: (LSMR on Hessian-vector products, the kinks' gradients written out), up to this many.
+MATRIX_FREE_MAX = 200_000
+#: Newton iterations of the matrix-free path (each adds or releases at most a few kinks).
+MAX_ITER_MATRIX_FREE = 200
+#: A kink is released when its multiplier from the Newton step leaves [lo, hi] by more.
+RELEASE_MARGIN = 1e-6
+#: Neurons of a layer whose unit incoming rows differ by at most this are merged before a
+#: stratum above :data:`NEWTON_MAX` is solved (:func:`polish`; the result is certified in
+#: the full net either way).
+MERGE_ANGLE = 1e-3
+
 #: The most entries (kinks × weights) of a dense matrix of kink gradients (16 MiB): above
 #: it the first-order residual is the one-sided bound and the stratum's Δ is not computed
 #: (MNIST-sized data: thousands of samples at the kinks of a deep ReLU net).
 MAX_KINK_ENTRIES = 1 << 21
+#: The most entries (kinks × weights) whose gradients are tested for zero rows, a chunk of
+#: :data:`MAX_KINK_ENTRIES` at a time (time, not memory: ~1 s at the cap).
+VACUOUS_MAX_ENTRIES = 1 << 27
 
 
 def applies(arch) -> bool:
@@ -123,6 +138,7 @@ class _Net:
     def __init__(self, arch, X: np.ndarray, ytilde: np.ndarray, u: np.ndarray):
         self.arch, self.X, self.yt, self.u = arch, X, ytilde, u
         self._forward = None  # (masks, hs) of the last forward pass
+        self.side = None  # per layer: a fixed slope where not NaN (a released kink's side), else σ'(z)
         self.Ws = arch.split(u)
         self.alpha = float(arch.act.alpha)
         self.ranges = [(a, b) for a, b in arch.layer_ranges] if hasattr(arch, "layer_ranges") else \
@@ -145,6 +161,8 @@ class _Net:
         :func:`_kink_index`) on them (0 where ``s`` is None)."""
         lo, hi = _slope_bounds(self.alpha)
         Ds = [np.where(z > 0, hi, lo) for z in self.zs]
+        if self.side is not None:
+            Ds = [np.where(np.isnan(S), D, S) for D, S in zip(Ds, self.side, strict=True)]
         for D, K in zip(Ds, kinks, strict=True):
             D[K] = 0.0
         if s is not None:
@@ -259,6 +277,37 @@ class _Net:
         return J.T
 
 
+def _nonzero_rows(net: _Net, Ds, kinks, chunk_entries: int | None = None) -> np.ndarray:
+    """Per kink (layer by layer, each mask's nonzeros in row-major order): whether ∇_u z_k ≠ 0 under the slopes ``Ds``.
+    The gradients are written out a chunk of kinks at a time (at most ``chunk_entries``
+    entries, default :data:`MAX_KINK_ENTRIES`), so thousands of kinks of MNIST-sized data
+    (e.g. the samples that no neuron of the layer below passes: z = 0 with ∇z = 0) cost
+    bounded memory."""
+    k = net.u.shape[0]
+    per = max(1, (MAX_KINK_ENTRIES if chunk_entries is None else chunk_entries) // max(k, 1))
+    out = []
+    for l, K in enumerate(kinks):
+        js, is_ = np.nonzero(K)
+        for a in range(0, js.size, per):
+            part = [np.zeros_like(Q) for Q in kinks]
+            part[l][js[a:a + per], is_[a:a + per]] = True
+            out.append(np.any(net.kink_gradients(Ds, part) != 0, axis=1))
+    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+
+def _restrict(kinks, keep: np.ndarray) -> list[np.ndarray]:
+    """The kink masks with only the kinks flagged in ``keep`` (one flag per kink, in the order
+    of :func:`_nonzero_rows`)."""
+    out, pos = [], 0
+    for K in kinks:
+        m = int(K.sum())
+        E = np.zeros_like(K)
+        E[K] = keep[pos:pos + m]
+        out.append(E)
+        pos += m
+    return out
+
+
 def _ranges(sizes):
     out, a = [], 0
     for s in sizes:
@@ -311,6 +360,17 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
     lo, hi = _slope_bounds(net.alpha)
     m = int(sum(int(K.sum()) for K in kinks))
     if m * net.u.shape[0] > MAX_KINK_ENTRIES:
+        # Kinks whose ∇z vanishes for every s (a sample that no neuron of the layer below
+        # passes: 171 of MNIST 0/1's 1,000 at the Figure-8 point, in two layers) have zero
+        # columns: left out, the rest may fit (the gradients are tested a chunk at a time).
+        keep = _nonzero_rows(net, net.slopes(kinks, np.full(m, hi)), kinks) if \
+            m * net.u.shape[0] <= VACUOUS_MAX_ENTRIES else np.ones(m, dtype=bool)
+        if int(keep.sum()) * net.u.shape[0] <= MAX_KINK_ENTRIES:
+            s_in, g, exact = _best_multipliers_on(net, _restrict(kinks, keep),
+                                                  None if s0 is None else np.asarray(s0)[keep], sweeps)
+            s = np.full(m, lo) if s0 is None else np.clip(np.asarray(s0, dtype=float), lo, hi)
+            s[keep] = s_in
+            return s, g, exact
         s = np.full(m, lo) if s0 is None else np.clip(s0, lo, hi)
         return s, net.grad(net.slopes(kinks, s))[1], False
     per_sample = np.sum([K.any(axis=0) for K in kinks], axis=0) if kinks else np.zeros(0)
@@ -411,6 +471,10 @@ def _normal_rows(net: _Net, Ds, kinks, cs) -> tuple[np.ndarray | None, np.ndarra
             rows[:, cols] = U[:, :rank].T
             extra.append(rows)
     c = np.concatenate([C[K] for C, K in zip(cs, others, strict=True)]) if others else np.zeros(0)
+    if MAX_KINK_ENTRIES < c.size * k <= VACUOUS_MAX_ENTRIES:  # zero rows (∇z = 0) span nothing: left out
+        keep = _nonzero_rows(net, Ds, others)
+        others = _restrict(others, keep)
+        c = c[keep]
     if c.size * k > MAX_KINK_ENTRIES:  # too many to write out: no stratum (None), c_k ≠ 0 counted
         return None, fixed, count + int(np.count_nonzero(c))
     J = net.kink_gradients(Ds, others)
@@ -625,7 +689,8 @@ def _zero_neurons(arch, u, active_tol):
 
 
 def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
-           active_tol: float = 1e-3, max_iter: int = 25, newton_max: int = NEWTON_MAX) -> PolishResult:
+           active_tol: float = 1e-3, max_iter: int = 25, newton_max: int = NEWTON_MAX,
+           matrix_free_max: int = MATRIX_FREE_MAX, max_iter_matrix_free: int = MAX_ITER_MATRIX_FREE) -> PolishResult:
     """Newton's method on the smooth stratum of ``w`` (an active-set method), then the
     Clarke certificate.
 
@@ -650,31 +715,54 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     u, free = _zero_neurons(arch, u, active_tol)
     tiny = np.finfo(float).tiny
+    lo, hi = _slope_bounds(float(arch.act.alpha))
     reason = None
     kinks = None
+    side = None  # matrix-free path: the fixed slopes of released kinks (NaN: σ'(z))
     iterations, too_large = 0, False
+    limit = max_iter
     best = (np.inf, u)  # (system residual, point): Newton steps computed from round-off can jump away
-    for iteration in range(1, max_iter + 1):
+    iteration = 0
+    while True:
+        if iteration >= limit:
+            reason = f"Newton on the stratum did not converge in {limit} iterations"
+            break
+        iteration += 1
         iterations = iteration
         net = _Net(arch, Xn, yn, u)
         alive = _alive(net)
         kinks = _live_kinks(net, detect_tol) if kinks is None else \
             [K & a[:, None] for K, a in zip(kinks, alive, strict=True)]
+        if side is not None:
+            side = _settle_sides(net, side, detect_tol)
+            net.side = side
         fidx = np.flatnonzero(free)
         m = int(sum(int(K.sum()) for K in kinks))
-        # before any m × k matrix is built: only what no dropping of vacuous kinks can save
-        if fidx.size > newton_max or m * u.shape[0] > MAX_KINK_ENTRIES:
-            reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
-                      f"> {newton_max})")
+        # before the kinks' gradients are tested (a chunk at a time): only a bound on the work
+        if fidx.size > matrix_free_max or m * u.shape[0] > VACUOUS_MAX_ENTRIES:
+            reason = (f"stratum too large for the Newton solve ({fidx.size} free weights + {m} kinks "
+                      f"> {matrix_free_max}, or more than {VACUOUS_MAX_ENTRIES} kink-gradient entries)")
             too_large = True
             break
         kinks = _effective(net, kinks)
         m = int(sum(int(K.sum()) for K in kinks))
-        if fidx.size + m > newton_max:
-            reason = (f"stratum too large for the dense Newton solve ({fidx.size} free weights + {m} kinks "
-                      f"> {newton_max})")
+        large = fidx.size + m > newton_max
+        if large and (fidx.size + m > matrix_free_max or m * u.shape[0] > MAX_KINK_ENTRIES):
+            reason = (f"stratum too large for the Newton solve ({fidx.size} free weights + {m} kinks "
+                      f"> {matrix_free_max}, or {m} kinks x {u.shape[0]} weights > {MAX_KINK_ENTRIES})")
             too_large = True
             break
+        if large and side is None:
+            # first the neurons that act as one, merged: a small stratum, solved densely
+            merged = _polish_merged(arch, Xn, yn, u, tol=tol, detect_tol=detect_tol, kink_tol=kink_tol,
+                                    active_tol=active_tol, max_iter=max_iter, newton_max=newton_max,
+                                    matrix_free_max=matrix_free_max, max_iter_matrix_free=max_iter_matrix_free)
+            if merged is not None:
+                return merged
+            # else the matrix-free path: more iterations, kinks may be released
+            side = [np.full(z.shape, np.nan) for z in net.zs]
+            net.side = side
+            limit = max(limit, max_iter_matrix_free)
         s, g, _ = _best_multipliers(net, kinks)
         Ds = net.slopes(kinks, s)
         F = _system(net, Ds, kinks, u, g)
@@ -684,14 +772,32 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             best = (fnorm / gnorm, u)
         if fnorm <= 1e-3 * tol * gnorm:
             break
-        step = _newton_step(net, Ds, kinks, u, g, fidx)
+        if large:
+            step, s_new = _lm_step(net, Ds, kinks, u, g, fidx, fnorm / gnorm)
+            out = (s_new < lo - RELEASE_MARGIN) | (s_new > hi + RELEASE_MARGIN)
+            if out.any():
+                # the stratum's multipliers leave their box: those kinks are released to the
+                # side their multiplier points to (primal-dual active set) and the step is
+                # solved again without them
+                pos = 0
+                for K, S in zip(kinks, side, strict=True):
+                    mk = int(K.sum())
+                    o, sn = out[pos:pos + mk], s_new[pos:pos + mk]
+                    idx = tuple(a[o] for a in np.nonzero(K))
+                    S[idx] = np.where(sn[o] > hi, hi, lo)
+                    K[idx] = False
+                    pos += mk
+                continue
+        else:
+            step = _newton_step(net, Ds, kinks, u, g, fidx)
         full, dead = _remove_vanishing_neurons(arch, u, u + step)
         tnet = _Net(arch, Xn, yn, full)  # not normalised: z is linear in the step in layer 1
+        tnet.side = side
         # pre-activations of the stratum's polynomial (kinks' outputs at exactly 0): a sample
         # whose inputs to a layer all sit at kinks gives that layer exact zeros, not round-off
         D0 = net.slopes(kinks, None)
         z_now, z_trial = _stratum_zs(net, D0), _stratum_zs(tnet, D0)
-        flips = _flips(z_now, z_trial, net.scales, kinks, dead, detect_tol)
+        flips = _flips(z_now, z_trial, net.scales, kinks, dead, detect_tol, side, net.alpha)
         if flips is not None:
             # The step crosses kinks on the way to the stratum's solution. Those it crosses
             # within its first percent (where the ascent zigzagged) become constraints at
@@ -710,6 +816,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         for _ in range(12):
             trial = trial / np.linalg.norm(trial)
             tnet = _Net(arch, Xn, yn, trial)
+            tnet.side = side
             ts, tg, _ = _best_multipliers(tnet, kinks, s, sweeps=1)
             tF = _system(tnet, tnet.slopes(kinks, ts), kinks, trial, tg)
             if np.linalg.norm(tF) < fnorm:
@@ -723,8 +830,6 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         u = trial
         if t == 1.0:
             free &= ~_neuron_mask(arch, dead)
-    else:
-        reason = f"Newton on the stratum did not converge in {max_iter} iterations"
     cert = _first_order(arch, Xn, yn, u, kink_tol)
     if best[1] is not u:
         alt = _first_order(arch, Xn, yn, best[1], kink_tol)
@@ -755,21 +860,170 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                         cert.kinks, direction)
 
 
+def _settle_sides(net: _Net, side, tau: float):
+    """Released kinks (fixed slope ``side``) that the steps moved off zero to the side of
+    their slope: the fixed slope is dropped (σ'(z) says the same). Those still on the other
+    side keep it (the Newton steps of the stratum with that slope move them across)."""
+    lo, hi = _slope_bounds(net.alpha)
+    out = []
+    for S, z, sc in zip(side, net.zs, net.scales, strict=True):
+        arrived = ~np.isnan(S) & (np.abs(z) > tau * sc) & (np.where(z > 0, hi, lo) == S)
+        out.append(np.where(arrived, np.nan, S))
+    return out
+
+
+def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float):
+    """The Newton step of :func:`_newton_step` solved matrix-free, with the new (unbounded)
+    multipliers: (Δu (k,), s + Δs (m,)).
+
+    LSMR (D. C.-L. Fong and M. A. Saunders, "LSMR: an iterative algorithm for sparse
+    least-squares problems", SIAM J. Sci. Comput. 33, 2011) on the operator of the
+    linearised system, whose products are one Hessian-vector product each; the kinks'
+    gradients (m × f) are written out. The step on u is damped by μ = (system residual /
+    ‖g‖) (Levenberg–Marquardt; with μ ∝ ‖F‖ it converges quadratically to a solution set
+    that is not isolated: J. Fan and Y. Yuan, "On the quadratic convergence of the
+    Levenberg-Marquardt method without nonsingularity assumption", Computing 74, 2005):
+    ReLU maxima come in continua (the neurons of a layer that act as one can trade
+    weight), along which the system is singular and an undamped step is arbitrarily long."""
+    from scipy.sparse.linalg import LinearOperator, lsmr
+
+    k, f = u.shape[0], fidx.size
+    gn = max(float(np.linalg.norm(g)), 1e-300)
+    ug = float(u @ g)
+    Hu = net.hvp(Ds, u[None, :])[0]
+    _, _, cs = net.grad(Ds)
+    A = net.columns(Ds, kinks, cs)  # (k, m)
+    m = A.shape[1]
+    PA = (A - np.outer(u, u @ A))[fidx] / gn
+    J = net.kink_gradients(Ds, kinks)[:, fidx]
+    a, uf = Hu[fidx] + g[fidx], u[fidx]
+    damp_u, damp_s = np.sqrt(frel), 1e-6
+
+    def hv(d):
+        full = np.zeros(k)
+        full[fidx] = d
+        return net.hvp(Ds, full[None, :])[0][fidx]
+
+    def mv(x):
+        x = np.ravel(x)
+        d, ds = x[:f], x[f:]
+        top = (hv(d) - uf * (a @ d) - ug * d) / gn + PA @ ds
+        return np.concatenate([top, J @ d, [uf @ d], damp_u * d, damp_s * ds])
+
+    def rmv(y):
+        y = np.ravel(y)
+        yt, ym, yb = y[:f], y[f:f + m], y[f + m]
+        yd, ys = y[f + m + 1:2 * f + m + 1], y[2 * f + m + 1:]
+        d = (hv(yt) - a * (uf @ yt) - ug * yt) / gn + J.T @ ym + uf * yb + damp_u * yd
+        return np.concatenate([d, PA.T @ yt + damp_s * ys])
+
+    n_rows = 2 * f + 2 * m + 1
+    op = LinearOperator((n_rows, f + m), matvec=mv, rmatvec=rmv, dtype=float)
+    F = _system(net, Ds, kinks, u, g)
+    rows = np.concatenate([fidx, np.arange(k, k + m)])
+    rhs = np.zeros(n_rows)
+    rhs[:f + m] = -F[rows] / gn
+    sol = lsmr(op, rhs, atol=1e-14, btol=1e-14, maxiter=LSMR_MAXITER)[0]
+    step = np.zeros(k)
+    step[fidx] = sol[:f]
+    s = np.concatenate([D[K] for D, K in zip(Ds, kinks, strict=True)]) if kinks else np.zeros(0)
+    return step, s + sol[f:]
+
+
+#: LSMR iterations at most per matrix-free Newton step (each: two Hessian-vector products).
+LSMR_MAXITER = 2000
+
+
+def _polish_merged(arch, X, ytilde, u, **options) -> PolishResult | None:
+    """:func:`polish` of the net with the neurons that act as one merged
+    (:func:`_merge_parallel`, :data:`MERGE_ANGLE`), embedded back: the result when the
+    embedded point is certified in the full net, or when the reduced stratum's multipliers
+    leave their box (the embedded point and ascent direction); else None."""
+    red = _merge_parallel(arch, u, MERGE_ANGLE)
+    if red is None:
+        return None
+    r_arch, Es, ur = red
+    sub = polish(r_arch, X, ytilde, ur, **options)
+    full = _embed(arch, r_arch, Es, sub.u)
+    full /= np.linalg.norm(full)
+    cert = _first_order(arch, X, ytilde, full, options["kink_tol"])
+    if cert.residual <= options["tol"]:
+        return PolishResult(full, cert.ncf, cert.residual, True, None, sub.iterations, cert.kinks, None)
+    if sub.direction is None:
+        return None
+    direction = _embed(arch, r_arch, Es, sub.direction)
+    direction /= max(float(np.linalg.norm(direction)), np.finfo(float).tiny)
+    reason = (f"{sub.reason} (the net with its parallel neurons merged, {r_arch.hidden}); "
+              f"Clarke residual {cert.residual:.1e} in the full net")
+    return PolishResult(full, cert.ncf, cert.residual, False, reason, sub.iterations, cert.kinks, direction)
+
+
+def _merge_parallel(arch, u, angle_tol: float):
+    """Neurons that act as one, merged: (reduced arch, embeddings E_l, reduced unit point),
+    or None when no two neurons of a layer are parallel.
+
+    Two ReLU neurons of layer l whose incoming rows (over the merged neurons of layer l − 1)
+    point the same way within ``angle_tol`` (‖r̂_j − r̂_j'‖) output positive multiples of
+    one another on every sample. With E_l (n_l × g_l) the column-orthonormal embedding
+    E_l[j, G] = ρ_j / (Σ_{j'∈G} ρ_j'²)^½ of each group G (ρ_j: neuron j's norm at u), the
+    point W_l = E_l W̃_l E_{l−1}ᵀ has the reduced net's output and norm, its gradient is
+    E_l ∇̃_l E_{l−1}ᵀ (one multiplier per group and sample), so a Clarke-KKT point W̃ of
+    the reduced net embeds as one of the full net — on the continuum of maxima that
+    such neurons span (they trade weight freely), at the neurons' weights of u."""
+    from .models.mlp import MLP
+
+    Ws = arch.split(u)
+    prev = np.eye(Ws[0].shape[1])
+    Es, reduced, merged = [], [], False
+    for l in range(len(Ws) - 1):
+        W = Ws[l] @ prev  # incoming rows over the merged neurons of layer l − 1
+        rn, cn = np.linalg.norm(W, axis=1), np.linalg.norm(Ws[l + 1], axis=0)
+        groups, dirs = [], []
+        for j in np.flatnonzero((rn > 0) & (cn > 0)):
+            d = W[j] / rn[j]
+            for G, dd in zip(groups, dirs, strict=True):
+                if np.linalg.norm(d - dd) <= angle_tol:
+                    G.append(j)
+                    break
+            else:
+                groups.append([j])
+                dirs.append(d)
+        if not groups:
+            return None
+        merged |= any(len(G) > 1 for G in groups)
+        rho = np.sqrt(rn ** 2 + cn ** 2)
+        E = np.zeros((W.shape[0], len(groups)))
+        for q, G in enumerate(groups):
+            E[G, q] = rho[G] / np.linalg.norm(rho[G])
+        Es.append(E)
+        reduced.append(E.T @ W)
+        prev = E
+    if not merged:
+        return None
+    reduced.append(Ws[-1] @ prev)
+    r_arch = MLP(arch.d, tuple(E.shape[1] for E in Es), arch.act)
+    ur = np.concatenate([W.ravel() for W in reduced])
+    return r_arch, Es, ur / np.linalg.norm(ur)
+
+
+def _embed(arch, r_arch, Es, ur) -> np.ndarray:
+    """The full net's point W_l = E_l W̃_l E_{l−1}ᵀ of a reduced point (see :func:`_merge_parallel`)."""
+    Wr = r_arch.split(ur)
+    Ws, prev = [], None
+    for l, W in enumerate(Wr):
+        full = W if prev is None else W @ prev.T
+        Ws.append(Es[l] @ full if l < len(Es) else full)
+        prev = Es[l] if l < len(Es) else None
+    return np.concatenate([W.ravel() for W in Ws])
+
+
 def _effective(net: _Net, kinks) -> list[np.ndarray]:
     """The kinks whose pre-activation has a nonzero gradient: in a deeper net a sample that
     no neuron of layer l − 1 passes (h_{l−1}(x_i) = 0 for ReLU) has z_{l,j,i} = 0 for every
     j with ∇z = 0 — no constraint, no column of the field — so the solve leaves it out."""
     if len(kinks) < 2 or not any(K.any() for K in kinks[1:]):
         return kinks
-    rows = np.any(net.kink_gradients(net.slopes(kinks, None), kinks) != 0, axis=1)
-    out, pos = [], 0
-    for K in kinks:
-        m = int(K.sum())
-        E = np.zeros_like(K)
-        E[K] = rows[pos:pos + m]
-        out.append(E)
-        pos += m
-    return out
+    return _restrict(kinks, _nonzero_rows(net, net.slopes(kinks, None), kinks))
 
 
 def _alive(net: _Net) -> list[np.ndarray]:
@@ -816,13 +1070,17 @@ def _crossing(zs, tzs) -> list[np.ndarray]:
     return [np.where(z != tz, z / np.where(z != tz, z - tz, 1.0), np.inf) for z, tz in zip(zs, tzs, strict=True)]
 
 
-def _flips(zs, tzs, scales, kinks, dead, tau: float):
+def _flips(zs, tzs, scales, kinks, dead, tau: float, side=None, alpha: float = 0.0):
     """Masks of the pre-activations off the kinks (of neurons that stay, and not themselves
     within ``tau`` of zero: those are kinks, or vacuous ones left out by :func:`_effective`)
-    whose sign the step flips (``zs`` → ``tzs``), or None when there is none."""
+    whose sign the step flips (``zs`` → ``tzs``), or None when there is none. Released
+    kinks (fixed slopes ``side``) crossing to the side of their slope are no flip."""
+    lo, hi = _slope_bounds(alpha)
     out, anyf = [], False
-    for z, tz, K, d, sc in zip(zs, tzs, kinks, dead, scales, strict=True):
+    for l, (z, tz, K, d, sc) in enumerate(zip(zs, tzs, kinks, dead, scales, strict=True)):
         f = (np.sign(tz) != np.sign(z)) & (np.abs(z) > tau * sc) & ~K & ~d[:, None]
+        if side is not None:
+            f &= ~(np.where(tz > 0, hi, lo) == side[l])
         anyf |= bool(f.any())
         out.append(f)
     return out if anyf else None
