@@ -77,6 +77,8 @@ NEWTON_MAX = 1500
 MATRIX_FREE_MAX = 200_000
 #: Newton iterations of the matrix-free path (each adds or releases at most a few kinks).
 MAX_ITER_MATRIX_FREE = 200
+#: The matrix-free path stops when its system residual has not halved in this many iterations.
+PATIENCE_MATRIX_FREE = 25
 #: A kink is released when its multiplier from the Newton step leaves [lo, hi] by more.
 RELEASE_MARGIN = 1e-6
 #: Neurons of a layer whose unit incoming rows differ by at most this are merged before a
@@ -722,7 +724,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     iterations, too_large = 0, False
     limit = max_iter
     best = (np.inf, u)  # (system residual, point): Newton steps computed from round-off can jump away
-    iteration = 0
+    iteration = best_iteration = 0
     while True:
         if iteration >= limit:
             reason = f"Newton on the stratum did not converge in {limit} iterations"
@@ -769,8 +771,14 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         fnorm = float(np.linalg.norm(F))
         gnorm = max(float(np.linalg.norm(g)), tiny)
         if fnorm / gnorm < best[0]:
+            if fnorm / gnorm < 0.5 * best[0]:
+                best_iteration = iteration
             best = (fnorm / gnorm, u)
         if fnorm <= 1e-3 * tol * gnorm:
+            break
+        if large and iteration - best_iteration > PATIENCE_MATRIX_FREE:
+            reason = (f"matrix-free Newton on the stratum: its residual did not halve in {PATIENCE_MATRIX_FREE} "
+                      f"iterations (best {best[0]:.1e}; kinks enter and leave the active set)")
             break
         if large:
             step, s_new = _lm_step(net, Ds, kinks, u, g, fidx, fnorm / gnorm)
