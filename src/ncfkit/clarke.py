@@ -48,6 +48,19 @@ leave the stratum (all its pre-activations vanish) and are not part of Δ.
 
 :func:`clarke_certificate` computes all of this for one point; :func:`polish` turns an
 approximate point of the ascent into a certified one by Newton's method on its stratum.
+
+Large strata (MNIST-sized data, deep nets: thousands of free weights). ReLU maxima come
+in continua: neurons of a layer whose incoming rows are parallel output positive
+multiples of one another and can trade weight freely (the governing point of Figure 8 is
+one path, W_1, W_2, W_3 of rank one to 6e-5). Merged into one neuron each, they leave a
+small net whose stratum is solved densely; its point embeds back exactly, W_l =
+E_l W̃_l E_{l−1}ᵀ with column-orthonormal E_l that keep each neuron's weight, and is
+certified in the full net. Without such neurons each Newton step is solved matrix-free
+(LSMR on Hessian-vector products, Levenberg–Marquardt damped along the singular
+directions of the continua) and kinks whose multipliers leave their box are released
+(primal-dual active set). Kinks with ∇z = 0 (samples that no neuron of the layer below
+passes) constrain nothing and enter no field: they are found a chunk of gradients at a
+time and left out, in the certificate as in the solve.
 Everything here runs in float64 numpy on the host, whatever the kind of the inputs
 (numpy arrays or tensors: :mod:`ncfkit.arrays`), so both kinds give the same numbers.
 """
@@ -69,7 +82,8 @@ KINK_TOL = 1e-9
 #: Above this many parameters the stratum's Hessian spectrum is computed matrix-free.
 DENSE_MAX = 3000
 #: Above this many unknowns (free weights + kinks) :func:`polish` does not attempt the
-#: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host).
+#: dense Newton solve (O(size³) per step: ~5 s at 1100 on a loaded 2-core host): it merges
+#: the neurons that act as one, else solves each step matrix-free.
 NEWTON_MAX = 1500
 
 #: Above :data:`NEWTON_MAX` unknowns :func:`polish` solves each Newton step matrix-free
@@ -145,14 +159,20 @@ class _Net:
         self.alpha = float(arch.act.alpha)
         self.ranges = [(a, b) for a, b in arch.layer_ranges] if hasattr(arch, "layer_ranges") else \
             _ranges([W.size for W in self.Ws])
-        # the true forward pass: pre-activations z_l and the bound ‖W_l[j,:]‖‖h_{l−1,i}‖
+        # the true forward pass: pre-activations z_l and the bound ‖W_l[j,:]‖·b_{l−1,i} of
+        # |z_l| with b_0 = ‖x_i‖, b_l = max(1, |α|)‖W_l‖₂ b_{l−1} ≥ ‖h_l(x_i)‖ — the bound of
+        # the data and the weights, not ‖h_{l−1,i}‖ itself: downstream of a kink that
+        # round-off holds at ±1e-18, h is round-off and so is the sign of z
         h = X.T
+        bound = np.linalg.norm(X, axis=1)
+        gain = max(1.0, abs(self.alpha))
         self.zs, self.scales = [], []
         for W in self.Ws[:-1]:
             z = W @ h
             self.zs.append(z)
-            self.scales.append(np.linalg.norm(W, axis=1)[:, None] * np.linalg.norm(h, axis=0)[None, :])
+            self.scales.append(np.linalg.norm(W, axis=1)[:, None] * bound[None, :])
             h = np.maximum(z, self.alpha * z)
+            bound = gain * (np.linalg.norm(W, 2) if W.size else 0.0) * bound
 
     def kinks(self, tau: float) -> list[np.ndarray]:
         """Boolean masks (k_l, n) of the vanishing pre-activations, |z| ≤ τ·bound."""
@@ -357,8 +377,6 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
     :data:`MAX_KINK_ENTRIES` entries of the m × k field matrix no minimum is sought: the
     multipliers stay at the lower bound (the one-sided gradient, an upper bound of the
     residual) and ``exact`` is False."""
-    from scipy.optimize import lsq_linear
-
     lo, hi = _slope_bounds(net.alpha)
     m = int(sum(int(K.sum()) for K in kinks))
     if m * net.u.shape[0] > MAX_KINK_ENTRIES:
@@ -378,9 +396,45 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
     per_sample = np.sum([K.any(axis=0) for K in kinks], axis=0) if kinks else np.zeros(0)
     exact = not bool(np.any(per_sample > 1))
     s = np.full(m, lo) if s0 is None else np.clip(s0, lo, hi)
+    best = _sweep_multipliers(net, kinks, s, 1 if exact else sweeps, exact)
+    if not exact:
+        # A sample with kinks in several layers enters g through products of its
+        # multipliers, which have no gradient where one of them is 0: from s = lo the
+        # sweeps can stall. With the kinks above each sample's first one fixed at the
+        # upper slope g is affine in the rest — one exact bounded solve (a subset of the
+        # field: an upper bound of the minimum) — and the sweeps go on from there; the
+        # better of both starts is kept.
+        above = np.concatenate([(K & below[None, :])[K] for K, below in zip(kinks, _kinks_below(kinks), strict=True)])
+        start = np.where(above, hi, best[0])
+        fixed = _sweep_multipliers(net, kinks, start, 1, True, movable=~above)
+        more = _sweep_multipliers(net, kinks, fixed[0], sweeps, False)
+        for cand in (fixed, more):
+            if cand[2] < best[2]:
+                best = cand
+    return best[0], best[1], exact
+
+
+def _kinks_below(kinks) -> list[np.ndarray]:
+    """Per layer: the samples (n,) with a kink in an earlier layer."""
+    out, seen = [], None
+    for K in kinks:
+        out.append(np.zeros(K.shape[1], dtype=bool) if seen is None else seen.copy())
+        seen = K.any(axis=0) if seen is None else seen | K.any(axis=0)
+    return out
+
+
+def _sweep_multipliers(net: _Net, kinks, s, sweeps: int, exact: bool, movable=None):
+    """Repeated linearised bounded least squares of ‖P_{u⊥} g(s)‖ from ``s`` (one solve
+    when g is affine in the ``movable`` multipliers, default all): (s, g, residual) of
+    the best iterate."""
+    from scipy.optimize import lsq_linear
+
+    lo, hi = _slope_bounds(net.alpha)
+    m = s.shape[0]
+    s = s.copy()
     u = net.u
     best = None
-    for _ in range(1 if exact else sweeps):
+    for _ in range(sweeps):
         Ds = net.slopes(kinks, s)
         _, g, cs = net.grad(Ds)
         r = _project(u, g)
@@ -391,6 +445,8 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
         PA = net.columns(Ds, kinks, cs)
         PA -= np.outer(u, u @ PA)  # in place: P_{u⊥} of every column
         live = np.linalg.norm(PA, axis=0) > 0
+        if movable is not None:
+            live &= movable
         if not live.any():
             break
         if not live.all():
@@ -415,7 +471,7 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
         if exact or np.allclose(new, s, rtol=0, atol=1e-12):
             break
         s = new
-    return best[0], best[1], exact
+    return best
 
 
 @dataclass(frozen=True)
@@ -692,7 +748,8 @@ def _zero_neurons(arch, u, active_tol):
 
 def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
            active_tol: float = 1e-3, max_iter: int = 25, newton_max: int = NEWTON_MAX,
-           matrix_free_max: int = MATRIX_FREE_MAX, max_iter_matrix_free: int = MAX_ITER_MATRIX_FREE) -> PolishResult:
+           matrix_free_max: int = MATRIX_FREE_MAX, max_iter_matrix_free: int = MAX_ITER_MATRIX_FREE,
+           free_multipliers: bool = False) -> PolishResult:
     """Newton's method on the smooth stratum of ``w`` (an active-set method), then the
     Clarke certificate.
 
@@ -713,6 +770,15 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     residual (bounded multipliers, ``kink_tol``) is ≤ ``tol``; otherwise ``reason`` says
     what failed, and ``direction`` is the element of P_{u⊥}∂𝒩 of minimal norm: when the
     stratum's multipliers leave their bounds, 𝒩 increases along it off the stratum.
+
+    Above ``newton_max`` unknowns the neurons that act as one are merged first
+    (:func:`_merge_parallel`: the small net is polished and embedded back, at the neuron
+    weights of ``w``; taken when certified in the full net); otherwise, up to
+    ``matrix_free_max``, each step is solved matrix-free (:func:`_lm_step`) for at most
+    ``max_iter_matrix_free`` iterations, kinks whose new multipliers leave [lo, hi] are
+    released to the side they point to, and the solve stops with its reason when its
+    residual has not halved in :data:`PATIENCE_MATRIX_FREE` iterations. Larger strata are
+    refused with their sizes in ``reason``.
     """
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     u, free = _zero_neurons(arch, u, active_tol)
@@ -725,6 +791,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     limit = max_iter
     best = (np.inf, u)  # (system residual, point): Newton steps computed from round-off can jump away
     iteration = best_iteration = 0
+    carried = None  # (multipliers, kinks) of the last accepted step, when carried
     while True:
         if iteration >= limit:
             reason = f"Newton on the stratum did not converge in {limit} iterations"
@@ -738,6 +805,14 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
         if side is not None:
             side = _settle_sides(net, side, detect_tol)
             net.side = side
+        if free_multipliers or side is not None:
+            # pre-activations that the steps brought within the tolerance are kinks too (a
+            # step would cross them unseen: the flips are those off the tolerance); not the
+            # released ones, which have their side
+            near = _live_kinks(net, detect_tol)
+            if side is not None:
+                near = [N & np.isnan(S) for N, S in zip(near, side, strict=True)]
+            kinks = [K | N for K, N in zip(kinks, near, strict=True)]
         fidx = np.flatnonzero(free)
         m = int(sum(int(K.sum()) for K in kinks))
         # before the kinks' gradients are tested (a chunk at a time): only a bound on the work
@@ -765,7 +840,13 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             side = [np.full(z.shape, np.nan) for z in net.zs]
             net.side = side
             limit = max(limit, max_iter_matrix_free)
-        s, g, _ = _best_multipliers(net, kinks)
+        carry = free_multipliers or large
+        if carry and carried is not None and _same_kinks(carried[1], kinks):
+            s = carried[0]  # the Newton iterate's multipliers, unbounded
+            g = net.grad(net.slopes(kinks, s))[1]
+        else:
+            s, g, _ = _best_multipliers(net, kinks)
+        carried = None
         Ds = net.slopes(kinks, s)
         F = _system(net, Ds, kinks, u, g)
         fnorm = float(np.linalg.norm(F))
@@ -797,7 +878,8 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                     pos += mk
                 continue
         else:
-            step = _newton_step(net, Ds, kinks, u, g, fidx)
+            step, ds = _newton_step(net, Ds, kinks, u, g, fidx, with_multipliers=True)
+            s_new = s + ds
         full, dead = _remove_vanishing_neurons(arch, u, u + step)
         tnet = _Net(arch, Xn, yn, full)  # not normalised: z is linear in the step in layer 1
         tnet.side = side
@@ -825,7 +907,11 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             trial = trial / np.linalg.norm(trial)
             tnet = _Net(arch, Xn, yn, trial)
             tnet.side = side
-            ts, tg, _ = _best_multipliers(tnet, kinks, s, sweeps=1)
+            if carry:
+                ts = s + t * (s_new - s)
+                tg = tnet.grad(tnet.slopes(kinks, ts))[1]
+            else:
+                ts, tg, _ = _best_multipliers(tnet, kinks, s, sweeps=1)
             tF = _system(tnet, tnet.slopes(kinks, ts), kinks, trial, tg)
             if np.linalg.norm(tF) < fnorm:
                 accepted = True
@@ -836,6 +922,8 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             reason = f"Newton on the stratum stalled (system residual {fnorm / gnorm:.1e})"
             break
         u = trial
+        if carry:
+            carried = (ts, [K.copy() for K in kinks])
         if t == 1.0:
             free &= ~_neuron_mask(arch, dead)
     cert = _first_order(arch, Xn, yn, u, kink_tol)
@@ -866,6 +954,10 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             reason += f"; Clarke residual {cert.residual:.1e} > tol {tol:g}"
     return PolishResult(u, cert.ncf, cert.residual, bool(certified), None if certified else reason, iterations,
                         cert.kinks, direction)
+
+
+def _same_kinks(a, b) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _settle_sides(net: _Net, side, tau: float):
@@ -951,7 +1043,7 @@ def _polish_merged(arch, X, ytilde, u, **options) -> PolishResult | None:
     if red is None:
         return None
     r_arch, Es, ur = red
-    sub = polish(r_arch, X, ytilde, ur, **options)
+    sub = polish(r_arch, X, ytilde, ur, **options, free_multipliers=True)
     full = _embed(arch, r_arch, Es, sub.u)
     full /= np.linalg.norm(full)
     cert = _first_order(arch, X, ytilde, full, options["kink_tol"])
@@ -1031,7 +1123,9 @@ def _effective(net: _Net, kinks) -> list[np.ndarray]:
     j with ∇z = 0 — no constraint, no column of the field — so the solve leaves it out."""
     if len(kinks) < 2 or not any(K.any() for K in kinks[1:]):
         return kinks
-    return _restrict(kinks, _nonzero_rows(net, net.slopes(kinks, None), kinks))
+    m = int(sum(int(K.sum()) for K in kinks))
+    hi = _slope_bounds(net.alpha)[1]  # at the upper slope: a kink downstream of a kink is one
+    return _restrict(kinks, _nonzero_rows(net, net.slopes(kinks, np.full(m, hi)), kinks))
 
 
 def _alive(net: _Net) -> list[np.ndarray]:
@@ -1096,15 +1190,19 @@ def _flips(zs, tzs, scales, kinks, dead, tau: float, side=None, alpha: float = 0
 
 def _system(net: _Net, Ds, kinks, u, g) -> np.ndarray:
     """The stratum's KKT system [P_{u⊥} g; ‖g‖·z_K] (the kinks' pre-activations scaled by
-    ‖g‖, so that both parts scale alike with ỹ)."""
+    ‖g‖, so that both parts scale alike with ỹ). z_K are those of the stratum's polynomial
+    (slopes ``Ds``: the multipliers at the kinks), whose gradients the Newton step uses: a
+    kink downstream of another (z_2 = w_2 relu(z_1)) is w_2 s_1 z_1 there, not w_2 max(z_1, 0)."""
     r = _project(u, g)
-    z = np.concatenate([z[K] for z, K in zip(net.zs, kinks, strict=True)]) if kinks else np.zeros(0)
+    zs = _stratum_zs(net, Ds) if len(kinks) > 1 and any(K.any() for K in kinks[1:]) else net.zs
+    z = np.concatenate([z[K] for z, K in zip(zs, kinks, strict=True)]) if kinks else np.zeros(0)
     return np.concatenate([r, z * max(float(np.linalg.norm(g)), 1e-300)])
 
 
-def _newton_step(net: _Net, Ds, kinks, u, g, fidx) -> np.ndarray:
+def _newton_step(net: _Net, Ds, kinks, u, g, fidx, with_multipliers: bool = False):
     """Least-squares Newton step Δu (k,) on the free coordinates for the system of
-    :func:`_system`, with the multipliers as extra unknowns and uᵀΔu = 0."""
+    :func:`_system`, with the multipliers as extra unknowns and uᵀΔu = 0; with
+    ``with_multipliers`` (Δu, Δs)."""
     k = u.shape[0]
     gn = max(float(np.linalg.norm(g)), 1e-300)
     H = net.hessian(Ds, fidx)  # (f, f)
@@ -1132,4 +1230,4 @@ def _newton_step(net: _Net, Ds, kinks, u, g, fidx) -> np.ndarray:
     sol = _lstsq(M, rhs)
     step = np.zeros(k)
     step[fidx] = sol[:fidx.size]
-    return step
+    return (step, sol[fidx.size:]) if with_multipliers else step
