@@ -404,7 +404,7 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
         # upper slope g is affine in the rest — one exact bounded solve (a subset of the
         # field: an upper bound of the minimum) — and the sweeps go on from there; the
         # better of both starts is kept.
-        above = np.concatenate([(K & below[None, :])[K] for K, below in zip(kinks, _kinks_below(kinks), strict=True)])
+        above = _above_first(kinks)
         start = np.where(above, hi, best[0])
         fixed = _sweep_multipliers(net, kinks, start, 1, True, movable=~above)
         more = _sweep_multipliers(net, kinks, fixed[0], sweeps, False)
@@ -412,6 +412,13 @@ def _best_multipliers_on(net: _Net, kinks, s0=None, sweeps: int = 6):
             if cand[2] < best[2]:
                 best = cand
     return best[0], best[1], exact
+
+
+def _above_first(kinks) -> np.ndarray:
+    """Per kink (in order): whether its sample has a kink in an earlier layer."""
+    if not kinks:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([(K & below[None, :])[K] for K, below in zip(kinks, _kinks_below(kinks), strict=True)])
 
 
 def _kinks_below(kinks) -> list[np.ndarray]:
@@ -841,11 +848,17 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
             net.side = side
             limit = max(limit, max_iter_matrix_free)
         carry = free_multipliers or large
+        # carried: the multipliers of the kinks above each sample's first stay at the upper
+        # slope (s_1 s_2 … of one sample: a product, whose factors the Newton step cannot
+        # tell apart); the others are Newton unknowns
+        above = _above_first(kinks) if carry else None
         if carry and carried is not None and _same_kinks(carried[1], kinks):
             s = carried[0]  # the Newton iterate's multipliers, unbounded
             g = net.grad(net.slopes(kinks, s))[1]
         else:
             s, g, _ = _best_multipliers(net, kinks)
+            if carry and above.any():
+                s, g, _ = _sweep_multipliers(net, kinks, np.where(above, hi, s), 1, True, movable=~above)
         carried = None
         Ds = net.slopes(kinks, s)
         F = _system(net, Ds, kinks, u, g)
@@ -862,7 +875,7 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                       f"iterations (best {best[0]:.1e}; kinks enter and leave the active set)")
             break
         if large:
-            step, s_new = _lm_step(net, Ds, kinks, u, g, fidx, fnorm / gnorm)
+            step, s_new = _lm_step(net, Ds, kinks, u, g, fidx, fnorm / gnorm, movable=~above)
             out = (s_new < lo - RELEASE_MARGIN) | (s_new > hi + RELEASE_MARGIN)
             if out.any():
                 # the stratum's multipliers leave their box: those kinks are released to the
@@ -878,7 +891,8 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                     pos += mk
                 continue
         else:
-            step, ds = _newton_step(net, Ds, kinks, u, g, fidx, with_multipliers=True)
+            step, ds = _newton_step(net, Ds, kinks, u, g, fidx, with_multipliers=True,
+                                    movable=None if above is None else ~above)
             s_new = s + ds
         full, dead = _remove_vanishing_neurons(arch, u, u + step)
         tnet = _Net(arch, Xn, yn, full)  # not normalised: z is linear in the step in layer 1
@@ -972,9 +986,9 @@ def _settle_sides(net: _Net, side, tau: float):
     return out
 
 
-def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float):
+def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float, movable=None):
     """The Newton step of :func:`_newton_step` solved matrix-free, with the new (unbounded)
-    multipliers: (Δu (k,), s + Δs (m,)).
+    multipliers: (Δu (k,), s + Δs (m,)); only the ``movable`` multipliers change.
 
     LSMR (D. C.-L. Fong and M. A. Saunders, "LSMR: an iterative algorithm for sparse
     least-squares problems", SIAM J. Sci. Comput. 33, 2011) on the operator of the
@@ -994,6 +1008,8 @@ def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float):
     _, _, cs = net.grad(Ds)
     A = net.columns(Ds, kinks, cs)  # (k, m)
     m = A.shape[1]
+    cols = np.arange(m) if movable is None else np.flatnonzero(movable)
+    A = A[:, cols]
     PA = (A - np.outer(u, u @ A))[fidx] / gn
     J = net.kink_gradients(Ds, kinks)[:, fidx]
     a, uf = Hu[fidx] + g[fidx], u[fidx]
@@ -1017,8 +1033,8 @@ def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float):
         d = (hv(yt) - a * (uf @ yt) - ug * yt) / gn + J.T @ ym + uf * yb + damp_u * yd
         return np.concatenate([d, PA.T @ yt + damp_s * ys])
 
-    n_rows = 2 * f + 2 * m + 1
-    op = LinearOperator((n_rows, f + m), matvec=mv, rmatvec=rmv, dtype=float)
+    n_rows = 2 * f + m + 1 + cols.size
+    op = LinearOperator((n_rows, f + cols.size), matvec=mv, rmatvec=rmv, dtype=float)
     F = _system(net, Ds, kinks, u, g)
     rows = np.concatenate([fidx, np.arange(k, k + m)])
     rhs = np.zeros(n_rows)
@@ -1027,7 +1043,9 @@ def _lm_step(net: _Net, Ds, kinks, u, g, fidx, frel: float):
     step = np.zeros(k)
     step[fidx] = sol[:f]
     s = np.concatenate([D[K] for D, K in zip(Ds, kinks, strict=True)]) if kinks else np.zeros(0)
-    return step, s + sol[f:]
+    s = s.copy()
+    s[cols] += sol[f:]
+    return step, s
 
 
 #: LSMR iterations at most per matrix-free Newton step (each: two Hessian-vector products).
@@ -1199,10 +1217,10 @@ def _system(net: _Net, Ds, kinks, u, g) -> np.ndarray:
     return np.concatenate([r, z * max(float(np.linalg.norm(g)), 1e-300)])
 
 
-def _newton_step(net: _Net, Ds, kinks, u, g, fidx, with_multipliers: bool = False):
+def _newton_step(net: _Net, Ds, kinks, u, g, fidx, with_multipliers: bool = False, movable=None):
     """Least-squares Newton step Δu (k,) on the free coordinates for the system of
     :func:`_system`, with the multipliers as extra unknowns and uᵀΔu = 0; with
-    ``with_multipliers`` (Δu, Δs)."""
+    ``with_multipliers`` (Δu, Δs), Δs = 0 off the ``movable`` multipliers."""
     k = u.shape[0]
     gn = max(float(np.linalg.norm(g)), 1e-300)
     H = net.hessian(Ds, fidx)  # (f, f)
@@ -1216,6 +1234,8 @@ def _newton_step(net: _Net, Ds, kinks, u, g, fidx, with_multipliers: bool = Fals
     dR[fidx, np.arange(fidx.size)] -= ug
     _, _, cs = net.grad(Ds)
     A = net.columns(Ds, kinks, cs)
+    cols = np.arange(A.shape[1]) if movable is None else np.flatnonzero(movable)
+    A = A[:, cols]
     PA = A - np.outer(u, u @ A)
     J = net.kink_gradients(Ds, kinks)[:, fidx] * gn
     m = J.shape[0]
@@ -1230,4 +1250,6 @@ def _newton_step(net: _Net, Ds, kinks, u, g, fidx, with_multipliers: bool = Fals
     sol = _lstsq(M, rhs)
     step = np.zeros(k)
     step[fidx] = sol[:fidx.size]
-    return (step, sol[fidx.size:]) if with_multipliers else step
+    ds = np.zeros(m)
+    ds[cols] = sol[fidx.size:]
+    return (step, ds) if with_multipliers else step
