@@ -114,9 +114,9 @@ def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1_files, tmp_
     and run.h5 written with status failed and the records up to then."""
     import h5py
 
-    import ncfkit.flow as flow
+    import ncfkit.rk as rk
 
-    original = flow.DormandPrince.step
+    original = rk.SwitchingStepper.step
 
     def step(self):
         if self.t > 0.5:
@@ -124,7 +124,7 @@ def test_cli_underflow_fails_with_the_time_and_keeps_the_records(ex1_files, tmp_
                                     f"size underflowed at t = {self.t:.6g}")
         original(self)
 
-    monkeypatch.setattr(flow.DormandPrince, "step", step)
+    monkeypatch.setattr(rk.SwitchingStepper, "step", step)
     res = _escape(ex1_files, "--max-time", "3", "--out", tmp_path / "run.h5")
     assert res.exit_code == 1, res.output
     lines = res.stderr.strip().splitlines()
