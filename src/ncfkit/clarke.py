@@ -141,6 +141,15 @@ def check_certificate_defined(arch_name: str, act: str | None) -> None:
 # --------------------------------------------------------------------------- the masked net
 
 
+def _spectral_norm(W: np.ndarray) -> float:
+    """‖W‖₂ (0 for an empty matrix, NaN for one that is not finite: no SVD of it)."""
+    if not W.size:
+        return 0.0
+    if not np.isfinite(W).all():
+        return float("nan")
+    return float(np.linalg.norm(W, 2))
+
+
 def _slope_bounds(alpha: float) -> tuple[float, float]:
     return min(alpha, 1.0), max(alpha, 1.0)
 
@@ -172,7 +181,7 @@ class _Net:
             self.zs.append(z)
             self.scales.append(np.linalg.norm(W, axis=1)[:, None] * bound[None, :])
             h = np.maximum(z, self.alpha * z)
-            bound = gain * (np.linalg.norm(W, 2) if W.size else 0.0) * bound
+            bound = gain * _spectral_norm(W) * bound
 
     def kinks(self, tau: float) -> list[np.ndarray]:
         """Boolean masks (k_l, n) of the vanishing pre-activations, |z| ≤ τ·bound."""
@@ -674,6 +683,10 @@ def clarke_certificate(arch, X, ytilde, w, *, kink_tol: float | None = None,
     kink_tol = default_kink_tol(X, ytilde, w) if kink_tol is None else kink_tol
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     L_h = float(arch.homogeneity)
+    if not np.isfinite(u).all():  # an overflow upstream: nothing to certify, no LAPACK error
+        nan = float("nan")
+        return ClarkeCertificate(u, nan, float("inf"), "clarke" if len(arch.split(u)) == 2 else "conservative",
+                                 False, 0, 0, np.zeros(0), nan, (nan,), nan, -1, "none (point not finite)", nan)
     net = _Net(arch, Xn, yn, u)
     # every vanishing pre-activation, those of exactly-zero neurons included: their
     # multipliers do not enter g (zero columns), but they keep such neurons at zero in T
@@ -788,6 +801,9 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     refused with their sizes in ``reason``.
     """
     Xn, yn, u = _as_host(arch, X, ytilde, w)
+    if not np.isfinite(u).all():
+        return PolishResult(u, float("nan"), float("inf"), False, "the point is zero or not finite (the ascent before "
+                            "the polish collapsed or overflowed)", 0, 0, None)
     u, free = _zero_neurons(arch, u, active_tol)
     tiny = np.finfo(float).tiny
     lo, hi = _slope_bounds(float(arch.act.alpha))
