@@ -166,3 +166,26 @@ def test_vacuous_kinks_do_not_cap_the_certificate(data, monkeypatch):
     assert capped.residual == pytest.approx(full.residual, abs=1e-14)
     assert capped.delta == pytest.approx(full.delta, rel=1e-9, abs=1e-12)
     assert np.isfinite(capped.delta)
+
+
+@pytest.mark.parametrize("hidden", [(1, 1), (1, 1, 1)])
+@pytest.mark.parametrize("eps", [0.0, 1e-17, -1e-17, 3e-18, -3e-18])
+def test_kinks_in_several_layers_certify_whatever_the_side(hidden, eps):
+    """One path b → w_2 → … with 𝒩 = w_2⋯w_L · Σ ỹ_i relu(b·x_i) on x = e1, e2, −e2, e1+e2,
+    ỹ = 1, −2, −1, ½: at b = (β, ε) with ε = 0 it peaks (slopes −3/2 and +3/2 in b_2), a
+    Clarke-KKT point with multipliers s_2 − s_3/2 = ¼ at the kinks of e2 and −e2, and
+    𝒩 = 3/2·L^{−L/2} (balanced layers). Round-off ε ≠ 0 puts one of the two samples
+    below its kink: h_1 = 0 there and its later pre-activations vanish too, a kink in
+    every layer. The certificate must not depend on that side (before, the sample with
+    h_1 = 0 had its multiplier stuck at 0 and ε < 0 gave the residual 0.19)."""
+    arch = MLP(2, hidden, RELU)
+    L = len(hidden) + 1
+    c = 1.0 / np.sqrt(L)
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, -1.0], [1.0, 1.0]])
+    yt = np.array([1.0, -2.0, -1.0, 0.5])
+    w = np.array([c, eps] + [c] * (L - 1))
+    cert = clarke.clarke_certificate(arch, X, yt, w)
+    assert cert.residual <= 1e-12
+    assert cert.ncf == pytest.approx(1.5 * c ** L, rel=1e-12)
+    res = clarke.polish(arch, X, yt, w, tol=TOL)
+    assert res.certified and res.ncf == pytest.approx(1.5 * c ** L, rel=1e-12)
