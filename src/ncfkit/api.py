@@ -537,8 +537,8 @@ def escape(problem: Problem, deltas: Sequence[float], *, init: str = "random", k
         init: ``"random"`` (a unit direction from the problem's seed), ``"kkt"`` (along w*,
             from ``kkt`` or a fresh KKT search) or a weight ``.npz`` (its direction).
         kkt, point: a kkt file (``ncfkit kkt --out``) and which point of it.
-        lr, method, rtol: the GD step η; ``"gd"`` or ``"flow"`` (adaptive Dormand–Prince with
-            relative tolerance ``rtol`` [1e-9]).
+        lr, method, rtol: the GD step η; ``"gd"`` or ``"flow"`` (the adaptive integrator of
+            :mod:`ncfkit.flow`, relative tolerance ``rtol`` [1e-9]).
         max_time: gradient-flow time limit [3 × the longest escape time predicted from w0].
         eps: escape is the first time the loss < (1 − eps)·loss(0).
         until: ``"saddle"`` (stop after the first saddle), ``"saddles:K"`` (after the K-th

@@ -1,12 +1,16 @@
 """Adaptive integration of the gradient flow ẇ = −∇𝓛(w) (the object of Theorems 4-18).
 
-:class:`DormandPrince` is the generic embedded Runge–Kutta stepper of :mod:`ncfkit.rk`
-run with the 5(4) pair of Dormand & Prince (1980) (:data:`ncfkit.rk.DOPRI5`, first
-same as last, 4th-order dense output). It advances a batch of trajectories (several δ)
-with one shared step size. The local error estimate of each trajectory is measured in its
-own RMS norm, scaled by ``atol + rtol·|w|``, and the step is accepted when the worst
-trajectory's error is ≤ 1. Near the origin the flow is slow and nearly linear, so the
-steps grow large; at escape they shrink.
+``--method flow`` runs :class:`ncfkit.rk.SwitchingStepper`: the 5(4) pair of Dormand &
+Prince (1980) (:data:`ncfkit.rk.DOPRI5`, first same as last, 4th-order dense output)
+while the flow is not stiff — near the origin it is slow and nearly linear, and the steps
+grow large — and the second-order Runge–Kutta–Chebyshev method
+(:class:`ncfkit.rk.ChebyshevRK`) where it is: after escape, near a saddle or a minimum,
+∇²𝓛 has eigenvalues far larger than the rate at which the trajectory moves, and dopri5's
+steps would be held to 3.3/λ_max. It advances a batch of trajectories (several δ) with one
+shared step size. The local error of each weight is held to
+``rtol·max(|w_i|, RMS(w))`` (the RMS over its row of the batch, :func:`_error_floor`),
+measured in the RMS norm of each trajectory; a step is accepted when the worst
+trajectory's error is ≤ 1. :class:`DormandPrince` is dopri5 alone.
 
 The state lives on the host in numpy (see :mod:`ncfkit.rk`). ∇𝓛 comes from the compiled
 kernel, or from torch on the data's device with one transfer each way
@@ -40,12 +44,12 @@ class DormandPrince(RungeKutta):
 
 def gradient_flow(objective, w0, settings, tracker) -> None:
     """``--method flow``: integrate ẇ = −∇𝓛(w) for every row of ``w0`` (B, k) with
-    :class:`DormandPrince` at ``settings.rtol``, following the method contract of
+    :class:`ncfkit.rk.SwitchingStepper` at ``settings.rtol``, following the method contract of
     :mod:`ncfkit.dynamics` (``step`` counts accepted steps).
 
     A checkpoint follows every accepted step. When a row's loss crosses its escape level
     inside a step, the crossing time is located by bisection on the integrator's dense
-    output (4th order, :meth:`DormandPrince.dense`) and an extra checkpoint is landed
+    output (4th order from dopri5, 3rd from RKC) and an extra checkpoint is landed
     there. When a checkpoint reports more change than the record
     resolution, the next step is capped accordingly. A step size that underflows ends the
     rows still running with status ``failed`` and says at what time. ∇𝓛 comes from
@@ -91,7 +95,7 @@ def gradient_flow(objective, w0, settings, tracker) -> None:
 
 def _locate_crossing(value_and_grad, stepper, levels, iters: int = 40):
     """First time in the last step at which some row's loss falls below its level:
-    bisection on the integrator's 4th-order dense output (the earliest crossing over the
+    bisection on the integrator's dense output (the earliest crossing over the
     rows)."""
     lo, hi = 0.0, 1.0
     for _ in range(iters):

@@ -30,9 +30,11 @@ INIT_HELP = ("random: a unit direction drawn from --seed; kkt: along the KKT poi
                    "by the NCF flow from w0].")
 @click.option("--method", type=click.Choice(list(METHODS)), default=_D["method"], show_default=True,
               help="gd: gradient descent with step --lr; flow: the gradient flow itself, by an "
-                   "adaptive Dormand–Prince 5(4) integrator with tolerance --rtol.")
+                   "adaptive integrator with tolerance --rtol (Dormand–Prince 5(4); Runge–Kutta–"
+                   "Chebyshev where the flow is stiff, near saddles and minima).")
 @click.option("--rtol", type=float, default=None,
-              help="Relative tolerance of --method flow (local error per step) [default: 1e-9].")
+              help="Relative tolerance of --method flow: each step's local error in a weight is at "
+                   "most rtol × max(|w_i|, RMS(w)) [default: 1e-9; ReLU nets: try 1e-4].")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default=_D["engine"], show_default=True,
               help="How the gradients of gd and flow are computed: compiled (a C kernel, CPU, "
                    "float32/64, the feed-forward and diagonal models), torch (any device), or auto "
