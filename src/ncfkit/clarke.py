@@ -799,7 +799,11 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     ``max_iter_matrix_free`` iterations, kinks whose new multipliers leave [lo, hi] are
     released to the side they point to, and the solve stops with its reason when its
     residual has not halved in :data:`PATIENCE_MATRIX_FREE` iterations. Larger strata are
-    refused with their sizes in ``reason``.
+    refused with their sizes in ``reason``. Both (and ``free_multipliers``, which the
+    merged net's solve uses) carry the multipliers from step to step as Newton unknowns,
+    unbounded, those of kinks above a sample's first kink held at the upper slope, and
+    treat pre-activations that come within ``detect_tol`` as kinks; the box is checked by
+    the certificate at the end.
     """
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     if not np.isfinite(u).all():
