@@ -182,3 +182,30 @@ def test_every_escape_phase_shows_a_line_in_a_log(tmp_path, monkeypatch):
                     r"^smallest Hessian eigenvalue at the saddle of δ = 0.01…$"):
         assert re.search(pattern, err, re.MULTILINE), (pattern, err[:3000])
     assert "\x1b[" not in err
+
+
+@pytest.mark.parametrize("where", ["group", "command", "env"])
+def test_quiet_silences_the_progress_but_keeps_the_results(tmp_path, monkeypatch, where):
+    """``ncfkit -q escape …``, ``escape … --quiet`` and NCFKIT_QUIET=1: no phase line, no
+    progress line; the results table and the JSON on stdout are the same as without."""
+    monkeypatch.setenv("NCFKIT_PROGRESS_SECONDS", "0")
+    X = np.random.default_rng(0).standard_normal((40, 5))
+    y = np.maximum(X @ np.array([1.0, -0.5, 0.3, 0.0, 0.2]), 0) + 0.1
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    args = ["escape", tmp_path / "d.npz", "--hidden", "8", "--act", "square", "--delta", "0.01", "--lr", "0.01",
+            "--delta-ref", "none", "--json"]
+    loud = run_cli(*args)
+    if where == "group":
+        quiet = run_cli("-q", *args)
+    elif where == "command":
+        quiet = run_cli(*args, "--quiet")
+    else:
+        monkeypatch.setenv("NCFKIT_QUIET", "1")
+        quiet = run_cli(*args)
+    assert loud.exit_code == 0 and quiet.exit_code == 0, quiet.output
+    assert re.search(r"^escape: t = ", loud.stderr, re.MULTILINE)
+    for pattern in (r"^loading ", r"^NCF flow from w0", r"^escape: t = ", r"^certifying", r"…$"):
+        assert not re.search(pattern, quiet.stderr, re.MULTILINE), (pattern, quiet.stderr[:2000])
+    assert "T_esc" in quiet.stderr  # the results table stays
+    strip = re.compile(r'"(timing|wall_time)": \{[^}]*\}|"wall_time": [0-9.e+-]+')
+    assert strip.sub("", quiet.stdout) == strip.sub("", loud.stdout)

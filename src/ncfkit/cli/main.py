@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .options import quiet_option
 
 
 class _OneLineUsageError(click.UsageError):
@@ -41,6 +42,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ncfkit")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@quiet_option
 def cli(debug: bool) -> None:
     """Neural correlation functions, KKT points and escape dynamics of homogeneous
     networks trained from small initialization (Kumar & Haupt)."""

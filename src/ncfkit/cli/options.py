@@ -42,8 +42,31 @@ def model_options(f):
     return f
 
 
+QUIET_KEY = "ncfkit.quiet"
+
+
+def _set_quiet(ctx: click.Context, _param, value: bool) -> bool:
+    if value:
+        ctx.meta[QUIET_KEY] = True  # meta is shared by the whole context chain
+    return value
+
+
+#: ``--quiet``/``-q``: on the group (``ncfkit -q escape …``) and on every command with output.
+quiet_option = click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_quiet,
+                            help="No progress lines, spinners or notes (warnings, errors and results stay).")
+
+
+def is_quiet() -> bool:
+    """Whether ``--quiet`` was given (to the group or the command) or NCFKIT_QUIET is set."""
+    import os
+
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(QUIET_KEY)) or os.environ.get("NCFKIT_QUIET", "") not in ("", "0")
+
+
 def output_options(f):
-    """--json, --out and --force."""
+    """--json, --out, --force and --quiet."""
+    f = quiet_option(f)
     f = click.option("--force", is_flag=True, help="Overwrite an existing --out file.")(f)
     f = click.option("--out", type=click.Path(dir_okay=False), default=None,
                      help="Write the full result and its provenance to this HDF5 file.")(f)

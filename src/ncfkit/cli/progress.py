@@ -11,11 +11,16 @@ class ConsoleProgress:
     bar on a terminal (a line every few seconds off one, :mod:`ncfkit._progress`).
     Use as a context manager, so the live displays stop however the call ends."""
 
-    def __init__(self, console, *, restarts: int | None = None, n_deltas: int = 1):
+    def __init__(self, console, *, restarts: int | None = None, n_deltas: int = 1, quiet: bool | None = None):
+        from .options import is_quiet
+
         self.console, self.restarts, self.n_deltas = console, restarts, n_deltas
+        self.quiet = is_quiet() if quiet is None else quiet  # --quiet: warnings only
         self._status = self._bar = self._lines = self._timer = None
 
     def __call__(self, event: str, value: Any) -> None:
+        if self.quiet and event != "warning":
+            return
         if event == "status":
             self._stop()
             if self.console.is_terminal:

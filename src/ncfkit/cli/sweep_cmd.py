@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import click
 
-from .options import stderr_console
+from .options import is_quiet, quiet_option, stderr_console
 from .policy import emit_json, guarded
 
 
-def _progress_bar(console):
+def _progress_bar(console, quiet: bool = False):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(TextColumn("sweep"), BarColumn(),
                     TextColumn("{task.fields[done]}/{task.total} done · {task.fields[running]} running · "
                                "[red]{task.fields[failed]} failed[/]"),
                     TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=console)
+                    TimeRemainingColumn(), console=console, disable=quiet)
 
 
 @click.command("sweep", context_settings={"ignore_unknown_options": True})
@@ -35,6 +35,7 @@ def _progress_bar(console):
 @click.option("--force", is_flag=True, help="Rerun every point, overwriting what --outdir holds.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (counts, failures, table) on stdout.")
 @click.option("--dry-run", is_flag=True, help="List the points (file, state, command line) and run nothing.")
+@quiet_option
 @guarded
 def command(args, grids, spec, outdir, workers, scheduler, retries, resources, force, as_json, dry_run):
     """Run COMMAND (escape, kkt or sparsity) at every point of a grid, each point one result
@@ -57,15 +58,17 @@ def command(args, grids, spec, outdir, workers, scheduler, retries, resources, f
     if dry_run:
         return _dry_run(sweep, force, as_json)
     console = stderr_console()
-    bar = _progress_bar(console)
+    quiet = is_quiet()  # read here: the callbacks may run on another thread, outside click's context
+    bar = _progress_bar(console, quiet)
     task = None
 
     def on_start(info):
         nonlocal task
-        if info["note"]:
+        if info["note"] and not quiet:
             console.print(f"[yellow]note:[/] {info['note']}")
-        console.print(f"sweep {command_name}: {info['total']} points, {info['skipped']} already complete, "
-                      + (f"{info['to_run']} to run {info['where']}" if info["to_run"] else "nothing to run"))
+        if not quiet:
+            console.print(f"sweep {command_name}: {info['total']} points, {info['skipped']} already complete, "
+                          + (f"{info['to_run']} to run {info['where']}" if info["to_run"] else "nothing to run"))
         task = bar.add_task("sweep", total=info["to_run"], done=0, running=0, failed=0, rate="")
         bar.start()
 
