@@ -365,3 +365,22 @@ def test_find_kkt_points_is_seeded():
     b = find_kkt_points(arch, X, _ytilde(y), restarts=4, seed=5)
     assert [p.restarts for p in a.points] == [p.restarts for p in b.points]
     assert all(torch.equal(p.cert.w, q.cert.w) for p, q in zip(a.points, b.points, strict=True))
+
+
+@pytest.mark.parametrize("hidden", [(1, 1), (1, 1, 1)])
+def test_relu_starts_with_dead_nets_do_not_blow_up_the_others(hidden):
+    """Most random starts of a narrow deep ReLU net are dead (every neuron off: 𝒩 = 0,
+    ∇𝒩 = 0). The ascent's step scale is the median gradient norm over the live starts;
+    over all starts it was 0 and the first step of a live start overflowed (a NaN
+    point). Every start now ends at a finite certified point."""
+    from ncfkit.data import teacher_dataset
+    from ncfkit.models import make_architecture
+
+    X, y = teacher_dataset(n=20, d=3, hidden="2", act="relu", seed=1)
+    arch = make_architecture("mlp", 3, ",".join(map(str, hidden)), "relu")
+    res = find_kkt_points(arch, torch.as_tensor(X), torch.as_tensor(y), restarts=6, seed=0, max_steps=4000)
+    assert sum(p.count for p in res.points) == 6
+    for p in res.points:
+        assert p.converged and p.reason is None
+        assert math.isfinite(p.cert.ncf) and p.cert.residual <= 1e-9
+    assert max(p.cert.ncf for p in res.points) > 0.1  # a live point was found

@@ -80,7 +80,7 @@ def normalized_ascent(
     Each start has its own step size η: a step u ← (u + η r)/‖u + η r‖ along the tangent
     gradient r = ∇𝒩 − (uᵀ∇𝒩)u is accepted when 𝒩 does not decrease (η then grows by 1.5),
     and is rejected otherwise (η halves). A start stops when its residual
-    ‖r‖ / s ≤ ``tol``, where s = max(‖∇𝒩(u)‖, median ‖∇𝒩‖ over the starts at step 0)
+    ‖r‖ / s ≤ ``tol``, where s = max(‖∇𝒩(u)‖, median ‖∇𝒩‖ ≠ 0 over the starts at step 0)
     keeps the test meaningful at points where 𝒩 and its gradient vanish. Converged starts
     are dropped from the batch, so the cost follows the slowest start, not R times it.
 
@@ -113,8 +113,13 @@ def normalized_ascent(
         value_and_grad = _row_by_row(value_and_grad)
     eps = float(finfo(u0).eps)
     val, grad = (np.asarray(a, dtype=np.float64) for a in value_and_grad(u))
-    g0 = max(float(np.median(np.linalg.norm(grad, axis=-1))), float(finfo(u0).tiny))
+    gnorms = np.linalg.norm(grad, axis=-1)
+    # the median over the starts whose gradient is not 0: ReLU starts with every neuron
+    # dead have ∇𝒩 = 0, and a median of 0 made the first step η = 1/(L_h·tiny) overflow
+    live = gnorms[gnorms > 0]
+    g0 = max(float(np.median(live)) if live.size else 0.0, float(finfo(u0).tiny))
     eta = np.full(R, 1.0 / (L_h * g0))
+    eta_max = 1e6 / (L_h * g0)
 
     out_u, out_val = u.copy(), val.copy()
     out_res = np.full(R, np.inf)
@@ -166,7 +171,9 @@ def normalized_ascent(
         u = np.where(ok[:, None], trial, u)
         val = np.where(ok, t_val, val)
         grad = np.where(ok[:, None], t_grad, grad)
-        eta = np.where(ok, eta * 1.5, eta * 0.5)
+        # capped: where 𝒩 is flat (a dead net, ∇𝒩 = 0) every step is accepted, and an
+        # unbounded η overflows u + η·r into inf/NaN (or a zero vector) after ~1,700 steps
+        eta = np.where(ok, np.minimum(eta * 1.5, eta_max), eta * 0.5)
         improved = val > best + noise
         best = np.maximum(best, val)
         since = np.where(improved, 0, since + 1)
