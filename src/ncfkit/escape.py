@@ -410,6 +410,12 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
 
     ncf = point.cert.ncf if point is not None else None
     mask = point.wz_mask if point is not None else None
+    plateaus: dict[int, list] = {}
+    if _follows_plateaus(settings):
+        with phase("plateaus"):
+            for i, (d, r) in enumerate(zip(deltas, sim.runs, strict=False)):
+                _say(notify, "status", f"the plateaus of δ = {d:g}: Hessians, small units, the next to grow…")
+                plateaus[i] = _plateaus(objective, r, mask, settings)
     runs = []
     for i, (d, r) in enumerate(zip(deltas, sim.runs, strict=False)):
         lam, kind = hessians.get(i, (None, None))
@@ -435,7 +441,7 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
             sparsity_ratio_saddle=_ratio(mask, r.snapshots["saddle"].w) if "saddle" in r.snapshots else None,
             path_distance=pdist, saddle_distance_to_p_star=p_star_dist,
             status=r.status, message=r.message, final_time=r.final_time,
-            final_loss=r.snapshots["final"].loss, result=r, plateaus=_plateaus(objective, r, mask, settings)))
+            final_loss=r.snapshots["final"].loss, result=r, plateaus=plateaus.get(i, [])))
     fits = Fits(None, None, None, None, None, None, None)
     if theory_ok:
         fits = _fits(runs, point, L_h, settings.lr if method == "gd" else None)
@@ -445,12 +451,18 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
                         interrupted, stopped_in)
 
 
+def _follows_plateaus(settings: Settings) -> bool:
+    """Whether the runs are followed past their first saddle (then every plateau is analysed)."""
+    from .dynamics import parse_until
+
+    return parse_until(settings.until) != 1
+
+
 def _plateaus(objective: Objective, run: RunResult, mask, settings: Settings) -> list:
     """Every plateau of a run followed past its first saddle (docs/phases.md)."""
-    from .dynamics import parse_until
     from .phases import analyse_plateaus, plateaus_json
 
-    if parse_until(settings.until) == 1 or run.status == "interrupted":
+    if not _follows_plateaus(settings) or run.status == "interrupted":
         return []
     return plateaus_json(analyse_plateaus(objective, run, wz_mask=mask))
 

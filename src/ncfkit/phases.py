@@ -185,11 +185,15 @@ def unit_problems(arch, X, r, w) -> list[UnitProblem]:
 
 
 def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, starts=None,
-                    max_steps: int = 2000, tol: float = 1e-9) -> list[tuple[float, np.ndarray]]:
+                    max_steps: int = 2000, tol: float = 1e-9, patience: int = 50,
+                    stall_tol: float = 1e-6) -> list[tuple[float, np.ndarray]]:
     """KKT points of max 𝒩(u) s.t. ‖u‖ = 1 for one neuron of a layer, by projected
     gradient ascent (adaptive step, as :func:`ncfkit.kkt.normalized_ascent`) from
     ``restarts`` random unit starts and the rows of ``starts``; distinct values, largest
-    first, each with a direction."""
+    first, each with a direction. A start stops at residual ≤ ``tol``, or at ≤
+    ``stall_tol`` once 𝒩 has not grown beyond round-off for ``patience`` steps (on large
+    data the residual's round-off floor can lie above ``tol``; 𝒩, quadratic in the
+    residual, is then exact to round-off); finished starts leave the batch."""
     if prob.F is None:
         raise ValueError("the coordinates of the diagonal model have the KKT points ±1")
     rng = np.random.default_rng(seed)
@@ -200,11 +204,21 @@ def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, sta
     val, grad = prob.value_and_grad(U)
     eta0 = 1.0 / (prob.degree * max(float(np.median(np.linalg.norm(grad, axis=1))), 1e-300))
     eta = np.full(U.shape[0], eta0)
-    for _ in range(max_steps):
+    out_u, out_val = U.copy(), val.copy()
+    idx = np.arange(U.shape[0])  # rows still running
+    best, since = val.copy(), np.zeros(U.shape[0], dtype=np.int64)
+    for step in range(max_steps + 1):
         tan = grad - (U * grad).sum(1, keepdims=True) * U
         res = np.linalg.norm(tan, axis=1) / np.maximum(np.linalg.norm(grad, axis=1), 1e-300)
-        if (res <= tol).all():
-            break
+        fin = (res <= tol) | ((res <= stall_tol) & (since >= patience))
+        if step == max_steps:
+            fin[:] = True
+        if fin.any():
+            out_u[idx[fin]], out_val[idx[fin]] = U[fin], val[fin]
+            keep = ~fin
+            idx, U, val, grad, tan, eta, best, since = (a[keep] for a in (idx, U, val, grad, tan, eta, best, since))
+            if idx.size == 0:
+                break
         trial = U + eta[:, None] * tan
         trial /= np.linalg.norm(trial, axis=1, keepdims=True)
         t_val, t_grad = prob.value_and_grad(trial)
@@ -212,11 +226,14 @@ def unit_kkt_points(prob: UnitProblem, *, restarts: int = 16, seed: int = 0, sta
         U = np.where(ok[:, None], trial, U)
         val, grad = np.where(ok, t_val, val), np.where(ok[:, None], t_grad, grad)
         eta = np.where(ok, np.minimum(1.5 * eta, 1e6 * eta0), 0.5 * eta)  # capped: at a kink tan → 0
-    order = np.argsort(-val)
+        improved = val > best + 1e-14 * np.abs(best)
+        best = np.maximum(best, val)
+        since = np.where(improved, 0, since + 1)
+    order = np.argsort(-out_val)
     out: list[tuple[float, np.ndarray]] = []
     for i in order:
-        if all(abs(val[i] - v) > 1e-6 * max(abs(v), 1e-12) for v, _ in out):
-            out.append((float(val[i]), U[i].copy()))
+        if all(abs(out_val[i] - v) > 1e-6 * max(abs(v), 1e-12) for v, _ in out):
+            out.append((float(out_val[i]), out_u[i].copy()))
     return out
 
 
