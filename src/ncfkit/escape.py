@@ -415,7 +415,10 @@ def run_escape(objective: Objective, w0: torch.Tensor, deltas, settings: Setting
         with phase("plateaus"):
             for i, (d, r) in enumerate(zip(deltas, sim.runs, strict=False)):
                 _say(notify, "status", f"the plateaus of δ = {d:g}: Hessians, small units, the next to grow…")
-                plateaus[i] = _plateaus(objective, r, mask, settings)
+                known = {}
+                if i in hessians and hessians[i][0] is not None and "saddle" in r.snapshots:
+                    known[r.snapshots["saddle"].time] = hessians[i]  # the first saddle's, computed above
+                plateaus[i] = _plateaus(objective, r, mask, settings, known)
     runs = []
     for i, (d, r) in enumerate(zip(deltas, sim.runs, strict=False)):
         lam, kind = hessians.get(i, (None, None))
@@ -458,13 +461,14 @@ def _follows_plateaus(settings: Settings) -> bool:
     return parse_until(settings.until) != 1
 
 
-def _plateaus(objective: Objective, run: RunResult, mask, settings: Settings) -> list:
-    """Every plateau of a run followed past its first saddle (docs/phases.md)."""
+def _plateaus(objective: Objective, run: RunResult, mask, settings: Settings, known: dict | None = None) -> list:
+    """Every plateau of a run followed past its first saddle (docs/phases.md); ``known``:
+    λ_min and kind at snapshot times where they are computed already."""
     from .phases import analyse_plateaus, plateaus_json
 
     if not _follows_plateaus(settings) or run.status == "interrupted":
         return []
-    return plateaus_json(analyse_plateaus(objective, run, wz_mask=mask))
+    return plateaus_json(analyse_plateaus(objective, run, wz_mask=mask, known_hessians=known))
 
 
 def _fits(runs: list[RunSummary], point: GoverningPoint, L_h: float, gd_lr: float | None) -> Fits:

@@ -472,11 +472,13 @@ def _max_ratio_between(run, mask: np.ndarray, t0: float, t1: float) -> float | N
 
 
 def analyse_plateaus(objective, run, *, wz_mask=None, rel: float = SMALL_REL, predict: bool = True,
-                     hessian: bool = True, restarts: int = 16, seed: int = 0) -> list[PlateauReport]:
+                     hessian: bool = True, restarts: int = 16, seed: int = 0,
+                     known_hessians: dict | None = None) -> list[PlateauReport]:
     """Measure every plateau of ``run`` (a :class:`ncfkit.dynamics.RunResult`) of the
     loss ``objective``; ``wz_mask``: the governing point's w_z (k,) or None. Each report's
     ``next`` is the prediction made at that saddle for the escape from it (``predict``);
-    λ_min comes from :func:`ncfkit.dynamics.min_hessian_eigenvalue` (``hessian``)."""
+    λ_min comes from :func:`ncfkit.dynamics.min_hessian_eigenvalue` (``hessian``), or from
+    ``known_hessians`` {snapshot time: (λ_min, kind)} where the caller has it already."""
     from .dynamics import min_hessian_eigenvalue, snapshot_name
 
     arch = objective.arch
@@ -489,7 +491,9 @@ def analyse_plateaus(objective, run, *, wz_mask=None, rel: float = SMALL_REL, pr
             continue
         w = np.asarray(snap.w, dtype=np.float64)
         lam = kind = None
-        if hessian:
+        if hessian and known_hessians and snap.time in known_hessians:
+            lam, kind = known_hessians[snap.time]
+        elif hessian:
             h = min_hessian_eigenvalue(objective, asarray_like(w, objective.X))
             lam, kind = h.min, h.kind
         small = small_units(arch, w, rel)
