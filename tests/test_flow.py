@@ -1,5 +1,6 @@
 """The Dormand–Prince integrator against closed-form gradient flows (docs/theory.md)."""
 
+import json
 import math
 
 import numpy as np
@@ -156,3 +157,42 @@ def test_dense_output_is_scipys_and_fourth_order():
             worst = max(worst, float(np.linalg.norm(stepper.dense(theta)[0] - exact) / np.linalg.norm(exact)))
     assert worst <= 1e-8, f"dense output relative error {worst:.2e}"
     assert np.array_equal(stepper.dense(1.0), stepper.y) or np.allclose(stepper.dense(1.0), stepper.y, rtol=1e-14)
+
+
+def test_error_floor_is_the_rms_weight_after_escape_and_a_thousandth_of_it_before():
+    """The absolute tolerance of each row of a batch: rtol × RMS(w) once the row has
+    escaped, 10⁻³ of that before (the plateau's escape time hangs on every entry)."""
+    from ncfkit.flow import ERROR_FLOOR, _error_floor
+
+    y = np.array([[3.0, 4.0, 0.0, 0.0], [1e-6, 0.0, 0.0, 0.0]])
+    atol = _error_floor(y, 1e-8, np.array([True, False]))
+    assert atol.shape == (2, 1)
+    assert atol[0, 0] == pytest.approx(1e-8 * 2.5 * ERROR_FLOOR["escaped"], rel=1e-12)
+    assert atol[1, 0] == pytest.approx(1e-8 * 5e-7 * ERROR_FLOOR["near origin"], rel=1e-12)
+    assert ERROR_FLOOR == {"near origin": 1e-3, "escaped": 1.0}
+
+
+
+def test_escape_flow_turns_to_chebyshev_after_escape(tmp_path, monkeypatch):
+    """Figure 4's setting (3-layer x² net 20-20 on 2-2 teacher data, δ = 0.1): the plateau
+    is integrated by dopri5; after escape ∇²𝓛 is stiff and the integrator goes on with
+    RKC. The escape is within O(1) of the time predicted from w0 (a plateau of 7·10⁷)."""
+    import ncfkit.rk as rk
+
+    seen = []
+    original = rk.SwitchingStepper._switch
+
+    def spy(self, new):
+        original(self, new)
+        seen.append((self.t, self.method))
+
+    monkeypatch.setattr(rk.SwitchingStepper, "_switch", spy)
+    data = tmp_path / "d.npz"
+    assert run_cli("data", "teacher", "-o", data, "--hidden", "2,2", "--act", "square", "--seed", "0").exit_code == 0
+    res = run_cli("escape", data, "--hidden", "20,20", "--act", "square", "--reduction", "mean", "--delta", "0.1",
+                  "--method", "flow", "--rtol", "1e-8", "--max-time", "1e9", "--delta-ref", "none", "--json")
+    assert res.exit_code == 0, res.output
+    run = json.loads(res.stdout)["runs"][0]
+    assert run["saddle_time"] is not None
+    assert abs(run["escape_time"] - run["predicted_escape_time_w0"]) < 5.0
+    assert seen and seen[0][1] == "rkc" and seen[0][0] > run["escape_time"] - 1.0, seen

@@ -92,6 +92,10 @@ MATRIX_FREE_MAX = 200_000
 #: Newton iterations of the matrix-free path (each adds or releases a few kinks; Figure 8's
 #: 2,884 free weights: 11 iterations of ~2 s on one thread).
 MAX_ITER_MATRIX_FREE = 60
+#: The dense Newton solve stops when its system residual has not halved in this many
+#: iterations (a converging Newton halves it at every one; each costs a bounded least
+#: squares over the kinks' multipliers, seconds at a thousand kinks).
+PATIENCE_DENSE = 10
 #: The matrix-free path stops when its system residual has not halved in this many iterations.
 PATIENCE_MATRIX_FREE = 15
 #: A kink is released when its multiplier from the Newton step leaves [lo, hi] by more.
@@ -804,7 +808,32 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
     unbounded, those of kinks above a sample's first kink held at the upper slope, and
     treat pre-activations that come within ``detect_tol`` as kinks; the box is checked by
     the certificate at the end.
+
+    The result is never worse than the point it started from: a polish that ends
+    uncertified at a lower 𝒩 or a larger Clarke residual than ``w`` had (Newton steps on a
+    wrong stratum can wander: Figure 6's check start, 𝒩 0.0672 → 0.0245) returns ``w``'s
+    own certificate, uncertified, with no direction.
     """
+    out = _polish(arch, X, ytilde, w, tol=tol, detect_tol=detect_tol, kink_tol=kink_tol, active_tol=active_tol,
+                  max_iter=max_iter, newton_max=newton_max, matrix_free_max=matrix_free_max,
+                  max_iter_matrix_free=max_iter_matrix_free, free_multipliers=free_multipliers)
+    if out.certified or not np.isfinite(out.ncf):
+        return out
+    Xn, yn, u = _as_host(arch, X, ytilde, w)
+    u, _ = _zero_neurons(arch, u, active_tol)
+    start = _first_order(arch, Xn, yn, u, kink_tol)
+    if out.ncf >= start.ncf - 1e-12 * abs(start.ncf) and out.residual <= start.residual * (1 + 1e-9):
+        return out
+    reason = (f"the polish did not improve on the point ({out.reason}; it ended at 𝒩 {out.ncf:.6g}, Clarke "
+              f"residual {out.residual:.1e}); Clarke residual {start.residual:.1e} > tol {tol:g}")
+    return PolishResult(u, start.ncf, start.residual, False, reason, out.iterations, start.kinks, None)
+
+
+def _polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, kink_tol: float = KINK_TOL,
+           active_tol: float = 1e-3, max_iter: int = 25, newton_max: int = NEWTON_MAX,
+           matrix_free_max: int = MATRIX_FREE_MAX, max_iter_matrix_free: int = MAX_ITER_MATRIX_FREE,
+           free_multipliers: bool = False) -> PolishResult:
+    """:func:`polish` without its guard."""
     Xn, yn, u = _as_host(arch, X, ytilde, w)
     if not np.isfinite(u).all():
         return PolishResult(u, float("nan"), float("inf"), False, "the point is zero or not finite (the ascent before "
@@ -890,6 +919,10 @@ def polish(arch, X, ytilde, w, *, tol: float = 1e-9, detect_tol: float = 1e-5, k
                 best_iteration = iteration
             best = (fnorm / gnorm, u)
         if fnorm <= 1e-3 * tol * gnorm:
+            break
+        if not large and iteration - best_iteration > PATIENCE_DENSE:
+            reason = (f"Newton on the stratum: its residual did not halve in {PATIENCE_DENSE} iterations "
+                      f"(best {best[0]:.1e}; kinks enter as the steps cross them)")
             break
         if large and iteration - best_iteration > PATIENCE_MATRIX_FREE:
             reason = (f"matrix-free Newton on the stratum: its residual did not halve in {PATIENCE_MATRIX_FREE} "
